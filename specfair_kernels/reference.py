@@ -26,6 +26,7 @@ Per row b (p = verifier/target, q = drafter):
    mass the bonus race decides (p and q agree to fp32 precision there).
 6. Divergences at every used drafted position, on the tempered distributions:
    alpha = sum min(p, q), KL(p||q), CE(p, q) = -sum p log q, H(p) = -sum p log p.
+   One-hot drafts: alpha = p(x_j), and CE = KL = +inf unless p(x_j) is 1 in fp32.
 """
 from __future__ import annotations
 
@@ -134,13 +135,19 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
         else:
             if d is not None:
                 logq = d - lb.unsqueeze(-1)
-            else:
+            else:  # placeholder; one-hot CE/KL are set below
                 logq = torch.where(vocab[None, None, :] == x[..., None], 0.0, NEG_INF)
             # Masked positions may hold garbage (even NaN): compute on sanitised values.
             a_k = torch.where(d_used[..., None], a[:, :K], 0.0)
             logq = torch.where(d_used[..., None], logq, 0.0)
             la_k = torch.where(d_used, la[:, :K], 0.0)
             div = divergences(a_k, logq, la_k)
+            if d is None:
+                # q is one-hot at x: CE = KL = +inf unless p(x) rounds to 1 in fp32.
+                one = torch.exp(logp_x) >= 1
+                inf = torch.tensor(float("inf"), device=dev)
+                div["ce"] = torch.where(one, 0.0, inf)
+                div["kl"] = div["ce"].clone()
             nan = torch.tensor(float("nan"), device=dev)
             for k in div:
                 v = torch.where(d_used, div[k], 0.0)

@@ -1,0 +1,1 @@
+"""Triton kernels (GPU; on the CPU under TRITON_INTERPRET=1)."""
