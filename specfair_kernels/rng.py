@@ -46,28 +46,28 @@ SERIES_CUTOFF = 2.0**-10
 ONE_MINUS_ULP = 0.99999994  # largest fp32 below 1
 
 
-def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # x holds uint32 values in int64; the 64-bit product wraps in int64, but its
-    # low 64 bits are exact, and so are both 32-bit halves taken from them.
-    prod = x * m
-    return (prod >> 32) & MASK32, prod & MASK32
-
-
 def philox(seed: torch.Tensor, c0, c1, c2, c3) -> torch.Tensor:
-    """Word 0 of Philox-4x32-10 for broadcastable int64 tensors; returns int64 in [0, 2**32)."""
+    """Word 0 of Philox-4x32-10 for broadcastable int64 tensors; returns int64 in [0, 2**32).
+
+    uint32 lanes live in int64: a 32x32-bit product wraps in int64, but its low 64 bits
+    are exact, and so are both 32-bit halves taken from them.
+    """
     seed = torch.as_tensor(seed, dtype=torch.int64)
-    k0 = seed & MASK32
+    dev = seed.device
+    k0 = seed & MASK32  # keys keep their own (small) shape
     k1 = (seed >> 32) & MASK32
-    ref = seed
-    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64, device=ref.device) & MASK32 for c in (c0, c1, c2, c3))
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(c0, c1, c2, c3, k0, k1)
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64, device=dev) & MASK32 for c in (c0, c1, c2, c3))
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape, k0.shape)
+    c0, c1, c2, c3 = (c.expand(shape) for c in (c0, c1, c2, c3))
     for r in range(PHILOX_ROUNDS):
         if r:
             k0 = (k0 + PHILOX_W0) & MASK32
             k1 = (k1 + PHILOX_W1) & MASK32
-        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
-        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        p0 = c0 * PHILOX_M0
+        p1 = c2 * PHILOX_M1
+        n0 = (p1 >> 32).bitwise_and_(MASK32).bitwise_xor_(c1).bitwise_xor_(k0)
+        n2 = (p0 >> 32).bitwise_and_(MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
+        c0, c1, c2, c3 = n0, p1.bitwise_and_(MASK32), n2, p0.bitwise_and_(MASK32)
     return c0
 
 

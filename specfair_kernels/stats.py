@@ -7,8 +7,10 @@ from typing import Any
 import torch
 
 # Column layout of TaskStats.counts (int64, exact) and TaskStats.sums (float64).
-COUNT_DRAFTED, COUNT_ACCEPTED, COUNT_EMITTED, COUNT_STEPS, COUNT_INVALID = range(5)
-COUNT_NAMES = ("drafted", "accepted", "emitted", "steps", "invalid_rows")
+# "tested" drafts are those the accept test actually ran on: the accepted ones plus the
+# first rejected one; drafts after a rejection are drafted but never tested.
+COUNT_DRAFTED, COUNT_ACCEPTED, COUNT_EMITTED, COUNT_STEPS, COUNT_INVALID, COUNT_TESTED = range(6)
+COUNT_NAMES = ("drafted", "accepted", "emitted", "steps", "invalid_rows", "tested")
 SUM_ALPHA, SUM_KL, SUM_CE, SUM_ENTROPY = range(4)
 SUM_NAMES = ("alpha", "kl", "ce", "entropy")
 
@@ -47,7 +49,8 @@ class TaskStats:
 
     Attributes
     ----------
-    counts : int64 [T, 5]   drafted, accepted, emitted tokens, verification steps, invalid rows
+    counts : int64 [T, 6]   drafted, accepted, emitted tokens, verification steps, invalid rows,
+                            tested drafts (accepted + the first rejected one of each step)
     hist   : int64 [T, K+1] accept-length histogram (number of steps with n accepted drafts)
     sums   : float64 [T, 4] sums of alpha, KL(p||q), CE(p, q), H(p) over drafted positions
 
@@ -93,7 +96,9 @@ class TaskStats:
         t = task_ids.long()
         v = valid.long()
         na = num_accepted.long()
-        rows = torch.stack([num_draft.long() * v, na * v, (na + 1) * v, v, 1 - v], 1)
+        nd = num_draft.long()
+        tested = na + (na < nd).long()
+        rows = torch.stack([nd * v, na * v, (na + 1) * v, v, 1 - v, tested * v], 1)
         self.counts.index_add_(0, t, rows)
         self.hist.index_put_((t, na), v, accumulate=True)
         sums = torch.where(valid[:, None], div_sums.double(), 0.0)
@@ -145,8 +150,13 @@ class TaskStats:
         return self.counts[:, col]
 
     def acceptance_rate(self) -> torch.Tensor:
-        """Realised acceptance: accepted drafts / drafted tokens, per task."""
-        return self._ratio(self._count(COUNT_ACCEPTED), self._count(COUNT_DRAFTED))
+        """Realised acceptance: accepted / tested drafts, per task.
+
+        An unbiased estimate of the per-position acceptance probability, so it converges
+        to `expected_acceptance` when positions are alike.  (accepted / drafted, the share
+        of drafts that survive, is ``counts[:, COUNT_ACCEPTED] / counts[:, COUNT_DRAFTED]``.)
+        """
+        return self._ratio(self._count(COUNT_ACCEPTED), self._count(COUNT_TESTED))
 
     def _mean(self, col: int) -> torch.Tensor:
         return self._ratio(self.sums[:, col], self._count(COUNT_DRAFTED))

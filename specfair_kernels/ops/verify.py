@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import stats as _stats
 from .rng import STREAM_ACCEPT, STREAM_RACE, exponential, philox_word0, uniform_accept
 
 NF = 7  # chunk partial fields: m_a, z_a, s_a, m_d, z_d, s_d, bad
@@ -31,6 +32,14 @@ F_MA, F_ZA, F_SA, F_MD, F_ZD, F_SD, F_BAD = range(NF)
 NP = 6  # per-position fields: lse_a, lse_d, H, CE, KL, log p(x)
 BIG_INDEX = 2**30
 MODE_GREEDY, MODE_RESIDUAL, MODE_BONUS = 0, 1, 2
+# TaskStats.counts columns, as compile-time constants
+NCOUNT: tl.constexpr = len(_stats.COUNT_NAMES)
+C_DRAFTED: tl.constexpr = _stats.COUNT_DRAFTED
+C_ACCEPTED: tl.constexpr = _stats.COUNT_ACCEPTED
+C_EMITTED: tl.constexpr = _stats.COUNT_EMITTED
+C_STEPS: tl.constexpr = _stats.COUNT_STEPS
+C_INVALID: tl.constexpr = _stats.COUNT_INVALID
+C_TESTED: tl.constexpr = _stats.COUNT_TESTED
 
 
 @triton.jit
@@ -338,7 +347,7 @@ def _finish_kernel(
     out_nemit_ptr,  # [B] int32 out
     div_ptr,        # [4, B, K] fp32 out (alpha, kl, ce, entropy) when RETURN_DIV
     task_ptr,       # [B] int64 task ids (HAS_STATS)
-    counts_ptr,     # [T, 5] int64 TaskStats.counts
+    counts_ptr,     # [T, NCOUNT] int64 TaskStats.counts
     hist_ptr,       # [T, K_max+1] int64 TaskStats.hist
     sums_ptr,       # [T, 4] float64 TaskStats.sums (atomics unless DETERMINISTIC)
     rowsum_ptr,     # [B, 4] float64 out: per-row divergence sums (DETERMINISTIC)
@@ -416,14 +425,15 @@ def _finish_kernel(
                     tl.atomic_add(sp + 1, s_kl)
                     tl.atomic_add(sp + 2, s_ce)
                     tl.atomic_add(sp + 3, s_h)
-            cp = counts_ptr + task * 5
+            cp = counts_ptr + task * NCOUNT
             if bad_i != 0:
-                tl.atomic_add(cp + 4, 1)
+                tl.atomic_add(cp + C_INVALID, 1)
             else:
-                tl.atomic_add(cp + 0, n)
-                tl.atomic_add(cp + 1, n_acc.to(tl.int64))
-                tl.atomic_add(cp + 2, n_acc.to(tl.int64) + 1)
-                tl.atomic_add(cp + 3, 1)
+                tl.atomic_add(cp + C_DRAFTED, n)
+                tl.atomic_add(cp + C_ACCEPTED, n_acc.to(tl.int64))
+                tl.atomic_add(cp + C_EMITTED, n_acc.to(tl.int64) + 1)
+                tl.atomic_add(cp + C_STEPS, 1)
+                tl.atomic_add(cp + C_TESTED, n_acc.to(tl.int64) + (n_acc < n).to(tl.int64))
                 tl.atomic_add(hist_ptr + task * HIST_W + n_acc, 1)
 
 
