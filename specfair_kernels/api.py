@@ -198,18 +198,25 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         task_t = None
 
     if _checking_values(device):
-        if num_draft is not None and bool(((num_draft_t < 0) | (num_draft_t > K)).any()):
-            raise ValueError(f"num_draft values must lie in [0, K]=[0, {K}]")
+        # All value checks reduce on the device and come back in one transfer (one sync).
         pos = torch.arange(K, device=device)
         used = pos[None, :] < num_draft_t[:, None]
-        if bool((used & ((draft_tokens < 0) | (draft_tokens >= V))).any()):
-            raise ValueError(f"draft_tokens must lie in [0, V)=[0, {V}) at valid positions")
-        if bool((~torch.isfinite(temp) | (temp < 0)).any()):
-            raise ValueError("temperature must be finite and >= 0 (0 means greedy)")
-        if bool((step_t < 0).any()):
-            raise ValueError("step must be >= 0")
-        if task_t is not None and bool(((task_t < 0) | (task_t >= stats.num_tasks)).any()):
-            raise ValueError(f"task_ids must lie in [0, T)=[0, {stats.num_tasks})")
+        checks = [
+            ((num_draft_t < 0) | (num_draft_t > K)).any(),
+            (used & ((draft_tokens < 0) | (draft_tokens >= V))).any(),
+            (~torch.isfinite(temp) | (temp < 0)).any(),
+            (step_t < 0).any(),
+            ((task_t < 0) | (task_t >= stats.num_tasks)).any() if task_t is not None else torch.zeros((), dtype=torch.bool, device=device),
+        ]
+        failed = torch.stack(checks).tolist()
+        messages = [f"num_draft values must lie in [0, K]=[0, {K}]",
+                    f"draft_tokens must lie in [0, V)=[0, {V}) at valid positions (j < num_draft)",
+                    "temperature must be finite and >= 0 (0 means greedy)",
+                    "step must be >= 0",
+                    f"task_ids must lie in [0, T)=[0, {stats.num_tasks if stats is not None else 0})"]
+        for bad, msg in zip(failed, messages):
+            if bad:
+                raise ValueError(msg)
 
     name = backends.select(backend, device)
     need_div = return_divergence or stats is not None
@@ -273,6 +280,15 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
     -------
     torch.Tensor
         fp32 values; shape by ``reduction``.
+
+    Notes
+    -----
+    CE and KL are +inf where p > 0 and q = 0 (a -inf draft logit under a finite target
+    logit); their gradient (q - p) / T stays finite.  A row holding NaN or +inf, or all
+    -inf, gives a NaN value and gradient unless masked; masked rows get exactly zero
+    gradient.  "mean" and "sum" are inf if any unmasked row is.  Backward scales the
+    gradient saved by the forward pass in place, so the result can be backpropagated
+    once (a second backward through the same graph raises).
 
     Examples
     --------

@@ -32,6 +32,7 @@ def _triton_module():
     try:
         import triton  # noqa: F401
 
+        from .ops import divergence as _ops_divergence  # noqa: F401
         from .ops import verify as _ops_verify  # noqa: F401
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
