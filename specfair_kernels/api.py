@@ -13,6 +13,7 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64)
 DIVERGENCE_KINDS = ("ce", "kl", "tv", "alpha")
 REDUCTIONS = ("none", "mean", "sum", "per_task")
+GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy)
 
 
 @dataclass
@@ -78,6 +79,11 @@ def _per_row(name, value, B, device, dtype, kind):
         return value.to(dtype).contiguous()
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
         raise TypeError(f"{name} must be an int or a [B] integer tensor, got {type(value).__name__}")
+    if kind == "int":
+        if name == "seed" and 2**63 <= value < 2**64:
+            value -= 2**64  # a 64-bit seed: same bits, as int64
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{name} must fit in int64 (a seed in [-2**63, 2**64)), got {value}")
     if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise TypeError(f"{name} must be a float or a [B] float tensor, got {type(value).__name__}")
     return torch.full((B,), value, dtype=dtype, device=device)
@@ -106,14 +112,15 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     num_draft : [B] int, optional
         Valid drafts per row (ragged rows), each in [0, K]; default K for every row.
     temperature : float or [B] float
-        Sampling temperature per call or per row, >= 0; 0 means greedy.  Applied to
-        both logits.  Divergences of greedy rows are those of the untempered softmax.
+        Sampling temperature per call or per row, >= 0; 0 means greedy, and so does any
+        value below 1e-5 (as in vLLM).  Applied to both logits.  Divergences of greedy
+        rows are those of the untempered softmax.
     task_ids : [B] int, optional
         Task of each row in [0, stats.num_tasks); default 0.  Requires ``stats``.
     stats : TaskStats, optional
         Updated in place on the device (no host synchronisation on the GPU).
     seed : int or [B] int64, optional
-        Per-request seed.  The same seed, step and logits give the same tokens in any
+        Per-request 64-bit seed (a Python int in [-2**63, 2**64)).  The same seed, step and logits give the same tokens in any
         batch slot, batch size and backend.  None draws seeds from torch's generator.
     step : int or [B] int
         Index of this verification call within each request, so that successive calls
@@ -174,6 +181,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     else:
         num_draft_t = _per_row("num_draft", num_draft, B, device, torch.int64, "int")
     temp = _per_row("temperature", temperature, B, device, torch.float32, "float")
+    # As in vLLM, temperatures below 1e-5 are greedy: logits / tau would overflow to inf.
+    temp = torch.where(temp.abs() < GREEDY_BELOW, torch.zeros_like(temp), temp)
     step_t = _per_row("step", step, B, device, torch.int64, "int")
     if seed is None:
         seed_t = torch.randint(0, 2**62, (B,), dtype=torch.int64, device=device)

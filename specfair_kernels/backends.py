@@ -71,6 +71,9 @@ def select(backend: str, device: torch.device) -> str:
     requested = backend
     if backend == "auto":
         requested = os.environ.get(ENV_VAR, "auto") or "auto"
+    if requested not in ("auto",) + BACKENDS:
+        source = f"the environment variable {ENV_VAR}" if backend == "auto" else "backend"
+        raise ValueError(f"{source} must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {requested!r}")
     if requested == "auto":
         order = ("triton", "torch") if device.type == "cuda" else ("cpp", "torch")
         for name in order:

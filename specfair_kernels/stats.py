@@ -25,7 +25,7 @@ def speedup(alpha, num_draft: int, cost_ratio: float):
     if isinstance(alpha, torch.Tensor):
         a = alpha.double()
         tokens = torch.where(a < 1, (1 - a ** (g + 1)) / (1 - a).clamp_min(1e-300), torch.full_like(a, g + 1.0))
-        return tokens / (g * c + 1)
+        return torch.where(torch.isnan(a), a, tokens / (g * c + 1))  # no data stays NaN
     if alpha >= 1:
         return (g + 1) / (g * c + 1)
     return (1 - alpha ** (g + 1)) / ((1 - alpha) * (g * c + 1))
