@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The one command for the GPU machine (its python3 already has torch, triton and
+# pytest-benchmark; it has no network), run from anywhere in the repository:
+#
+#   bash benchmarks/run_gpu.sh          # benchmarks, then the test suite on CUDA
+#   bash benchmarks/run_gpu.sh bench    # benchmarks only
+#   bash benchmarks/run_gpu.sh test     # test suite only
+#
+# Writes into $OUT (default benchmarks/results):
+#   bench_gpu.json  pytest-benchmark records (commit as benchmarks/results/gpu_<device>.json)
+#   bench_gpu.md    the Markdown table made from them (benchmarks/make_table.py)
+#   bench_gpu.log   the benchmark run's output
+#   tests_gpu.log   the test suite's output
+# Exits non-zero if the install, the benchmarks or the tests failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHAT=${1:-all}
+PY=${PYTHON:-python3}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+unset TRITON_INTERPRET            # real kernels on the GPU, never the interpreter
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+stamp() { echo "[run_gpu $(( $(date +%s) - start )) s] $*"; }
+
+"$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as exc:
+    print("triton unavailable:", exc)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device: {torch.cuda.get_device_name(0)} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB)")
+else:
+    print("device: NO CUDA DEVICE - the benchmarks would measure the CPU")
+EOF
+
+stamp "installing the package (editable, no deps, no network)"
+if ! "$PY" -m pip install --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1; then
+    tail -40 "$OUT/install.log"
+    stamp "install FAILED"
+    exit 1
+fi
+"$PY" -c "import specfair_kernels as sk, torch; d = 'cuda' if torch.cuda.is_available() else 'cpu'; print(f'backends on {d}:', sk.available_backends(d))"
+
+bench_rc=0
+test_rc=0
+if [[ $WHAT == all || $WHAT == bench ]]; then
+    stamp "benchmarks"
+    "$PY" -m pytest benchmarks -q -rs -p no:cacheprovider \
+        --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
+        --benchmark-json="$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+    bench_rc=${PIPESTATUS[0]}
+    if [[ -s $OUT/bench_gpu.json ]]; then
+        "$PY" benchmarks/make_table.py "$OUT/bench_gpu.json" -o "$OUT/bench_gpu.md" && cat "$OUT/bench_gpu.md"
+    fi
+    stamp "benchmarks done (exit $bench_rc)"
+fi
+if [[ $WHAT == all || $WHAT == test ]]; then
+    stamp "test suite on CUDA"
+    "$PY" -m pytest tests -x -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.log"
+    test_rc=${PIPESTATUS[0]}
+    stamp "tests done (exit $test_rc)"
+fi
+
+"$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
+stamp "finished: benchmarks exit $bench_rc, tests exit $test_rc"
+[[ $bench_rc -eq 0 && $test_rc -eq 0 ]]
