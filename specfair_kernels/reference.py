@@ -104,27 +104,27 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
     log_e = torch.log(e)
     score_p = torch.where(a_s > NEG_INF, a_s - log_e, NEG_INF)
     tok = score_p.argmax(-1)
-    residual = n_acc < num_draft
-    if residual.any():
+    # No host synchronisation anywhere (no .any()/.item(), no boolean indexing), so this
+    # backend can be captured in a CUDA graph like the Triton one.
+    if K > 0:
+        residual = n_acc < num_draft
         p_s = torch.exp(a_s - la[rows, n_acc][:, None])
-        js = n_acc.clamp(max=max(K - 1, 0))
+        js = n_acc.clamp(max=K - 1)
         if d is not None:
             q_s = torch.exp(d[rows, js] - lb[rows, js][:, None])
         else:
             q_s = (vocab[None, :] == x[rows, js][:, None]).float()
         r = torch.clamp(p_s - q_s, min=0.0)
         score_r = torch.where(r > 0, torch.log(r) - log_e, NEG_INF)
-        best_r, tok_r = score_r.max(-1)
-        use_r = residual & (best_r > NEG_INF)
-        # torch.max's index is not guaranteed to be the first maximum; argmax is.
-        tok = torch.where(use_r, score_r.argmax(-1), tok)
+        use_r = residual & (score_r.amax(-1) > NEG_INF)
+        tok = torch.where(use_r, score_r.argmax(-1), tok)  # argmax: the first maximum
     tok = torch.where(greedy, argmax_a[rows, n_acc], tok)
 
     tokens = torch.full((B, K1), -1, dtype=torch.int64, device=dev)
     keep = pos[None, :K] < n_acc[:, None]
     tokens[:, :K] = torch.where(keep, x, -1)
     tokens[rows, n_acc] = tok
-    tokens[bad] = -1
+    tokens = torch.where(bad[:, None], -1, tokens)
     n_acc = torch.where(bad, 0, n_acc).to(torch.int32)
     n_emit = torch.where(bad, 0, n_acc + 1).to(torch.int32)
 
