@@ -19,7 +19,7 @@ from .backends import select
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m specfair_kernels.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40, help="verification calls per task (default 40)")
+    ap.add_argument("--steps", type=int, default=25, help="verification calls per task (default 25)")
     ap.add_argument("--batch", type=int, default=16, help="rows per call (default 16)")
     ap.add_argument("--num-draft", type=int, default=4, help="draft length K (default 4)")
     ap.add_argument("--vocab", type=int, default=32000, help="vocabulary size V (default 32000)")
