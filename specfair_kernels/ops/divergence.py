@@ -35,6 +35,14 @@ SM; BLOCK=4096 with 8 warps needed 165 registers (one program per SM).  Not yet 
 
 
 @triton.jit
+def _probs_tile(t_row, d_row, cols, inb, temperature, lse_a, lse_b):
+    """p and q on one vocabulary tile, from the row normalisers of pass 1."""
+    b = tl.load(d_row + cols, mask=inb, other=float("-inf")).to(tl.float32) / temperature
+    a = tl.load(t_row + cols, mask=inb, other=float("-inf")).to(tl.float32) / temperature
+    return tl.exp(a - lse_a), tl.exp(b - lse_b)
+
+
+@triton.jit
 def _divergence_rows_kernel(
     draft_ptr,    # [N, V] fp32 | bf16 | fp16, contiguous (drafter logits, q)
     target_ptr,   # [N, V] fp32 | bf16 | fp16, contiguous (verifier logits, p)
@@ -103,10 +111,7 @@ def _divergence_rows_kernel(
         for start in range(0, V, BLOCK):
             cols = start + lane
             inb = cols < V
-            b = tl.load(d_row + cols, mask=inb, other=NEG).to(tl.float32) / temperature
-            a = tl.load(t_row + cols, mask=inb, other=NEG).to(tl.float32) / temperature
-            p = tl.exp(a - lse_a)
-            q = tl.exp(b - lse_b)
+            p, q = _probs_tile(t_row, d_row, cols, inb, temperature, lse_a, lse_b)
             if KIND >= 2:
                 s_min += tl.sum(tl.where(inb, tl.minimum(p, q), 0.0), 0)
                 s_abs += tl.sum(tl.where(inb, tl.abs(p - q), 0.0), 0)
@@ -122,10 +127,7 @@ def _divergence_rows_kernel(
         for start in range(0, V, BLOCK):
             cols = start + lane
             inb = cols < V
-            b = tl.load(d_row + cols, mask=inb, other=NEG).to(tl.float32) / temperature
-            a = tl.load(t_row + cols, mask=inb, other=NEG).to(tl.float32) / temperature
-            p = tl.exp(a - lse_a)
-            q = tl.exp(b - lse_b)
+            p, q = _probs_tile(t_row, d_row, cols, inb, temperature, lse_a, lse_b)
             g = (tl.where(q < p, q, 0.0) - q * s_qlt) / temperature
             if KIND == 2:
                 g = -g
