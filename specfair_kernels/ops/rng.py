@@ -2,12 +2,12 @@
 import triton
 import triton.language as tl
 
-PHILOX_M0: tl.constexpr = 0xD2511F53
-PHILOX_M1: tl.constexpr = 0xCD9E8D57
-PHILOX_W0: tl.constexpr = 0x9E3779B9
-PHILOX_W1: tl.constexpr = 0xBB67AE85
-STREAM_ACCEPT: tl.constexpr = 0
-STREAM_RACE: tl.constexpr = 1
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+STREAM_ACCEPT = tl.constexpr(0)
+STREAM_RACE = tl.constexpr(1)
 
 
 @triton.jit

@@ -27,19 +27,21 @@ import triton.language as tl
 from .. import stats as _stats
 from .rng import STREAM_ACCEPT, STREAM_RACE, exponential, philox_word0, uniform_accept
 
-NF = 7  # chunk partial fields: m_a, z_a, s_a, m_d, z_d, s_d, bad
-F_MA, F_ZA, F_SA, F_MD, F_ZD, F_SD, F_BAD = range(NF)
-NP = 6  # per-position fields: lse_a, lse_d, H, CE, KL, log p(x)
-BIG_INDEX = 2**30
-MODE_GREEDY, MODE_RESIDUAL, MODE_BONUS = 0, 1, 2
+# Globals read inside kernels must be tl.constexpr objects (they also work as ints on the host).
+C = tl.constexpr
+NF = C(7)  # chunk partial fields: m_a, z_a, s_a, m_d, z_d, s_d, bad
+F_MA, F_ZA, F_SA, F_MD, F_ZD, F_SD, F_BAD = (C(i) for i in range(7))
+NP = C(6)  # per-position fields: lse_a, lse_d, H, CE, KL, log p(x)
+BIG_INDEX = C(2**30)
+MODE_GREEDY, MODE_RESIDUAL, MODE_BONUS = C(0), C(1), C(2)
 # TaskStats.counts columns, as compile-time constants
-NCOUNT: tl.constexpr = len(_stats.COUNT_NAMES)
-C_DRAFTED: tl.constexpr = _stats.COUNT_DRAFTED
-C_ACCEPTED: tl.constexpr = _stats.COUNT_ACCEPTED
-C_EMITTED: tl.constexpr = _stats.COUNT_EMITTED
-C_STEPS: tl.constexpr = _stats.COUNT_STEPS
-C_INVALID: tl.constexpr = _stats.COUNT_INVALID
-C_TESTED: tl.constexpr = _stats.COUNT_TESTED
+NCOUNT = C(len(_stats.COUNT_NAMES))
+C_DRAFTED = C(_stats.COUNT_DRAFTED)
+C_ACCEPTED = C(_stats.COUNT_ACCEPTED)
+C_EMITTED = C(_stats.COUNT_EMITTED)
+C_STEPS = C(_stats.COUNT_STEPS)
+C_INVALID = C(_stats.COUNT_INVALID)
+C_TESTED = C(_stats.COUNT_TESTED)
 
 
 @triton.jit
@@ -468,14 +470,16 @@ def _sm_count(device: torch.device) -> int:
 def launch_config(R: int, V: int, device: torch.device, block: int | None = None, chunk: int | None = None):
     """Pick (BLOCK, CHUNK, NT, num_warps): enough programs to fill the GPU at small batch."""
     if block is None:
-        block = min(triton.next_power_of_2(V), 2048 if device.type == "cuda" else 256)
+        # 1024 lanes x 8 warps = 4 elements per thread: 60-80 registers for the tile kernels
+        # on sm_90 (ptxas), ~3 programs per SM; 2048 lanes needed 121-174 (1-2 per SM).
+        block = min(triton.next_power_of_2(V), 1024 if device.type == "cuda" else 256)
     if chunk is None:
         want = 4 * _sm_count(device)  # programs in flight per launch
         nt = max(1, min(triton.cdiv(want, R), triton.cdiv(V, block)))
         chunk = triton.cdiv(triton.cdiv(V, nt), block) * block
     chunk = max(block, triton.cdiv(chunk, block) * block)
     nt = triton.cdiv(V, chunk)
-    num_warps = 8 if block >= 2048 else 4
+    num_warps = 8 if block >= 1024 else 4
     return block, chunk, nt, num_warps
 
 

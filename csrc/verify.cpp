@@ -1,0 +1,577 @@
+// C++ CPU backend of specfair_kernels.verify (see specfair_kernels/reference.py, the spec).
+//
+// One OpenMP task per row b.  Per row:
+//   1. scan every *used* position (target j <= num_draft, draft j < num_draft) once:
+//      a = logit / tau in fp32, NaN/+inf/all -inf check, max and first argmax;
+//      an invalid row stops here.
+//   2. accept loop.  Greedy rows compare with the argmax of step 1 (no exp at all);
+//      sampling rows need log p(x_j) and log q(x_j), i.e. one exp pass per position
+//      (sum exp(a - max) with the max of step 1).  Without divergences the positions
+//      after the first rejection are never exponentiated.
+//   3. the token at j* = num_accepted: argmax (greedy), else the exponential race.  The
+//      race is exact but cheap: a vectorised pass computes the Philox words and a
+//      rigorous upper bound of every score from the exponent of v (E >= v, so
+//      -log E <= -floor(log2 v) * ln 2); only entries whose bound reaches the best score
+//      so far are evaluated exactly (log E, exp p, exp q, log r), in index order, so the
+//      first maximal index wins exactly as torch.argmax.
+//   4. divergences (need_div) at every used drafted position, from the exp pass's
+//      buffers: p = exp(a - max) / S, log p = a - lse (likewise q), fp32 partial sums
+//      per chunk accumulated in double.  One-hot drafts: alpha = p(x), H as usual, and
+//      CE = KL = 0 if exp(log p(x)) >= 1 in fp32, else +inf (as the reference).
+//
+// Random words and their fp32 conversions are bit-identical to rng.py (philox.h).  The
+// decisions use the reference's fp32 formulas (a = logit / tau by true division,
+// log p(x) = a[x] - lse, log u + log q <= log p, scores a - log E and
+// log(max(0, p - q)) - log E with p = exp(a - lse)); what may differ from torch in the
+// last bit is lse (summation order) and log/exp (glibc vs torch's SLEEF), which flips a
+// token only on an fp32 near-tie.  exp and log are std::exp / std::log (no fast-math).
+//
+// Inner loops are plain float arrays written to auto-vectorise at the baseline ISA
+// (-O3, no -march): bf16/fp16 -> fp32 conversions are exact and branch-free, selects
+// are integer masks (float selects are not if-converted under -ftrapping-math), and the
+// reductions use `omp simd` over 256-entry chunks (fp32 partials, double totals).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "philox.h"
+
+namespace {
+
+using namespace specfair;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kChunk = 256;
+constexpr float kLn2 = 0.6931472f;
+// Slack of the race's score bound; any value well above fp32 rounding (1e-5) is exact.
+constexpr float kBoundMargin = 0.01f;
+
+inline float f32_from_bits(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+}
+inline uint32_t f32_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  return b;
+}
+
+// Exact, branch-free (so vectorisable) conversions to fp32, equal to torch's .float().
+inline float f32(float x) { return x; }
+inline float f32(at::BFloat16 x) { return f32_from_bits(static_cast<uint32_t>(x.x) << 16); }
+inline float f32(at::Half x) {
+  const uint32_t h = x.x;
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t em = (h & 0x7fffu) << 13;  // exponent and mantissa in fp32 position
+  const uint32_t exp = em & 0x0f800000u;
+  const uint32_t is_max = 0u - static_cast<uint32_t>(exp == 0x0f800000u);  // inf / NaN
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(exp == 0u);           // zero / subnormal
+  const uint32_t normal = em + (112u << 23) + (is_max & (112u << 23));     // rebias 15 -> 127
+  const uint32_t sub = f32_bits(static_cast<float>(static_cast<int32_t>(h & 0x3ffu)) * 0x1p-24f);  // exact
+  return f32_from_bits((sub & is_sub) | (normal & ~is_sub) | sign);
+}
+
+struct Scan {
+  float max;
+  int64_t argmax;  // first maximal index
+  bool bad;        // NaN or +inf, or all -inf
+};
+
+// a = src / tau over V entries: invalid check, max and first argmax.
+template <bool Unit, typename T>
+Scan scan_row_impl(const T* __restrict src, int64_t V, float tau) {
+  alignas(64) float buf[kChunk];
+  float m = -kInf;
+  int64_t arg = 0;
+  int bad = 0;
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    float cm = -kInf;
+    int f = 0;
+#pragma omp simd reduction(max : cm) reduction(| : f)
+    for (int64_t k = 0; k < n; ++k) {
+      const float a = Unit ? f32(src[c0 + k]) : f32(src[c0 + k]) / tau;
+      buf[k] = a;
+      f |= static_cast<int>(a != a) | static_cast<int>(a == kInf);
+      cm = a > cm ? a : cm;
+    }
+    bad |= f;
+    if (cm > m) {
+      m = cm;
+      for (int64_t k = 0; k < n; ++k) {
+        if (buf[k] == cm) {
+          arg = c0 + k;
+          break;
+        }
+      }
+    }
+  }
+  return {m, arg, bad != 0 || !(m > -kInf)};
+}
+
+template <typename T>
+Scan scan_row(const T* src, int64_t V, float tau) {
+  return tau == 1.0f ? scan_row_impl<true>(src, V, tau) : scan_row_impl<false>(src, V, tau);
+}
+
+// A = src / tau (exact division, as the reference; skipped when tau == 1).
+template <typename T>
+void scale_row(const T* __restrict src, int64_t V, float tau, float* __restrict A) {
+  if (tau == 1.0f) {
+#pragma omp simd
+    for (int64_t k = 0; k < V; ++k) A[k] = f32(src[k]);
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < V; ++k) A[k] = f32(src[k]) / tau;
+  }
+}
+
+// Sum of x[0..n) in double, from fp32 partial sums over short chunks (vectorised).
+inline double sum_f32(const float* __restrict x, int64_t n) {
+  double s = 0.0;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - c0);
+    float cs = 0.0f;
+#pragma omp simd reduction(+ : cs)
+    for (int64_t k = 0; k < m; ++k) cs += x[c0 + k];
+    s += cs;
+  }
+  return s;
+}
+
+// A = src / tau, E = exp(A - m), returns S = sum E (m = max A, finite).  The exp loop
+// holds nothing but the libm calls, so no accumulator is spilled around them.
+template <typename T>
+double exp_pass(const T* __restrict src, int64_t V, float tau, float m, float* __restrict A,
+                float* __restrict E) {
+  scale_row(src, V, tau, A);
+  for (int64_t k = 0; k < V; ++k) E[k] = std::exp(A[k] - m);
+  return sum_f32(E, V);
+}
+
+// reference._log_softmax_parts for a valid position: log(sum) + max in fp32.
+inline float lse_from(double s, float m) { return std::log(static_cast<float>(s)) + m; }
+
+struct Div {
+  float alpha, kl, ce, entropy;
+};
+
+// torch.where(p > 0, x, 0) as a bit mask: the products are computed unconditionally
+// (0 * -inf = NaN is masked away), and integer selects vectorise where a float select
+// may not (-ftrapping-math).
+inline uint32_t mask_pos(float p) { return 0u - static_cast<uint32_t>(p > 0.0f); }
+inline float keep_if(float x, uint32_t mask) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  b &= mask;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// reference.divergences at one position: p = EA / SA, log p = A - la, and
+//   drafts:   q = ED / SB, log q = D - lb: alpha, KL, CE, H;
+//   one-hot:  q = 1 at x, 0 elsewhere: alpha = sum min(p, q) = p(x) and H only
+//             (CE and KL are set by the caller: 0 if exp(log p(x)) >= 1 in fp32, else +inf).
+template <bool OneHot>
+Div div_pass(const float* __restrict A, const float* __restrict EA, float SA, float la,
+             const float* __restrict D, const float* __restrict ED, float SB, float lb, int64_t x,
+             int64_t V) {
+  double ent = 0.0, ce = 0.0, kl = 0.0, al = 0.0;
+  const float inv_a = 1.0f / SA, inv_b = 1.0f / SB;  // p = EA / SA to within an ulp
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    float e_ = 0.f, c_ = 0.f, k_ = 0.f, a_ = 0.f;
+    if constexpr (OneHot) {
+#pragma omp simd reduction(+ : e_)
+      for (int64_t k = 0; k < n; ++k) {
+        const float p = EA[c0 + k] * inv_a;
+        const float lp = A[c0 + k] - la;
+        e_ += keep_if(p * lp, mask_pos(p));
+      }
+      if (x >= c0 && x < c0 + n) a_ = EA[x] * inv_a;  // min(p, q) is p(x) at x, 0 elsewhere
+    } else {
+#pragma omp simd reduction(+ : e_, c_, k_, a_)
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t i = c0 + k;
+        const float p = EA[i] * inv_a;
+        const float lp = A[i] - la;
+        const float q = ED[i] * inv_b;
+        const float lq = D[i] - lb;
+        const uint32_t pos = mask_pos(p);
+        e_ += keep_if(p * lp, pos);
+        c_ += keep_if(p * lq, pos);
+        k_ += keep_if(p * (lp - lq), pos);
+        a_ += std::min(p, q);
+      }
+    }
+    ent += e_;
+    ce += c_;
+    kl += k_;
+    al += a_;
+  }
+  return {static_cast<float>(al), static_cast<float>(kl), -static_cast<float>(ce), -static_cast<float>(ent)};
+}
+
+enum RaceMode { kBonus = 0, kResidualDraft = 1, kResidualOneHot = 2 };
+
+struct RaceResult {
+  float best;
+  int64_t index;
+};
+
+// Exponential race at one position (counter c1 = j*, c2 = step):
+//   kBonus:    argmax_i  a_i - log E_i                  (a_i = -inf -> -inf)
+//   residual:  argmax_i  log r_i - log E_i,  r = max(0, exp(a - la) - q)   (r = 0 -> -inf)
+// with q = exp(d - lb) (draft) or one-hot at xq.  First maximal index, as torch.argmax.
+template <int Mode, typename TT, typename TD>
+RaceResult race(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la,
+                float lb, int64_t xq, uint32_t k0, uint32_t k1, uint32_t c1, uint32_t c2) {
+  alignas(64) uint32_t w[kChunk];
+  alignas(64) float z[kChunk];
+  alignas(64) float ub[kChunk];
+  float best = -kInf;
+  int64_t idx = 0;
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    // Vectorisable: Philox words and the score bound U >= score.
+    //   E >= v (both branches of rng.exponential), v >= 2^e with e the exponent of v, so
+    //   -fl(log E) <= -e ln 2 + 2e-6 <= c.  Bonus: score = fl(a - fl(log E)) <= fl(a + c).
+    //   Residual: r <= p = fl(exp(z)), z = fl(a - la) <= 0, so fl(log r) <= z + |z| 2^-23
+    //   + 2e-7, hence score <= fl(z * (1 - 1e-5) + c).  Rounding is monotone.
+    for (int64_t k = 0; k < n; ++k) {
+      const uint32_t wv = philox_w0(k0, k1, static_cast<uint32_t>(c0 + k), c1, c2, kStreamRace);
+      w[k] = wv;
+      const float v = race_v(wv);
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      const int neg_e = 127 - static_cast<int>((bits >> 23) & 0xffu);
+      const float c = static_cast<float>(neg_e) * kLn2 + kBoundMargin;
+      const float a = f32(tgt[c0 + k]) / tau;
+      const float zz = Mode == kBonus ? a : a - la;
+      z[k] = zz;
+      ub[k] = Mode == kBonus ? zz + c : zz * (1.0f - 1e-5f) + c;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      if (ub[k] < best) continue;  // cannot reach (nor tie) the best score so far
+      const int64_t i = c0 + k;
+      const float log_e = std::log(exponential(w[k]));
+      float s;
+      if constexpr (Mode == kBonus) {
+        s = z[k] > -kInf ? z[k] - log_e : -kInf;
+      } else {
+        const float p = std::exp(z[k]);
+        float q;
+        if constexpr (Mode == kResidualDraft) {
+          q = std::exp(f32(drf[i]) / tau - lb);
+        } else {
+          q = i == xq ? 1.0f : 0.0f;
+        }
+        float r = p - q;
+        r = r < 0.0f ? 0.0f : r;
+        s = r > 0.0f ? std::log(r) - log_e : -kInf;
+      }
+      if (s > best) {
+        best = s;
+        idx = i;
+      }
+    }
+  }
+  return {best, idx};
+}
+
+struct Workspace {
+  std::vector<float> A, EA, D, ED;
+  std::vector<Scan> sa, sd;
+  void reserve(int64_t V, int64_t K) {
+    if (static_cast<int64_t>(A.size()) < V) {
+      A.resize(V);
+      EA.resize(V);
+      D.resize(V);
+      ED.resize(V);
+    }
+    sa.resize(K + 1);
+    sd.resize(K + 1);
+  }
+};
+
+// Per-thread scratch, shared by every dtype instantiation (OpenMP threads persist).
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+struct RowOut {
+  int64_t* tokens;  // [K+1]
+  int32_t* n_acc;
+  int32_t* n_emit;
+  float* div[4];  // alpha, kl, ce, entropy rows [K], or null
+};
+
+// One row of reference.verify.  drf is null for one-hot drafts.
+template <typename TT, typename TD, bool OneHot>
+void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, int64_t V, int64_t nd,
+                float temp, int64_t seed, int64_t step, bool need_div, Workspace& ws, const RowOut& out) {
+  nd = std::min<int64_t>(std::max<int64_t>(nd, 0), K);
+  const bool greedy = temp == 0.0f;
+  const float tau = greedy ? 1.0f : temp;
+  const uint32_t k0 = seed_k0(seed), k1 = seed_k1(seed), c2 = low32(step);
+
+  for (int64_t j = 0; j <= K; ++j) out.tokens[j] = -1;
+  if (need_div)
+    for (int t = 0; t < 4; ++t)
+      for (int64_t j = 0; j < K; ++j) out.div[t][j] = 0.0f;
+
+  // 1. validity, max, argmax on used positions only.
+  bool bad = false;
+  for (int64_t j = 0; j <= nd && !bad; ++j) {
+    ws.sa[j] = scan_row(tgt + j * V, V, tau);
+    bad = ws.sa[j].bad;
+  }
+  if constexpr (!OneHot) {
+    for (int64_t j = 0; j < nd && !bad; ++j) {
+      ws.sd[j] = scan_row(drf + j * V, V, tau);
+      bad = ws.sd[j].bad;
+    }
+  }
+  if (bad) {
+    *out.n_acc = 0;
+    *out.n_emit = 0;
+    if (need_div)
+      for (int t = 0; t < 4; ++t)
+        for (int64_t j = 0; j < nd; ++j) out.div[t][j] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  auto tok_at = [&](int64_t j) { return std::min<int64_t>(std::max<int64_t>(xtok[j], 0), V - 1); };
+
+  // 2. accept loop (+ divergences).
+  int64_t n_acc = 0;
+  bool decided = false;
+  if (greedy) {
+    while (n_acc < nd && tok_at(n_acc) == ws.sa[n_acc].argmax) ++n_acc;
+    decided = true;
+  }
+  float la_star = 0.0f, lb_star = 0.0f;
+  float* A = ws.A.data();
+  float* EA = ws.EA.data();
+  float* D = ws.D.data();
+  float* ED = ws.ED.data();
+  for (int64_t j = 0; j < nd; ++j) {
+    const bool accept_step = !decided;  // then j == n_acc
+    if (!accept_step && !need_div) break;
+    const double SA = exp_pass(tgt + j * V, V, tau, ws.sa[j].max, A, EA);
+    const float la = lse_from(SA, ws.sa[j].max);
+    double SB = 1.0;
+    float lb = 0.0f;
+    if constexpr (!OneHot) {
+      SB = exp_pass(drf + j * V, V, tau, ws.sd[j].max, D, ED);
+      lb = lse_from(SB, ws.sd[j].max);
+    }
+    const int64_t x = tok_at(j);
+    if (accept_step) {
+      const float logp_x = A[x] - la;
+      const float logq_x = OneHot ? 0.0f : D[x] - lb;
+      const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(j), c2, kStreamAccept));
+      const bool acc = logp_x > -kInf && std::log(u) + logq_x <= logp_x;
+      if (acc) {
+        ++n_acc;
+      } else {
+        decided = true;
+        la_star = la;
+        lb_star = lb;
+      }
+    }
+    if (need_div) {
+      Div dv = div_pass<OneHot>(A, EA, static_cast<float>(SA), la, D, ED, static_cast<float>(SB), lb, x, V);
+      if constexpr (OneHot) dv.ce = dv.kl = std::exp(A[x] - la) >= 1.0f ? 0.0f : kInf;
+      out.div[0][j] = dv.alpha;
+      out.div[1][j] = dv.kl;
+      out.div[2][j] = dv.ce;
+      out.div[3][j] = dv.entropy;
+    }
+  }
+
+  // 3. the token at j* = n_acc.
+  int64_t tok;
+  const TT* ts = tgt + n_acc * V;
+  const uint32_t c1 = static_cast<uint32_t>(n_acc);
+  if (greedy) {
+    tok = ws.sa[n_acc].argmax;
+  } else {
+    RaceResult r{-kInf, 0};
+    if (n_acc < nd) {
+      if constexpr (OneHot) {
+        r = race<kResidualOneHot, TT, TD>(ts, nullptr, V, tau, la_star, 0.0f, tok_at(n_acc), k0, k1, c1, c2);
+      } else {
+        r = race<kResidualDraft, TT, TD>(ts, drf + n_acc * V, V, tau, la_star, lb_star, 0, k0, k1, c1, c2);
+      }
+    }
+    if (!(r.best > -kInf)) r = race<kBonus, TT, TD>(ts, nullptr, V, tau, 0.0f, 0.0f, 0, k0, k1, c1, c2);
+    tok = r.index;
+  }
+  for (int64_t j = 0; j < n_acc; ++j) out.tokens[j] = tok_at(j);
+  out.tokens[n_acc] = tok;
+  *out.n_acc = static_cast<int32_t>(n_acc);
+  *out.n_emit = static_cast<int32_t>(n_acc + 1);
+}
+
+template <typename F>
+void dispatch_float(at::ScalarType st, const char* name, F&& f) {
+  switch (st) {
+    case at::kFloat:
+      f(float{});
+      break;
+    case at::kBFloat16:
+      f(at::BFloat16{});
+      break;
+    case at::kHalf:
+      f(at::Half{});
+      break;
+    default:
+      TORCH_CHECK(false, name, " must be float32, bfloat16 or float16, got ", st);
+  }
+}
+
+py::tuple verify(const at::Tensor& target_in, const py::object& draft_obj, const at::Tensor& draft_tokens_in,
+                 const at::Tensor& num_draft_in, const at::Tensor& temperature_in, const at::Tensor& seed_in,
+                 const at::Tensor& step_in, bool need_div) {
+  TORCH_CHECK(target_in.device().is_cpu(), "the C++ backend runs on the CPU only");
+  TORCH_CHECK(target_in.dim() == 3, "target_logits must be [B, K+1, V]");
+  const at::Tensor target = target_in.contiguous();
+  const int64_t B = target.size(0), K1 = target.size(1), V = target.size(2);
+  TORCH_CHECK(K1 >= 1, "target_logits needs K+1 >= 1 positions");
+  const int64_t K = K1 - 1;
+  std::optional<at::Tensor> draft;
+  if (!draft_obj.is_none()) {
+    draft = draft_obj.cast<at::Tensor>().contiguous();
+    TORCH_CHECK(draft->device().is_cpu(), "draft_logits must be on the CPU");
+    TORCH_CHECK(draft->dim() == 3 && draft->size(0) == B && draft->size(1) == K && draft->size(2) == V,
+                "draft_logits must be [B, K, V]");
+  }
+  const at::Tensor xtok = draft_tokens_in.to(at::kLong).contiguous();
+  const at::Tensor nd = num_draft_in.to(at::kLong).contiguous();
+  const at::Tensor temp = temperature_in.to(at::kFloat).contiguous();
+  const at::Tensor seed = seed_in.to(at::kLong).contiguous();
+  const at::Tensor step = step_in.to(at::kLong).contiguous();
+  TORCH_CHECK(xtok.dim() == 2 && xtok.size(0) == B && xtok.size(1) == K, "draft_tokens must be [B, K]");
+  TORCH_CHECK(nd.numel() == B && temp.numel() == B && seed.numel() == B && step.numel() == B,
+              "num_draft, temperature, seed and step must have B entries");
+
+  at::Tensor tokens = at::empty({B, K1}, at::kLong);
+  at::Tensor n_acc = at::empty({B}, at::kInt);
+  at::Tensor n_emit = at::empty({B}, at::kInt);
+  std::vector<at::Tensor> div;
+  if (need_div)
+    for (int t = 0; t < 4; ++t) div.push_back(at::empty({B, K}, at::kFloat));
+
+  const int64_t* xp = xtok.data_ptr<int64_t>();
+  const int64_t* ndp = nd.data_ptr<int64_t>();
+  const float* tp = temp.data_ptr<float>();
+  const int64_t* sp = seed.data_ptr<int64_t>();
+  const int64_t* stp = step.data_ptr<int64_t>();
+  int64_t* tokp = tokens.data_ptr<int64_t>();
+  int32_t* nap = n_acc.data_ptr<int32_t>();
+  int32_t* nep = n_emit.data_ptr<int32_t>();
+  float* dp[4] = {nullptr, nullptr, nullptr, nullptr};
+  if (need_div)
+    for (int t = 0; t < 4; ++t) dp[t] = div[t].data_ptr<float>();
+
+  auto run = [&](auto tt, auto td, auto one_hot) {
+    using TT = decltype(tt);
+    using TD = decltype(td);
+    constexpr bool OneHot = decltype(one_hot)::value;
+    const TT* tgt = target.data_ptr<TT>();
+    const TD* drf = nullptr;
+    if constexpr (!OneHot) drf = draft->data_ptr<TD>();
+    const int nthreads = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>(B)));
+    int failed = 0;  // no exception may leave an OpenMP region
+    {
+      py::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+      for (int64_t b = 0; b < B; ++b) {
+        try {
+          Workspace& ws = thread_workspace();
+          ws.reserve(V, K);
+          RowOut out{tokp + b * K1, nap + b, nep + b, {nullptr, nullptr, nullptr, nullptr}};
+          if (need_div)
+            for (int t = 0; t < 4; ++t) out.div[t] = dp[t] + b * K;
+          verify_row<TT, TD, OneHot>(tgt + b * K1 * V, OneHot ? nullptr : drf + b * K * V, xp + b * K, K, V,
+                                     ndp[b], tp[b], sp[b], stp[b], need_div, ws, out);
+        } catch (...) {
+#pragma omp atomic write
+          failed = 1;
+        }
+      }
+    }
+    TORCH_CHECK(!failed, "specfair_kernels._C.verify: out of memory for the per-thread workspace");
+  };
+  dispatch_float(target.scalar_type(), "target_logits", [&](auto tt) {
+    if (draft) {
+      dispatch_float(draft->scalar_type(), "draft_logits",
+                     [&](auto td) { run(tt, td, std::false_type{}); });
+    } else {
+      run(tt, float{}, std::true_type{});
+    }
+  });
+
+  py::object div_obj = py::none();
+  if (need_div) div_obj = py::make_tuple(div[0], div[1], div[2], div[3]);
+  return py::make_tuple(tokens, n_acc, n_emit, div_obj);
+}
+
+// --- small RNG helpers, for tests against rng.py ----------------------------------------
+
+int64_t philox_py(int64_t seed, int64_t c0, int64_t c1, int64_t c2, int64_t c3) {
+  return philox_w0(seed_k0(seed), seed_k1(seed), low32(c0), low32(c1), low32(c2), low32(c3));
+}
+
+template <typename F>
+at::Tensor map_words(const at::Tensor& words, F f) {
+  const at::Tensor w = words.to(at::kLong).contiguous();
+  at::Tensor out = at::empty(w.sizes(), at::kFloat);
+  const int64_t* wp = w.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  for (int64_t i = 0; i < w.numel(); ++i) op[i] = f(low32(wp[i]));
+  return out;
+}
+
+at::Tensor to_float32(const at::Tensor& x_in) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty(x.sizes(), at::kFloat);
+  float* op = out.data_ptr<float>();
+  dispatch_float(x.scalar_type(), "x", [&](auto t) {
+    using T = decltype(t);
+    const T* xp = x.data_ptr<T>();
+    for (int64_t i = 0; i < x.numel(); ++i) op[i] = f32(xp[i]);
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "specfair_kernels C++ CPU backend (OpenMP)";
+  m.def("verify", &verify, py::arg("target_logits"), py::arg("draft_logits"), py::arg("draft_tokens"),
+        py::arg("num_draft"), py::arg("temperature"), py::arg("seed"), py::arg("step"), py::arg("need_divergence"),
+        "reference.verify on the CPU: (tokens, num_accepted, num_emitted, (alpha, kl, ce, entropy) | None)");
+  m.def("philox", &philox_py, py::arg("seed"), py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"),
+        "Word 0 of Philox-4x32-10, as rng.philox (int in [0, 2**32))");
+  m.def("uniform_accept", [](const at::Tensor& w) { return map_words(w, uniform_accept); },
+        "rng.uniform_accept of uint32 words (int64 tensor) -> fp32");
+  m.def("exponential", [](const at::Tensor& w) { return map_words(w, exponential); },
+        "rng.exponential of uint32 words (int64 tensor) -> fp32");
+  m.def("to_float32", &to_float32, "the backend's fp32/bf16/fp16 -> fp32 conversion (tests: equals .float())");
+}

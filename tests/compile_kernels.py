@@ -1,0 +1,96 @@
+"""Compile every Triton kernel variant for sm_90 ahead of time, without a GPU.
+
+Run with TRITON_INTERPRET unset (tests/test_triton_compile.py does, in a subprocess):
+``python tests/compile_kernels.py`` prints one line per variant and exits non-zero on a
+compile error or a register spill.
+"""
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.compiler import ASTSource
+
+TARGET = GPUTarget("cuda", 90, 64)
+VERIFY = "specfair_kernels.ops.verify"
+DIVERGENCE = "specfair_kernels.ops.divergence"
+
+
+def _p(t):
+    return "*" + t
+
+
+def compile_kernel(module, name, signature, constexprs, num_warps=4):
+    """Compile one variant to a cubin; returns ptxas's register line; raises on spills."""
+    import importlib
+
+    fn = getattr(importlib.import_module(module), name)
+    src = ASTSource(fn=fn, signature={**signature, **{k: "constexpr" for k in constexprs}}, constexprs=constexprs)
+    kernel = triton.compile(src, target=TARGET, options=dict(num_warps=num_warps))
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(kernel.asm["ptx"])
+    try:
+        out = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(f.name)
+    if any(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", out)):
+        raise RuntimeError(f"{name} {constexprs} spills registers:\n{out}")
+    return re.findall(r"Used \d+ registers", out)[-1]
+
+
+def variants():
+    for dtype in ("fp32", "bf16", "fp16"):
+        common = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype))
+        for has_draft, need_div in itertools.product([True, False], repeat=2):
+            flags = dict(HAS_DRAFT=has_draft, NEED_DIV=need_div)
+            yield (VERIFY, "_tile_stats_kernel",
+                   dict(**common, num_draft_ptr="*i64", temp_ptr="*fp32", part_ptr="*fp32", pidx_ptr="*i32",
+                        K="i32", V="i32", NT="i32", CHUNK="i32"), dict(**flags, BLOCK=1024), 8)
+            yield (VERIFY, "_row_accept_kernel",
+                   dict(**common, tokens_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32", seed_ptr="*i64",
+                        step_ptr="*i64", part_ptr="*fp32", pidx_ptr="*i32", posf_ptr="*fp32", row_ptr="*i32",
+                        K="i32", V="i32", NT="i32"), dict(**flags, NT_P2=64, KP=8), 4)
+            yield (VERIFY, "_pass2_kernel",
+                   dict(**common, tokens_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32", seed_ptr="*i64",
+                        step_ptr="*i64", posf_ptr="*fp32", row_ptr="*i32", alpha_ptr="*fp32", race_f_ptr="*fp32",
+                        race_i_ptr="*i32", K="i32", V="i32", NT="i32", CHUNK="i32"), dict(**flags, BLOCK=1024), 8)
+    for need_div, has_stats, det in itertools.product([True, False], repeat=3):
+        yield (VERIFY, "_finish_kernel",
+               dict(tokens_ptr="*i64", num_draft_ptr="*i64", row_ptr="*i32", posf_ptr="*fp32", alpha_ptr="*fp32",
+                    race_f_ptr="*fp32", race_i_ptr="*i32", out_tokens_ptr="*i64", out_nacc_ptr="*i32",
+                    out_nemit_ptr="*i32", div_ptr="*fp32", task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64",
+                    sums_ptr="*fp64", rowsum_ptr="*fp64", B="i32", K="i32", NT="i32", HIST_W="i32"),
+               dict(NEED_DIV=need_div, RETURN_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det,
+                    NT_P2=64, KP=8), 4)
+    yield (VERIFY, "_task_reduce_kernel", dict(task_ptr="*i64", rowsum_ptr="*fp64", sums_ptr="*fp64", B="i32"),
+           dict(BLOCK_B=256), 4)
+    from specfair_kernels.ops import divergence as od
+
+    for dtype in ("fp32", "bf16"):
+        for kind in range(4):
+            for need_grad in (True, False):
+                yield (DIVERGENCE, "_divergence_rows_kernel",
+                       dict(draft_ptr=_p(dtype), target_ptr=_p(dtype), value_ptr="*fp32", grad_ptr=_p(dtype),
+                            temperature="fp32"),
+                       dict(V=128256, KIND=kind, NEED_GRAD=need_grad, BLOCK=od.MAX_BLOCK), 8)
+
+
+def main():
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+    n = 0
+    for module, name, sig, const, warps in variants():
+        regs = compile_kernel(module, name, sig, const, warps)
+        print(f"{name:<22} warps={warps} {const}: {regs}")
+        n += 1
+    print(f"compiled {n} kernel variants for sm_90, no register spills")
+
+
+if __name__ == "__main__":
+    main()
