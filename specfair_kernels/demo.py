@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     acc, exp_acc = stats.acceptance_rate(), stats.expected_acceptance()
     kl, ce, tps = stats.mean_kl(), stats.mean_ce(), stats.tokens_per_step()
     spd = stats.expected_speedup(args.cost_ratio)
-    print(f"\n{'task':<18}{'accepted':>9}{'E[alpha]':>9}{'KL':>8}{'CE':>8}{'tok/step':>9}{'speed-up':>9}")
+    print(f"\n{'task':<18}{'accepted':>9}{'E[alpha]':>9}{'KL':>8}{'CE':>8}{'tok/step':>9}{'S(a;K,c)':>9}")
     for i, name in enumerate(tasks):
         print(f"{name:<18}{acc[i]:9.3f}{exp_acc[i]:9.3f}{kl[i]:8.3f}{ce[i]:8.3f}{tps[i]:9.2f}{spd[i]:9.2f}x")
     u = stats.unfairness(args.cost_ratio)
