@@ -86,27 +86,20 @@ def _tile_stats_kernel(
             old_ok = m_a > neg_inf
             scale = tl.where(old_ok, tl.exp(m_a - new_m), 0.0)
             e = tl.where(a > neg_inf, tl.exp(a - new_m), 0.0)
-            if NEED_DIV:
+            if NEED_DIV:  # sum e^(a - m_a) (a - m_a), rescaled when m_a moves
                 s_a = scale * (s_a + tl.where(old_ok, m_a - new_m, 0.0) * z_a) \
                     + tl.where(e > 0, e * (a - new_m), 0.0)
-                if has_d:
-                    d = tl.load(d_row + cols, mask=mask, other=neg_inf).to(tl.float32) / tau
-                    bad = bad | ((d != d) | (d == float("inf"))).to(tl.int32)
-                    new_md = tl.maximum(m_d, d)
-                    d_ok = m_d > neg_inf
+            if has_d:
+                d = tl.load(d_row + cols, mask=mask, other=neg_inf).to(tl.float32) / tau
+                bad = bad | ((d != d) | (d == float("inf"))).to(tl.int32)
+                new_md = tl.maximum(m_d, d)
+                d_ok = m_d > neg_inf
+                if NEED_DIV:  # sum e^(a - m_a) (d - m_d); uses z_a before this tile is added
                     s_d = scale * (s_d + tl.where(d_ok, m_d - new_md, 0.0) * z_a) \
                         + tl.where(e > 0, tl.where(d > neg_inf, e * (d - new_md), neg_inf), 0.0)
-                    z_d = tl.where(d_ok, tl.exp(m_d - new_md), 0.0) * z_d \
-                        + tl.where(d > neg_inf, tl.exp(d - new_md), 0.0)
-                    m_d = new_md
-            else:
-                if has_d:
-                    d = tl.load(d_row + cols, mask=mask, other=neg_inf).to(tl.float32) / tau
-                    bad = bad | ((d != d) | (d == float("inf"))).to(tl.int32)
-                    new_md = tl.maximum(m_d, d)
-                    z_d = tl.where(m_d > neg_inf, tl.exp(m_d - new_md), 0.0) * z_d \
-                        + tl.where(d > neg_inf, tl.exp(d - new_md), 0.0)
-                    m_d = new_md
+                z_d = tl.where(d_ok, tl.exp(m_d - new_md), 0.0) * z_d \
+                    + tl.where(d > neg_inf, tl.exp(d - new_md), 0.0)
+                m_d = new_md
             z_a = scale * z_a + e
             arg = tl.where(a > m_a, cols, arg)  # strict: keeps the first maximum of each lane
             m_a = new_m
