@@ -16,7 +16,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-BUILD_INPUTS := setup.py requirements-cpu.txt requirements-corpus.txt $(wildcard pyproject.toml setup.cfg) \
+BUILD_INPUTS := setup.py requirements-cpu.txt requirements-corpus.txt requirements-models.txt $(wildcard pyproject.toml setup.cfg) \
                 $(wildcard csrc/*.cpp csrc/*.h csrc/*.hpp csrc/*.cu csrc/*.cuh)
 
 # Short CPU model name for the results file, e.g. "amd-epyc" (evaluated only when used).
@@ -33,7 +33,7 @@ $(STAMP): $(BUILD_INPUTS)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found" >&2; exit 1; }
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --upgrade pip || echo "warning: pip was not upgraded; going on with $$($(PY) -m pip --version)" >&2
-	$(PY) -m pip install -r requirements-cpu.txt -r requirements-corpus.txt
+	$(PY) -m pip install -r requirements-cpu.txt -r requirements-corpus.txt -r requirements-models.txt
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	$(PY) -c "import specfair_kernels as sk; print('specfair_kernels backends on cpu:', sk.available_backends())"
 	touch $@

@@ -1,8 +1,125 @@
-"""`specfair` command line. Subcommands arrive with their issues; for now a demonstration of verify."""
+"""`specfair` command line.
+
+    specfair demo [demo options]            per-task demonstration of verify (specfair_kernels.demo)
+    specfair train-pair --out DIR [...]     train the default drafter/verifier pair (issue 5)
+    specfair [demo options]                 no subcommand: the demo, for now
+
+Subcommands for the other issues arrive with them.  Errors a user can fix (unknown
+language, unwritable output directory, missing corpus) print one ``error:`` line and
+exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import re
 import sys
 
+SUBCOMMANDS = ("demo", "train-pair")
 
-def main(argv=None):
-    from specfair_kernels.demo import main as demo
 
-    return demo(argv if argv is not None else sys.argv[1:])
+def _parse_option(text: str):
+    k, sep, v = text.partition("=")
+    if not sep or not k:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    low = v.lower()
+    value = (True if low == "true" else False if low == "false"
+             else int(v) if re.fullmatch(r"-?\d+", v) else v)
+    return k, value
+
+
+def _languages(text: str) -> list[str]:
+    langs = [l.strip() for l in text.split(",") if l.strip()]
+    if not langs:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of languages, e.g. en,fr,ru")
+    return langs
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="specfair",
+        description="specfair: who gets the speed-up of speculative decoding. "
+                    "Without a subcommand, runs the demo.")
+    sub = ap.add_subparsers(dest="command", metavar="{demo,train-pair}")
+    sub.add_parser("demo", add_help=False,
+                   help="per-task demonstration of verify on the CPU (options: specfair demo --help)")
+    tp = sub.add_parser(
+        "train-pair", help="train a drafter/verifier pair of small Llama models",
+        description="Train a shared BPE tokenizer and a verifier/drafter pair of Llama models on a "
+                    "multilingual corpus; save them in Hugging Face format with model cards and "
+                    "report per-language held-out perplexity and expected acceptance.")
+    tp.add_argument("--out", required=True, help="output directory (created if missing)")
+    tp.add_argument("--preset", default="default", choices=["micro", "default"],
+                    help="model sizes and training length (micro: seconds, for tests; default: the shipped pair)")
+    tp.add_argument("--steps", type=int, help="optimiser steps per model (default: the preset's)")
+    tp.add_argument("--drafter-steps", type=int, help="steps for the drafter (default: --steps)")
+    tp.add_argument("--batch-size", type=int)
+    tp.add_argument("--lr", type=float)
+    tp.add_argument("--seed", type=int)
+    tp.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    tp.add_argument("--languages", type=_languages,
+                    help="comma-separated languages (default: every language of the corpus)")
+    tp.add_argument("--corpus", default=None,
+                    help="specfair.corpus source (default: the default corpus, Debian's installation guide)")
+    tp.add_argument("--corpus-option", action="append", default=[], type=_parse_option,
+                    metavar="KEY=VALUE", help="corpus source option, e.g. path=data.jsonl or root=DIR")
+    tp.add_argument("--heldout-fraction", type=float,
+                    help="share of the corpus's split keys held out for evaluation (default 0.1)")
+    tp.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"])
+    tp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
+
+
+def _train_pair(a) -> int:
+    from .corpus import CorpusError, SourceNotAvailableError
+    from .train_pair import TrainPairError, preset, train_pair
+
+    try:
+        overrides = {"out_dir": a.out}
+        for name in ("steps", "drafter_steps", "batch_size", "lr", "seed", "device", "languages",
+                     "save_dtype", "heldout_fraction"):
+            if getattr(a, name) is not None:
+                overrides[name] = getattr(a, name)
+        if a.corpus is not None:
+            overrides["corpus_source"] = a.corpus
+        if a.corpus_option:
+            overrides["corpus_options"] = dict(a.corpus_option)
+        if a.no_progress:
+            overrides["progress"] = False
+        cfg = preset(a.preset, **overrides)
+        report = train_pair(cfg)
+    except (TrainPairError, CorpusError, SourceNotAvailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    acc, ev = report["acceptance"], report["eval"]
+    print(f"saved {report['verifier']['path']} ({report['verifier']['parameters']:,} parameters) and "
+          f"{report['drafter']['path']} ({report['drafter']['parameters']:,} parameters)")
+    print(f"{'language':<10} {'drafter w':>9} {'ppl ver':>9} {'ppl dra':>9} {'alpha':>7} {'KL':>7}")
+    for l in report["languages"]:
+        f = lambda v, nd: "n/a" if v is None else f"{v:.{nd}f}"  # noqa: E731
+        print(f"{l:<10} {report['mixtures']['drafter'][l]:>9.4f} {f(ev['verifier_ppl'][l], 2):>9} "
+              f"{f(ev['drafter_ppl'][l], 2):>9} {f(ev['alpha'][l], 3):>7} {f(ev['kl'][l], 3):>7}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"mean alpha: well-represented {fmt(acc['alpha_mean_well_represented'])}, "
+          f"under-represented {fmt(acc['alpha_mean_under_represented'])}; spread {fmt(acc['alpha_spread'])}")
+    print(f"report: {report['out_dir']}/pair_report.json")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        from specfair_kernels.demo import main as demo   # no subcommand: the demo
+
+        return demo(argv)
+    if argv[0] == "demo":
+        from specfair_kernels.demo import main as demo
+
+        return demo(argv[1:])
+    a = _parser().parse_args(argv)
+    if a.command == "train-pair":
+        return _train_pair(a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
