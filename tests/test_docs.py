@@ -1,0 +1,30 @@
+"""The documentation runs: docstring examples (doctest) and the README's API example."""
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("module", ["specfair_kernels.api", "specfair_kernels.stats"])
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_api_example_runs():
+    text = README.read_text()
+    block = text.split("## API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code, divergence = block.split("loss = sk.token_divergence", 1)
+    # the one line that needs a process group or a second accumulator
+    code = code.replace("stats.merge(other); stats.reset(); stats.all_reduce()", "stats.merge(stats.clone()); stats.reset()")
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["out"].tokens.shape == (4, 4)
+    ns.update(draft_logits=torch.randn(6, 50, requires_grad=True), target_logits=torch.randn(6, 50),
+              task_ids=torch.tensor([0, 1, 0, 1, 1, 0]), T=2)
+    exec(compile("loss = sk.token_divergence" + divergence, "README.md", "exec"), ns)
+    assert ns["loss"].shape == (2,)
