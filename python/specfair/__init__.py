@@ -1,2 +1,25 @@
-"""The thin Python layer over specfair_kernels: generator, audit, s-CDF (issues 4-7)."""
+"""The thin Python layer over specfair_kernels: corpus, default pair, generator, audit, s-CDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: The shipped drafter/verifier pair (``verifier/``, ``drafter/``, ``pair_report.json``,
+#: ``train_pair_config.json``), trained by ``specfair train-pair --preset default``.
+DEFAULT_PAIR_DIR = Path(__file__).resolve().parent / "assets" / "default-pair"
+
+
+def default_pair_path(role: str | None = None) -> Path:
+    """Directory of the shipped pair, or of one of its models (``role`` = ``"verifier"`` or
+    ``"drafter"``), for ``from_pretrained``.  Raises FileNotFoundError with the fix when the
+    files are missing (an install that left out the package data)."""
+    if role not in (None, "verifier", "drafter"):
+        raise ValueError(f"role must be None, 'verifier' or 'drafter', got {role!r}")
+    path = DEFAULT_PAIR_DIR if role is None else DEFAULT_PAIR_DIR / role
+    if not (DEFAULT_PAIR_DIR / "verifier" / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the shipped default pair is missing under {DEFAULT_PAIR_DIR}; reinstall the package "
+            "from the repository (pip install --no-build-isolation -e .), or train one with "
+            "`specfair train-pair --out DIR`")
+    return path
