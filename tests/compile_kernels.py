@@ -81,11 +81,27 @@ def variants():
                        dict(V=128256, KIND=kind, NEED_GRAD=need_grad, BLOCK=od.MAX_BLOCK), 8)
 
 
+ONES = ("B", "K", "NT")
+"""Integer arguments that can be 1 at run time.  Triton specialises an integer argument
+equal to 1 into a compile-time constant, so kernel code must not call methods such as
+``.to()`` on them (B=1 broke ``_finish_kernel`` on the GPU while every B > 1 compiled)."""
+
+
+def with_ones():
+    """Every variant, plus each fp32 variant again with its ONES arguments equal to 1."""
+    for module, name, sig, const, warps in variants():
+        yield module, name, sig, const, warps
+        ones = [k for k in ONES if k in sig]
+        if ones and sig.get("target_ptr", "*fp32") == "*fp32" and sig.get("draft_ptr", "*fp32") == "*fp32":
+            yield (module, name, {k: v for k, v in sig.items() if k not in ones},
+                   {**const, **{k: 1 for k in ones}}, warps)
+
+
 def main():
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
     n = 0
-    for module, name, sig, const, warps in variants():
+    for module, name, sig, const, warps in with_ones():
         regs = compile_kernel(module, name, sig, const, warps)
         print(f"{name:<22} warps={warps} {const}: {regs}")
         n += 1

@@ -398,7 +398,9 @@ def _finish_kernel(
             nan = float("nan")
             dmask = jj < K
             o = b.to(tl.int64) * K + jj
-            BK = B.to(tl.int64) * K
+            # the grid is (B,); B itself is not used here because Triton specialises an
+            # integer argument equal to 1 into a Python constant, which has no .to()
+            BK = tl.num_programs(0).to(tl.int64) * K
             tl.store(div_ptr + o, tl.where(used, tl.where(bad, nan, alpha), 0.0), mask=dmask)
             tl.store(div_ptr + BK + o, tl.where(used, tl.where(bad, nan, kl), 0.0), mask=dmask)
             tl.store(div_ptr + 2 * BK + o, tl.where(used, tl.where(bad, nan, ce), 0.0), mask=dmask)
