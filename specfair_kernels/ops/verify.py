@@ -465,8 +465,10 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
-def launch_config(R: int, V: int, device: torch.device, block: int | None = None, chunk: int | None = None):
-    """Pick (BLOCK, CHUNK, NT, num_warps): enough programs to fill the GPU at small batch."""
+def launch_config(R: int, V: int, device: torch.device, block: int | None = None, chunk: int | None = None,
+                  num_warps: int | None = None):
+    """Pick (BLOCK, CHUNK, NT, num_warps): enough programs to fill the GPU at small batch.
+    Each can be forced (``benchmarks/tune_verify.py`` sweeps them)."""
     if block is None:
         # 1024 lanes x 8 warps = 4 elements per thread: 60-80 registers for the tile kernels
         # on sm_90 (ptxas), ~3 programs per SM; 2048 lanes needed 121-174 (1-2 per SM).
@@ -477,12 +479,13 @@ def launch_config(R: int, V: int, device: torch.device, block: int | None = None
         chunk = triton.cdiv(triton.cdiv(V, nt), block) * block
     chunk = max(block, triton.cdiv(chunk, block) * block)
     nt = triton.cdiv(V, chunk)
-    num_warps = 8 if block >= 1024 else 4
+    if num_warps is None:
+        num_warps = 8 if block >= 1024 else 4
     return block, chunk, nt, num_warps
 
 
 def verify(target, draft, draft_tokens, num_draft, temperature, seed, step, need_div,
-           task_ids=None, stats=None, return_div=True, block=None, chunk=None):
+           task_ids=None, stats=None, return_div=True, block=None, chunk=None, num_warps=None):
     """Canonical inputs (see api.verify); updates ``stats`` in place; no host sync."""
     B, K1, V = target.shape
     K = K1 - 1
@@ -490,7 +493,7 @@ def verify(target, draft, draft_tokens, num_draft, temperature, seed, step, need
     has_draft = draft is not None
     draft_arg = draft if has_draft else target
     R = B * K1
-    BLOCK, CHUNK, NT, num_warps = launch_config(R, V, dev, block, chunk)
+    BLOCK, CHUNK, NT, num_warps = launch_config(R, V, dev, block, chunk, num_warps)
     NT_P2 = max(2, triton.next_power_of_2(NT))
     KP = max(2, triton.next_power_of_2(K1))
     part = torch.empty(R, NT, NF, dtype=torch.float32, device=dev)
