@@ -1,0 +1,145 @@
+"""Loading a drafter/verifier pair: Hugging Face names, local directories or GGUF files."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+
+def _source(name: str, value, gguf_file):
+    """-> (path or hub name for from_pretrained, gguf_file or None)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a Hugging Face model name, a directory, a .gguf file or a loaded "
+                        f"model, got {type(value).__name__}")
+    text = os.fspath(value)
+    if not text:
+        raise ValueError(f"{name} must not be empty")
+    if gguf_file is None and text.lower().endswith(".gguf"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: GGUF file {text} does not exist")
+        return str(path.parent), path.name
+    if gguf_file is not None:
+        if not isinstance(gguf_file, (str, os.PathLike)):
+            raise TypeError(f"{name}_gguf_file must be a file name, got {type(gguf_file).__name__}")
+        gguf_file = os.fspath(gguf_file)
+        if Path(text).is_dir() and not (Path(text) / gguf_file).is_file():
+            raise FileNotFoundError(f"{name}_gguf_file: {gguf_file} is not in the directory {text}")
+    return text, gguf_file
+
+
+def _need_gguf(name: str, gguf_file):
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"{name}: loading the GGUF file {gguf_file} needs the `gguf` package, which is not "
+                          "installed; install it with  pip install 'gguf>=0.10.0'")
+
+
+def _dtype(dtype):
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype must be None, 'auto', a torch.dtype or its name (e.g. 'bfloat16'), got {dtype!r}")
+
+
+def check_tokenizers(drafter_tokenizer, verifier_tokenizer, drafter=None, verifier=None):
+    """Raise ValueError unless both tokenizers have the identical vocabulary (token -> id) and
+    each model's output embedding has at least that many rows (extra rows are padding)."""
+    dv, vv = drafter_tokenizer.get_vocab(), verifier_tokenizer.get_vocab()
+    if dv != vv:
+        only_d = sorted(set(dv) - set(vv))
+        only_v = sorted(set(vv) - set(dv))
+        moved = sorted(t for t in set(dv) & set(vv) if dv[t] != vv[t])
+        parts = [f"the drafter's has {len(dv)} tokens, the verifier's {len(vv)}"]
+        if only_d:
+            parts.append(f"{len(only_d)} only in the drafter's (e.g. {only_d[:3]})")
+        if only_v:
+            parts.append(f"{len(only_v)} only in the verifier's (e.g. {only_v[:3]})")
+        if moved:
+            parts.append(f"{len(moved)} with different ids (e.g. {moved[0]!r}: {dv[moved[0]]} vs {vv[moved[0]]})")
+        raise ValueError("drafter and verifier tokenizers differ; speculative decoding needs one shared "
+                         "vocabulary: " + "; ".join(parts))
+    from .generator import output_vocab_size
+
+    n = len(vv)
+    for name, model in (("drafter", drafter), ("verifier", verifier)):
+        if model is not None and output_vocab_size(model) < n:
+            raise ValueError(f"the {name}'s output embedding has {output_vocab_size(model)} rows but the "
+                             f"tokenizer has {n} tokens; the model does not cover the vocabulary")
+
+
+def load_pair(drafter, verifier, device=None, dtype=None, *, drafter_gguf_file=None, verifier_gguf_file=None,
+              tokenizer=None, trust_remote_code: bool = False, **from_pretrained_kwargs):
+    """Load a drafter and a verifier and check that they share a tokenizer.
+
+    Parameters
+    ----------
+    drafter, verifier : str or PathLike
+        A Hugging Face hub name, a local directory (``save_pretrained`` layout), or a path
+        to a ``.gguf`` file (the directory and ``gguf_file=`` are split off for you).
+    device : str or torch.device, optional
+        Default "cuda" when available, else "cpu".  Both models go there.
+    dtype : torch.dtype, its name, or "auto", optional
+        Passed to ``from_pretrained`` (default: the checkpoint's float32).
+    drafter_gguf_file, verifier_gguf_file : str, optional
+        GGUF file name inside the repository/directory (transformers' ``gguf_file=``);
+        needs the ``gguf`` package.
+    tokenizer : a loaded tokenizer, optional
+        Skip loading the tokenizers; it is still checked against both models' sizes.
+    **from_pretrained_kwargs
+        Passed to both ``from_pretrained`` calls (e.g. ``revision``, ``attn_implementation``).
+
+    Returns
+    -------
+    (drafter_model, verifier_model, tokenizer)
+        Models in eval mode on ``device``; the verifier's tokenizer.
+
+    Raises
+    ------
+    ValueError
+        If the two tokenizers' vocabularies differ (an embedding padded past the
+        tokenizer is fine), or a model's embedding is smaller than the vocabulary.
+    ImportError
+        If a GGUF file is given and the ``gguf`` package is missing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d_src, d_gguf = _source("drafter", drafter, drafter_gguf_file)
+    v_src, v_gguf = _source("verifier", verifier, verifier_gguf_file)
+    _need_gguf("drafter", d_gguf)
+    _need_gguf("verifier", v_gguf)
+    dtype = _dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+
+    def load_model(src, gguf):
+        kw = dict(from_pretrained_kwargs, trust_remote_code=trust_remote_code)
+        if gguf is not None:
+            kw["gguf_file"] = gguf
+        if dtype is not None:
+            kw["dtype"] = dtype
+        return AutoModelForCausalLM.from_pretrained(src, **kw).to(device).eval()
+
+    def load_tokenizer(name, src, gguf):
+        kw = {"trust_remote_code": trust_remote_code}
+        if gguf is not None:
+            kw["gguf_file"] = gguf
+        try:
+            return AutoTokenizer.from_pretrained(src, **kw)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"could not load the {name}'s tokenizer from {src}: {exc}; pass tokenizer= to "
+                             "skip the check only if you know both models use it") from exc
+
+    d_model = load_model(d_src, d_gguf)
+    v_model = load_model(v_src, v_gguf)
+    if tokenizer is None:
+        v_tok = load_tokenizer("verifier", v_src, v_gguf)
+        d_tok = load_tokenizer("drafter", d_src, d_gguf)
+        check_tokenizers(d_tok, v_tok, d_model, v_model)
+        tokenizer = v_tok
+    else:
+        check_tokenizers(tokenizer, tokenizer, d_model, v_model)
+    return d_model, v_model, tokenizer

@@ -1,0 +1,468 @@
+"""The speculative generator (issue 4): loading a pair, losslessness (greedy token for token
+against Hugging Face's own greedy decoding; sampling by chi-square against the verifier's
+exact distribution, with a negative control), cache rollback under per-row acceptance,
+adaptive K, the verifier-only baseline and the measured speed-up, and bad input."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+scipy_stats = pytest.importorskip("scipy.stats")
+
+import specfair  # noqa: E402
+import specfair_kernels as sk  # noqa: E402
+from specfair import generator as G  # noqa: E402
+from specfair.generator import (SpeculativeGenerator, choose_num_draft, generate_verifier_only,  # noqa: E402
+                                load_pair, measure_speedup, process_logits)
+from specfair_kernels.stats import speedup as model_speedup  # noqa: E402
+
+TEXT = ["the quick brown fox jumps over the lazy dog", "speculative decoding drafts tokens and verifies them",
+        "a small drafter and a large verifier share one tokenizer", "le renard brun saute par dessus le chien",
+        "der schnelle braune fuchs springt", "numbers 0 1 2 3 4 5 6 7 8 9 10 11 12"] * 4
+
+
+# --- tiny models saved to disk and loaded through from_pretrained --------------------------
+
+def train_tokenizer(texts, vocab_size=300):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def tiny_llama(vocab, seed, hidden=32, layers=2, logit_scale=1.0, max_pos=128):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
+                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # random init is near-uniform: sharpen it so contexts matter
+        model.lm_head.weight.mul_(logit_scale)
+    return model
+
+
+def perturbed_copy(model, rel_noise, seed):
+    """The model with Gaussian noise of ``rel_noise`` times each weight tensor's spread: a
+    drafter that agrees with the verifier often but not always."""
+    drafter = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in drafter.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * rel_noise * p.std())
+    return drafter
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and a busy machine makes two spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    tok = train_tokenizer(TEXT)
+    V = len(tok)
+    paths = {}
+    verifier = tiny_llama(V, 0, hidden=48, logit_scale=60.0)
+    for name, vocab in (("verifier", V), ("drafter", V), ("drafter_padded", V + 8), ("drafter_small", V - 4)):
+        model = verifier if name == "verifier" else perturbed_copy(verifier, 0.2, 1)
+        if vocab != V:
+            model.resize_token_embeddings(vocab)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths[name] = root / name
+    other = train_tokenizer([t[::-1] for t in TEXT])
+    tiny_llama(len(other), 1, logit_scale=60.0).save_pretrained(root / "drafter_other_tok")
+    other.save_pretrained(root / "drafter_other_tok")
+    paths["drafter_other_tok"] = root / "drafter_other_tok"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_dirs):
+    return load_pair(tiny_dirs["drafter"], tiny_dirs["verifier"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def default_pair():
+    return load_pair(specfair.default_pair_path("drafter"), specfair.default_pair_path("verifier"), device="cpu")
+
+
+def prompts(tok, texts):
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def hf_greedy(model, ids, mask, n, eos=None, pad=0):
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                          eos_token_id=eos, pad_token_id=pad)
+
+
+# --- load_pair -----------------------------------------------------------------------------
+
+def test_load_pair_loads_models_and_the_shared_tokenizer(tiny_dirs, tiny_pair):
+    drafter, verifier, tok = tiny_pair
+    assert type(drafter).__name__ == type(verifier).__name__ == "LlamaForCausalLM"
+    assert not drafter.training and not verifier.training
+    assert verifier.config.hidden_size == drafter.config.hidden_size == 48
+    assert not torch.equal(verifier.lm_head.weight, drafter.lm_head.weight)
+    assert tok.get_vocab() == train_tokenizer(TEXT).get_vocab()
+
+
+def test_load_pair_accepts_embedding_padding_and_generates_over_the_shared_vocabulary(tiny_dirs):
+    drafter, verifier, tok = load_pair(tiny_dirs["drafter_padded"], tiny_dirs["verifier"], device="cpu",
+                                       dtype="float32")
+    assert G.output_vocab_size(drafter) == len(tok) + 8
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=0)
+    assert gen.vocab_size == len(tok)
+    ids, mask = prompts(tok, ["the quick", "a small drafter and"])
+    out = gen.generate(ids, mask, max_new_tokens=12, eos_token_id=[], seed=0)
+    assert torch.equal(out.sequences, hf_greedy(verifier, ids, mask, 12))
+
+
+def test_load_pair_rejects_different_tokenizers_and_small_embeddings(tiny_dirs):
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        load_pair(tiny_dirs["drafter_other_tok"], tiny_dirs["verifier"], device="cpu")
+    with pytest.raises(ValueError, match="drafter's output embedding has"):
+        load_pair(tiny_dirs["drafter_small"], tiny_dirs["verifier"], device="cpu")
+
+
+def test_load_pair_gguf_arguments(tiny_dirs, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="drafter: GGUF file .*missing.gguf does not exist"):
+        load_pair(tmp_path / "missing.gguf", tiny_dirs["verifier"])
+    with pytest.raises(FileNotFoundError, match="verifier_gguf_file"):
+        load_pair(tiny_dirs["drafter"], tiny_dirs["verifier"], verifier_gguf_file="nope.gguf")
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"verifier: .*model.gguf needs the `gguf` package.*pip install"):
+        load_pair(tiny_dirs["drafter"], fake)
+    with pytest.raises(ImportError, match="drafter: .*needs the `gguf` package"):
+        load_pair(tmp_path, tiny_dirs["verifier"], drafter_gguf_file="model.gguf")
+
+
+# --- greedy: token for token the verifier's own greedy decoding -----------------------------
+
+@pytest.mark.parametrize("num_draft,compact", [(1, 0.5), (4, 0.0), (4, None)])
+def test_greedy_equals_hf_greedy_batched_with_different_prompt_lengths(tiny_pair, num_draft, compact):
+    drafter, verifier, tok = tiny_pair
+    ids, mask = prompts(tok, ["the", "speculative decoding drafts tokens", "numbers 0 1 2", "le renard brun"])
+    assert len(set(mask.sum(1).tolist())) > 1
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=num_draft, temperature=0, compact_threshold=compact)
+    out = gen.generate(ids, mask, max_new_tokens=30, eos_token_id=[], seed=0)
+    assert torch.equal(out.sequences, hf_greedy(verifier, ids, mask, 30))
+    assert out.num_new_tokens.tolist() == [30] * 4
+    acc = float(out.stats.acceptance_rate()[0])
+    assert 0.05 < acc < 0.95, acc  # rejections and acceptances both happen: rollback is exercised
+    assert out.steps < 30 and out.stats.counts[0, sk.stats.COUNT_STEPS] == int(out.row_steps.sum())
+
+
+def test_greedy_batch_one_default_pair_and_eos(default_pair):
+    drafter, verifier, tok = default_pair
+    ids, mask = prompts(tok, ["Die Installation von Debian"])
+    ref = hf_greedy(verifier, ids, mask, 40, pad=tok.pad_token_id)
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=5, temperature=0)
+    out = gen.generate(ids, mask, max_new_tokens=40, eos_token_id=[], seed=0)
+    assert torch.equal(out.sequences, ref)
+    # Stop at a token the output contains in its middle, as HF does with that EOS.
+    P = ids.shape[1]
+    eos = int(ref[0, P + 17])
+    first = (ref[0, P:] == eos).nonzero()[0, 0].item()
+    out = gen.generate(ids, mask, max_new_tokens=40, eos_token_id=eos, seed=0)
+    assert int(out.num_new_tokens[0]) == first + 1
+    assert torch.equal(out.sequences, hf_greedy(verifier, ids, mask, 40, eos=eos, pad=tok.pad_token_id))
+
+
+def test_greedy_batched_eos_per_row_pads_after_it(default_pair):
+    drafter, verifier, tok = default_pair
+    ids, mask = prompts(tok, ["The installer", "Программа установки", "Le système", "El programa de instalación"])
+    P = ids.shape[1]
+    free = hf_greedy(verifier, ids, mask, 24, pad=tok.pad_token_id)
+    eos = int(free[1, P + 6])  # some row stops early, the others later or never
+    ref = hf_greedy(verifier, ids, mask, 24, eos=eos, pad=tok.pad_token_id)
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=4, temperature=0)
+    out = gen.generate(ids, mask, max_new_tokens=24, eos_token_id=eos, seed=0)
+    assert torch.equal(out.sequences, ref)
+    lengths = out.num_new_tokens.tolist()
+    assert len(set(lengths)) > 1 and min(lengths) <= 7
+    for b, n in enumerate(lengths):
+        assert (out.sequences[b, P + n:] == tok.pad_token_id).all()
+
+
+def test_verifier_only_greedy_and_teacher_forced_reproduce_outputs(default_pair):
+    drafter, verifier, tok = default_pair
+    ids, mask = prompts(tok, ["The installer", "Программа установки", "Le"])
+    free = generate_verifier_only(verifier, ids, mask, 16, eos_token_id=[], temperature=0)
+    assert torch.equal(free.sequences, hf_greedy(verifier, ids, mask, 16, pad=tok.pad_token_id))
+    assert free.steps == 16 and free.row_steps.tolist() == [16] * 3
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=1.0)
+    spec = gen.generate(ids, mask, max_new_tokens=16, eos_token_id=2, seed=3)
+    forced = generate_verifier_only(verifier, ids, mask, 16, eos_token_id=2, temperature=1.0, seed=3, forced=spec)
+    assert torch.equal(forced.sequences, spec.sequences)
+    assert forced.row_steps.tolist() == spec.num_new_tokens.tolist()  # one forward per token
+
+
+# --- sampling: seeded, and distributed as the verifier -------------------------------------
+
+def test_same_seed_same_tokens_different_seed_different(default_pair):
+    drafter, verifier, tok = default_pair
+    ids, mask = prompts(tok, ["The installer", "Программа установки"])
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=1.0, top_p=0.95)
+    a = gen.generate(ids, mask, max_new_tokens=16, eos_token_id=[], seed=11)
+    b = gen.generate(ids, mask, max_new_tokens=16, eos_token_id=[], seed=11)
+    c = gen.generate(ids, mask, max_new_tokens=16, eos_token_id=[], seed=12)
+    assert torch.equal(a.sequences, b.sequences)
+    assert not torch.equal(a.sequences, c.sequences)
+
+
+def test_drafter_equal_to_verifier_accepts_everything_batched(tiny_pair):
+    """If either cache or a position id were rolled back wrong, the drafter's q would differ
+    from the verifier's p at some positions and drafts would be rejected."""
+    _, verifier, tok = tiny_pair
+    ids, mask = prompts(tok, ["the", "speculative decoding drafts tokens and", "numbers 0 1", "le renard"])
+    gen = SpeculativeGenerator(verifier, verifier, num_draft=3, temperature=1.0, compact_threshold=0.0)
+    out = gen.generate(ids, mask, max_new_tokens=25, eos_token_id=[], seed=5)
+    st = out.stats
+    assert float(st.expected_acceptance()[0]) > 0.9999
+    assert int(st.counts[0, sk.stats.COUNT_ACCEPTED]) == int(st.counts[0, sk.stats.COUNT_TESTED])
+    # and against a genuinely different drafter the same check sees the difference
+    drafter = tiny_pair[0]
+    other = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=1.0)
+    assert float(other.generate(ids, mask, max_new_tokens=25, eos_token_id=[], seed=5)
+                 .stats.expected_acceptance()[0]) < 0.95
+
+
+V_SMALL = 8
+
+
+@pytest.fixture(scope="module")
+def small_vocab_pair():
+    verifier = tiny_llama(V_SMALL, 3, hidden=32, logit_scale=40.0)
+    return perturbed_copy(verifier, 0.5, 4), verifier
+
+
+def exact_three_token_distribution(verifier, prompt, temperature, top_k, top_p):
+    """P(x1, x2, x3 | prompt) of the verifier's processed distribution, enumerated: [V, V, V]."""
+    V = V_SMALL
+    pairs = torch.cartesian_prod(torch.arange(V), torch.arange(V))  # [V*V, 2]
+    ids = torch.cat([torch.tensor(prompt).expand(V * V, -1), pairs], 1)
+    with torch.no_grad():
+        logits = verifier(input_ids=ids).logits[:, -3:, :V].float()
+    probs = torch.softmax(process_logits(logits, temperature, top_k, top_p).float() / temperature, -1).double()
+    p1 = probs[0, 0]                                   # [V]
+    p2 = probs[:, 1].reshape(V, V, V)[:, 0]            # [x1, x2]
+    p3 = probs[:, 2].reshape(V, V, V)                  # [x1, x2, x3]
+    return p1[:, None, None] * p2[:, :, None] * p3
+
+
+def chi_square_pvalue(counts, probs):
+    counts, probs = counts.flatten().double(), probs.flatten()
+    n = counts.sum()
+    impossible = probs < 1e-12
+    assert counts[impossible].sum() == 0, "sampled a sequence the verifier's processed distribution excludes"
+    counts, expected = counts[~impossible], probs[~impossible] * n
+    small = expected < 5  # pool sparse cells so the chi-square approximation holds
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    return float(scipy_stats.chi2.sf(stat, int(keep.sum()) - 1))
+
+
+def sample_three(gen, prompts_list, rows_each, seed):
+    ids = [p for p in prompts_list for _ in range(rows_each)]
+    out = gen.generate(ids, max_new_tokens=3, eos_token_id=[], seed=seed)
+    new = out.sequences[:, -3:]
+    assert out.num_new_tokens.tolist() == [3] * len(ids)
+    V = V_SMALL
+    counts = []
+    for i in range(len(prompts_list)):
+        x = new[i * rows_each:(i + 1) * rows_each]
+        counts.append(torch.bincount(x[:, 0] * V * V + x[:, 1] * V + x[:, 2], minlength=V ** 3).reshape(V, V, V))
+    return counts, out
+
+
+LOSSLESS_CASES = [(1.0, None, None), (0.7, 3, None), (1.3, None, 0.75), (1.0, 4, 0.8)]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", LOSSLESS_CASES)
+def test_sampled_output_is_distributed_as_the_verifier(small_vocab_pair, temperature, top_k, top_p):
+    drafter, verifier = small_vocab_pair
+    prompt_a, prompt_b = [5, 1, 6, 3, 2], [7, 4]  # two lengths in one batch: left padding
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=temperature, top_k=top_k, top_p=top_p,
+                               pad_token_id=0)
+    counts, out = sample_three(gen, [prompt_a, prompt_b], 3000, seed=1234)
+    acc = float(out.stats.acceptance_rate()[0])
+    assert 0.2 < acc < 0.9, acc  # both accept and reject paths produce the samples
+    for prompt, c in zip((prompt_a, prompt_b), counts):
+        p = chi_square_pvalue(c, exact_three_token_distribution(verifier, prompt, temperature, top_k, top_p))
+        assert p > 1e-4, (prompt, p)
+
+
+def test_negative_control_always_accepting_drafts_is_detected(small_vocab_pair, monkeypatch):
+    drafter, verifier = small_vocab_pair
+    real_verify = sk.verify
+
+    def accept_every_draft(target_logits, draft_logits, draft_tokens, **kw):
+        K = draft_tokens.shape[1]
+        target = torch.cat([draft_logits.to(target_logits.dtype), target_logits[:, K:]], 1)  # p := q
+        return real_verify(target, draft_logits, draft_tokens, **kw)
+
+    monkeypatch.setattr(sk, "verify", accept_every_draft)
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=1.0, pad_token_id=0)
+    counts, _ = sample_three(gen, [[5, 1, 6, 3, 2]], 3000, seed=1234)
+    p = chi_square_pvalue(counts[0], exact_three_token_distribution(verifier, [5, 1, 6, 3, 2], 1.0, None, None))
+    assert p < 1e-6, p
+
+
+def test_process_logits_matches_hugging_face_warpers():
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 3
+    for T, k, p in [(0.7, 5, None), (1.0, None, 0.9), (1.5, 10, 0.6), (1.0, 1, None)]:
+        ours = process_logits(logits, T, k, p) / T
+        hf = TemperatureLogitsWarper(T)(None, logits.clone())
+        if k is not None:
+            hf = TopKLogitsWarper(k)(None, hf)
+        if p is not None:
+            hf = TopPLogitsWarper(p)(None, hf)
+        assert torch.equal(torch.isinf(ours), torch.isinf(hf))
+        assert torch.allclose(ours[~torch.isinf(ours)], hf[~torch.isinf(hf)])
+
+
+# --- adaptive K ------------------------------------------------------------------------------
+
+def test_choose_num_draft_maximises_the_model_speedup():
+    for c in (0.0, 0.05, 0.2, 0.6):
+        alphas = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]
+        chosen = choose_num_draft(torch.tensor(alphas), c, 8)
+        for a, k in zip(alphas, chosen):
+            best = max(model_speedup(a, j, c) for j in range(1, 9))
+            assert math.isclose(model_speedup(a, k, c), best, rel_tol=1e-12)
+            assert all(model_speedup(a, j, c) < best for j in range(1, k))  # ties go to the smaller K
+    assert choose_num_draft([0.95, 0.1], 0.1, 8) == [8, 1]
+    assert choose_num_draft([float("nan")], 0.1, 8) == choose_num_draft([G.AUTO_PRIOR_ACCEPTANCE], 0.1, 8)
+
+
+def test_auto_num_draft_per_task_in_one_batch_is_lossless(default_pair):
+    drafter, verifier, tok = default_pair
+    stats = sk.TaskStats(num_tasks=2, max_draft=6)
+    # History: task 0 drafts are nearly always accepted, task 1's nearly never.
+    stats.counts[:, sk.stats.COUNT_DRAFTED] = 10_000
+    stats.sums[0, sk.stats.SUM_ALPHA], stats.sums[1, sk.stats.SUM_ALPHA] = 9_600.0, 500.0
+    ids, mask = prompts(tok, ["The installer", "Программа установки", "Le système", "El programa"])
+    gen = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=6, cost_ratio=0.05, temperature=0)
+    before = stats.counts.clone()
+    out = gen.generate(ids, mask, max_new_tokens=20, eos_token_id=[], task_ids=[0, 1, 0, 1], stats=stats, seed=0)
+    assert torch.equal(out.sequences, hf_greedy(verifier, ids, mask, 20, pad=tok.pad_token_id))
+    assert out.num_draft == [6, 1]
+    d = stats.counts - before
+    drafted, steps = d[:, sk.stats.COUNT_DRAFTED], d[:, sk.stats.COUNT_STEPS]
+    assert drafted[1] <= steps[1]            # K = 1 for task 1's rows ...
+    assert drafted[0] > 4 * steps[0]         # ... and up to 6 for task 0's, in the same batch
+
+
+# --- timing and measured speed-up --------------------------------------------------------------
+
+def test_timings_and_measure_speedup_report(default_pair):
+    drafter, verifier, tok = default_pair
+    ids, mask = prompts(tok, ["The installer", "Программа установки", "Le système", "El programa"])
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=0)
+    out = gen.generate(ids, mask, max_new_tokens=8, eos_token_id=[], seed=0)
+    assert set(out.timings) == set(G.SECTIONS)
+    parts = sum(v for k, v in out.timings.items() if k != "total")
+    assert 0 < parts <= out.timings["total"] * (1 + 1e-9)
+    rep = measure_speedup(gen, ids, mask, task_ids=[0, 1, 0, 1], num_tasks=2, max_new_tokens=8, seed=0,
+                          cost_ratio=0.25, eos_token_id=[])
+    assert set(rep["per_task"]) == {0, 1}
+    for t, r in rep["per_task"].items():
+        assert r["rows"] == 2 and r["tokens"] == 16 and r["num_draft"] == 3
+        assert r["measured_speedup"] == pytest.approx(r["verifier_seconds"] / r["spec_seconds"])
+        assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
+        assert 1.0 <= r["tokens_per_step"] <= 4.0
+    assert rep["stats"]["per_task"]["steps"] == [int(x) for x in rep["stats"]["per_task"]["steps"]]
+    assert G.measure_cost_ratio(drafter, verifier, batch_size=1, context=8, repeats=3) > 0
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_max_new_tokens_zero_returns_the_prompts(tiny_pair):
+    drafter, verifier, tok = tiny_pair
+    ids, mask = prompts(tok, ["the", "numbers 0 1 2"])
+    out = SpeculativeGenerator(drafter, verifier).generate(ids, mask, max_new_tokens=0)
+    assert torch.equal(out.sequences, ids) and out.num_new_tokens.tolist() == [0, 0] and out.steps == 0
+
+
+def test_bad_input_raises_clear_errors(tiny_pair):
+    drafter, verifier, tok = tiny_pair
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=2)
+    ids, mask = prompts(tok, ["the", "numbers 0 1 2"])
+    cases = [
+        (dict(input_ids=ids[:, :0]), ValueError, "input_ids holds empty prompts"),
+        (dict(input_ids=[[5, 6], []]), ValueError, "input_ids holds an empty prompt"),
+        (dict(input_ids=ids, attention_mask=torch.zeros_like(mask)), ValueError, "empty prompt"),
+        (dict(input_ids=ids, attention_mask=mask.flip(1)), ValueError, "attention_mask must be left-padded"),
+        (dict(input_ids=ids, attention_mask=mask[:, 1:]), ValueError, "attention_mask must have the shape"),
+        (dict(input_ids=ids.float()), TypeError, "input_ids must be an integer tensor"),
+        (dict(input_ids=ids + 10_000), ValueError, "input_ids must lie in"),
+        (dict(input_ids=torch.ones(1, 200, dtype=torch.long)), ValueError, "input_ids: the longest prompt has 200"),
+        (dict(input_ids=ids, max_new_tokens=127), ValueError, "max_new_tokens=127 .* exceeds"),
+        (dict(input_ids=ids, max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0"),
+        (dict(input_ids=ids, max_new_tokens=2.0), TypeError, "max_new_tokens must be an int"),
+        (dict(input_ids=ids, task_ids=[0, 3], num_tasks=2), ValueError, r"task_ids must lie in \[0, num_tasks\)"),
+        (dict(input_ids=ids, task_ids=[0, -1]), ValueError, "task_ids must lie in"),
+        (dict(input_ids=ids, task_ids=[0]), ValueError, r"task_ids must have shape \[B\]"),
+        (dict(input_ids=ids, stats=sk.TaskStats(2, 1)), ValueError, "stats has max_draft=1"),
+        (dict(input_ids=ids, task_ids=[0, 1], num_tasks=3, stats=sk.TaskStats(2, 2)), ValueError, "num_tasks=3"),
+        (dict(input_ids=ids, eos_token_id="x"), TypeError, "eos_token_id must be"),
+        (dict(input_ids=ids, seed=1.5), TypeError, "seed must be an int"),
+    ]
+    for kwargs, exc, msg in cases:
+        kwargs.setdefault("max_new_tokens", 4)
+        with pytest.raises(exc, match=msg):
+            gen.generate(**kwargs)
+
+
+def test_bad_constructor_arguments(tiny_pair):
+    drafter, verifier, _ = tiny_pair
+    cases = [
+        (dict(num_draft=0), ValueError, "num_draft must be >= 1"),
+        (dict(num_draft="fixed"), TypeError, "num_draft must be an int >= 1 or 'auto'"),
+        (dict(temperature=-0.5), ValueError, "temperature must be finite and >= 0"),
+        (dict(top_k=0), ValueError, "top_k must be None or an int >= 1"),
+        (dict(top_p=1.5), ValueError, r"top_p must be None or a float in \(0, 1\]"),
+        (dict(num_draft="auto", max_draft=0), ValueError, "max_draft must be"),
+        (dict(cost_ratio=-1.0), ValueError, "cost_ratio must be"),
+        (dict(vocab_size=10**6), ValueError, "vocab_size must be"),
+        (dict(compact_threshold=2), ValueError, "compact_threshold must be"),
+    ]
+    for kwargs, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            SpeculativeGenerator(drafter, verifier, **kwargs)
+    with pytest.raises(TypeError, match="drafter must be a transformers causal LM"):
+        SpeculativeGenerator("gpt2", verifier)
+    meta = tiny_llama(verifier.config.vocab_size, 1).to("meta")
+    with pytest.raises(ValueError, match="drafter is on meta but verifier is on cpu"):
+        SpeculativeGenerator(meta, verifier)
