@@ -435,88 +435,23 @@ def _train_one(name: str, model, sampler: _MixtureSampler, cfg: TrainPairConfig,
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _eval_windows(streams, languages, T: int, max_tokens: int, pad_id: int):
-    """Non-overlapping held-out windows: (inputs [N, T], targets [N, T], mask [N, T],
-    task [N]) with at most ``max_tokens`` predicted tokens per language."""
-    import torch
-
-    xs, ys, ms, ts = [], [], [], []
-    for ti, lang in enumerate(languages):
-        s = streams[lang][: max_tokens + 1]
-        for start in range(0, max(len(s) - 1, 0), T):
-            chunk = s[start: start + T + 1]
-            n = len(chunk) - 1
-            if n < 1:
-                break
-            x = torch.full((T,), pad_id, dtype=torch.long)
-            y = torch.full((T,), pad_id, dtype=torch.long)
-            m = torch.zeros(T, dtype=torch.bool)
-            x[:n], y[:n], m[:n] = chunk[:-1], chunk[1:], True
-            xs.append(x); ys.append(y); ms.append(m); ts.append(ti)
-    if not xs:
-        raise TrainPairError("the held-out split has no text to evaluate on; raise heldout_fraction")
-    return torch.stack(xs), torch.stack(ys), torch.stack(ms), torch.tensor(ts, dtype=torch.long)
-
-
-@dataclasses.dataclass
-class _Acc:
-    n: Any
-    nll_v: Any
-    nll_d: Any
-    alpha: Any
-    kl: Any
-
-
 def evaluate_pair(verifier, drafter, streams, languages, cfg: TrainPairConfig, device) -> dict:
     """Per language, teacher-forced on held-out text: perplexity of each model, and the
-    expected acceptance alpha = sum min(p, q) and KL(p || q) at temperature 1."""
-    import torch
-    import torch.nn.functional as F
+    expected acceptance alpha = sum min(p, q) and KL(p || q) at temperature 1.
 
-    import specfair_kernels as sk
+    A wrapper over :mod:`specfair.teacher_forced`: non-overlapping windows of
+    ``cfg.context_length`` tokens, at most ``cfg.eval_tokens_per_language`` per language."""
+    from . import teacher_forced
 
-    T = cfg.context_length
     pad = verifier.config.pad_token_id
-    X, Y, M, TASK = _eval_windows(streams, languages, T, cfg.eval_tokens_per_language, pad)
-    L = len(languages)
-    acc = _Acc(*(torch.zeros(L, dtype=torch.float64) for _ in range(5)))
-    verifier.eval(); drafter.eval()
-    with torch.no_grad():
-        for i in range(0, len(X), cfg.eval_batch_size):
-            x = X[i:i + cfg.eval_batch_size].to(device)
-            y = Y[i:i + cfg.eval_batch_size].to(device)
-            m = M[i:i + cfg.eval_batch_size].to(device)
-            task = TASK[i:i + cfg.eval_batch_size].to(device)[:, None].expand_as(y)
-            lp = verifier(input_ids=x, use_cache=False).logits.float()
-            lq = drafter(input_ids=x, use_cache=False).logits.float()
-            V = lp.shape[-1]
-            counts = torch.bincount(task[m], minlength=L).double().cpu()
-            nv = F.cross_entropy(lp.reshape(-1, V), y.reshape(-1), reduction="none").view_as(y)
-            nd = F.cross_entropy(lq.reshape(-1, V), y.reshape(-1), reduction="none").view_as(y)
-            acc.nll_v += torch.zeros(L, dtype=torch.float64).index_add_(
-                0, task[m].cpu(), nv[m].double().cpu())
-            acc.nll_d += torch.zeros(L, dtype=torch.float64).index_add_(
-                0, task[m].cpu(), nd[m].double().cpu())
-            a = sk.token_divergence(lq, lp, kind="alpha", reduction="per_task", task_ids=task,
-                                    num_tasks=L, mask=m)
-            k = sk.token_divergence(lq, lp, kind="kl", reduction="per_task", task_ids=task,
-                                    num_tasks=L, mask=m)
-            acc.alpha += a.double().cpu() * counts    # per-task means -> sums
-            acc.kl += k.double().cpu() * counts
-            acc.n += counts
-    res: dict[str, dict] = {"tokens": {}, "verifier_ppl": {}, "drafter_ppl": {}, "alpha": {}, "kl": {}}
-    for i, lang in enumerate(languages):
-        n = float(acc.n[i])
-        res["tokens"][lang] = int(n)
-        if n == 0:
-            for k in ("verifier_ppl", "drafter_ppl", "alpha", "kl"):
-                res[k][lang] = None
-            continue
-        res["verifier_ppl"][lang] = math.exp(float(acc.nll_v[i]) / n)
-        res["drafter_ppl"][lang] = math.exp(float(acc.nll_d[i]) / n)
-        res["alpha"][lang] = float(acc.alpha[i]) / n
-        res["kl"][lang] = float(acc.kl[i]) / n
-    return res
+    if not any(len(streams[l]) > 1 for l in languages):
+        raise TrainPairError("the held-out split has no text to evaluate on; raise heldout_fraction")
+    windows = teacher_forced.windows_from_streams(streams, list(languages), cfg.context_length,
+                                                  cfg.eval_tokens_per_language, pad)
+    r = teacher_forced.evaluate(verifier, drafter, windows, temperature=1.0,
+                                batch_size=cfg.eval_batch_size, device=device)
+    return {"tokens": dict(r.tokens), "verifier_ppl": dict(r.verifier_ppl),
+            "drafter_ppl": dict(r.drafter_ppl), "alpha": dict(r.alpha), "kl": dict(r.kl)}
 
 
 # ---------------------------------------------------------------------------- cards
