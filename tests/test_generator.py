@@ -236,20 +236,33 @@ def test_same_seed_same_tokens_different_seed_different(default_pair):
     assert not torch.equal(a.sequences, c.sequences)
 
 
-def test_drafter_equal_to_verifier_accepts_everything_batched(tiny_pair):
-    """If either cache or a position id were rolled back wrong, the drafter's q would differ
-    from the verifier's p at some positions and drafts would be rejected."""
+@pytest.mark.parametrize("compact", [0.0, None])
+def test_caches_roll_back_exactly_under_random_per_row_rejections(tiny_pair, monkeypatch, compact):
+    """The drafter is the verifier itself, and `verify` is told a random number of valid
+    drafts per row, so rows keep random prefixes of their drafts (some all K, some none).
+    If either cache, mask or position id were rolled back wrong, the drafter's q would differ
+    from the verifier's p at later positions and alpha = sum min(p, q) would drop below 1."""
     _, verifier, tok = tiny_pair
+    real_verify = sk.verify
+    g = torch.Generator().manual_seed(0)
+
+    def random_cut(target_logits, draft_logits, draft_tokens, num_draft=None, **kw):
+        cut = torch.randint(0, draft_tokens.shape[1] + 1, num_draft.shape, generator=g)
+        return real_verify(target_logits, draft_logits, draft_tokens, num_draft=torch.minimum(num_draft, cut), **kw)
+
+    monkeypatch.setattr(sk, "verify", random_cut)
     ids, mask = prompts(tok, ["the", "speculative decoding drafts tokens and", "numbers 0 1", "le renard"])
-    gen = SpeculativeGenerator(verifier, verifier, num_draft=3, temperature=1.0, compact_threshold=0.0)
-    out = gen.generate(ids, mask, max_new_tokens=25, eos_token_id=[], seed=5)
+    gen = SpeculativeGenerator(verifier, verifier, num_draft=3, temperature=1.0, compact_threshold=compact)
+    out = gen.generate(ids, mask, max_new_tokens=30, eos_token_id=[], seed=5)
     st = out.stats
+    hist = st.hist[0].tolist()
+    assert hist[0] > 5 and hist[3] > 5 and hist[1] + hist[2] > 5   # none, all, and some drafts kept
     assert float(st.expected_acceptance()[0]) > 0.9999
     assert int(st.counts[0, sk.stats.COUNT_ACCEPTED]) == int(st.counts[0, sk.stats.COUNT_TESTED])
-    # and against a genuinely different drafter the same check sees the difference
-    drafter = tiny_pair[0]
-    other = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=1.0)
-    assert float(other.generate(ids, mask, max_new_tokens=25, eos_token_id=[], seed=5)
+    # The same check sees a genuinely different drafter.
+    monkeypatch.setattr(sk, "verify", real_verify)
+    other = SpeculativeGenerator(tiny_pair[0], verifier, num_draft=3, temperature=1.0)
+    assert float(other.generate(ids, mask, max_new_tokens=30, eos_token_id=[], seed=5)
                  .stats.expected_acceptance()[0]) < 0.95
 
 

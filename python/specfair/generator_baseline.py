@@ -17,7 +17,8 @@ from .generator import (GenerationOutput, SpeculativeGenerator, _CachedModel, _c
 def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tokens: int = 32, eos_token_id=None,
                            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                            seed: int | None = None, forced: GenerationOutput | None = None,
-                           vocab_size: int | None = None, pad_token_id: int | None = None) -> GenerationOutput:
+                           vocab_size: int | None = None, pad_token_id: int | None = None,
+                           profile: bool = True) -> GenerationOutput:
     """Plain autoregressive decoding with the verifier: one token per forward, KV cache.
 
     The same decode machinery as `SpeculativeGenerator` (cache, left padding, finished rows
@@ -31,6 +32,8 @@ def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tok
         produces exactly ``forced.sequences`` and takes as many forwards as the verifier alone
         would need for those outputs, which is what the measured speed-up compares with.
         ``input_ids``/``attention_mask`` must be the prompts ``forced`` was generated from.
+    profile : bool
+        As in `SpeculativeGenerator`: synchronise at every section boundary (default).
 
     Returns
     -------
@@ -63,7 +66,7 @@ def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tok
     temperature = float(temperature)
     gen, _ = _row_seeds(seed, B, dev)
 
-    clock = _Clock(dev)
+    clock = _Clock(dev, profile)
     clock.start()
     out_buf = torch.full((B, max_new_tokens + 1), pad_token_id, dtype=torch.int64, device=dev)
     n_new = torch.zeros(B, dtype=torch.int64)
@@ -163,7 +166,8 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     stats = sk.TaskStats(T, generator.max_draft, device=generator.device)
     gen_kw = dict(temperature=generator.temperature, top_k=generator.top_k, top_p=generator.top_p,
-                  vocab_size=generator.vocab_size, pad_token_id=generator.pad_token_id)
+                  vocab_size=generator.vocab_size, pad_token_id=generator.pad_token_id,
+                  profile=generator.profile)
     eos = eos_token_id
 
     def trim(rows):

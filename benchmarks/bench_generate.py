@@ -1,0 +1,153 @@
+"""End-to-end generation: `specfair.generator` against Hugging Face generation.
+
+Providers (greedy decoding, EOS disabled, so every provider emits the same tokens)
+  specfair                 SpeculativeGenerator(num_draft=K, profile=False).generate
+  specfair-auto            SpeculativeGenerator(num_draft="auto"): K per task from S(alpha; K, c)
+  specfair-verifier-only   generate_verifier_only: our decode loop, verifier alone
+  hf-assisted              verifier.generate(assistant_model=drafter) with K drafts every step
+                           (constant schedule, no confidence cut-off): the same drafting as ours
+  hf-assisted-default      the same with Hugging Face's default schedule
+  hf-verifier              verifier.generate(): the verifier alone
+Shapes: batch 1 (Hugging Face assisted generation supports batch 1 only) and batch 32
+(throughput) on the shipped default pair (`specfair.default_pair_path`); ``smoke`` cases run a
+tiny random pair built in memory.  Each record's extra_info carries tokens, tokens/s (from
+the median round) and, for ours, the per-step time breakdown of one profiled run.
+`benchmarks/gpu_generate.py` is the standalone GPU script with the full sweep.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+ON_GPU = (os.environ.get("SPECFAIR_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+          ).startswith("cuda")
+NEW_TOKENS = 64 if ON_GPU else 32
+PROMPTS = ["The installation system can be started from a USB stick", "Die Installation von Debian ist",
+           "Программа установки Debian", "Le système de fichiers racine doit être", "Debian のインストール",
+           "El programa de instalación", "Η εγκατάσταση του Debian", "Trình cài đặt Debian"]
+
+CASES = [  # (provider, B, K, pair)
+    ("specfair", 1, 3, "tiny"), ("hf-assisted", 1, 3, "tiny"), ("specfair", 4, 3, "tiny"),
+    ("specfair-auto", 4, None, "tiny"), ("specfair-verifier-only", 4, None, "tiny"),
+    ("hf-verifier", 1, None, "default"), ("specfair-verifier-only", 1, None, "default"),
+    ("hf-assisted-default", 1, None, "default"),
+    ("specfair", 1, 2, "default"), ("hf-assisted", 1, 2, "default"),
+    ("specfair", 1, 4, "default"), ("hf-assisted", 1, 4, "default"),
+    ("specfair-auto", 1, None, "default"),
+    ("hf-verifier", 32, None, "default"), ("specfair-verifier-only", 32, None, "default"),
+    ("specfair", 32, 2, "default"), ("specfair", 32, 4, "default"), ("specfair-auto", 32, None, "default"),
+]
+
+
+def _params():
+    for provider, B, K, pair in CASES:
+        marks = [pytest.mark.smoke] if pair == "tiny" else []
+        yield pytest.param(provider, B, K, pair, marks=marks,
+                           id=f"{provider}-B{B}" + (f"-K{K}" if K else "") + f"-{pair}")
+
+
+_PAIRS: dict = {}
+
+
+def get_pair(name, device):
+    """(drafter, verifier, prompts [B_max lists of ids]) on `device`, built once per session."""
+    key = (name, str(device))
+    if key not in _PAIRS:
+        if name == "tiny":
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            models = []
+            for seed, layers in ((0, 2), (1, 1)):
+                cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                  pad_token_id=0, eos_token_id=2)
+                torch.manual_seed(seed)
+                models.append(LlamaForCausalLM(cfg).eval().to(device))
+            verifier, drafter = models
+            g = torch.Generator().manual_seed(0)
+            prompts = [torch.randint(4, 256, (int(n),), generator=g).tolist()
+                       for n in torch.randint(3, 12, (32,), generator=g)]
+        else:
+            import specfair
+            from specfair.generator import load_pair
+
+            drafter, verifier, tok = load_pair(specfair.default_pair_path("drafter"),
+                                               specfair.default_pair_path("verifier"), device=device)
+            prompts = [tok(PROMPTS[i % len(PROMPTS)]).input_ids for i in range(32)]
+        _PAIRS[key] = (drafter, verifier, prompts)
+    return _PAIRS[key]
+
+
+def left_pad(prompts, pad, device):
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad, dtype=torch.int64)
+    mask = torch.zeros(len(prompts), P, dtype=torch.int64)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):] = torch.tensor(p)
+        mask[b, P - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@pytest.mark.parametrize("provider,B,K,pair", list(_params()))
+def test_generate(benchmark, bench_ctx, provider, B, K, pair):
+    from specfair.generator import SpeculativeGenerator, generate_verifier_only
+
+    dev = bench_ctx.device
+    drafter, verifier, prompts = get_pair(pair, dev)
+    pad = verifier.config.pad_token_id
+    ids, mask = left_pad(prompts[:B], pad, dev)
+    N = NEW_TOKENS
+    gen = None
+    if provider.startswith("specfair") and provider != "specfair-verifier-only":
+        gen = SpeculativeGenerator(drafter, verifier, num_draft="auto" if provider == "specfair-auto" else K,
+                                   temperature=0.0, profile=False)
+        if provider == "specfair-auto":
+            gen.cost_ratio(B)  # measured once, outside the timed calls
+
+    def run():
+        if gen is not None:
+            out = gen.generate(ids, mask, max_new_tokens=N, eos_token_id=[], seed=0)
+            return int(out.num_new_tokens.sum())
+        if provider == "specfair-verifier-only":
+            out = generate_verifier_only(verifier, ids, mask, N, eos_token_id=[], temperature=0.0, profile=False)
+            return int(out.num_new_tokens.sum())
+        kw = {}
+        gc = drafter.generation_config
+        saved = (gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold)
+        if provider.startswith("hf-assisted"):
+            kw["assistant_model"] = drafter
+            if provider == "hf-assisted":
+                gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = K, "constant"
+                gc.assistant_confidence_threshold = 0.0
+        try:
+            out = verifier.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, do_sample=False,
+                                    eos_token_id=None, pad_token_id=pad, **kw)
+        finally:
+            gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = saved
+        bench_ctx.sync()
+        return out.shape[0] * (out.shape[1] - ids.shape[1])
+
+    tokens = bench_ctx.call_or_skip(benchmark, run)
+    assert tokens == B * N, (tokens, B * N)
+    info = {"provider": provider, "B": B, "K": K if K else provider, "new_tokens": N, "tokens": tokens,
+            "pair": pair}
+    info.update(bench_ctx.base_info())
+    if gen is not None:  # where a step's time goes, from one run that synchronises per section
+        gen.profile = True
+        prof = gen.generate(ids, mask, max_new_tokens=N, eos_token_id=[], seed=0)
+        gen.profile = False
+        info["steps"] = prof.steps
+        info["acceptance"] = float(prof.stats.acceptance_rate()[0])
+        info["per_step_ms"] = {k: round(v * 1e3, 4) for k, v in prof.time_per_step().items()}
+        info["num_draft"] = prof.num_draft
+    benchmark.extra_info.update(info)
+    if benchmark.disabled:
+        return
+    benchmark.pedantic(run, rounds=max(3, bench_ctx.min_rounds), warmup_rounds=1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["median_s"] = median
+    benchmark.extra_info["tokens_per_s"] = tokens / median
