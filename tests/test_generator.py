@@ -377,6 +377,16 @@ def test_choose_num_draft_maximises_the_model_speedup():
             assert all(model_speedup(a, j, c) < best for j in range(1, k))  # ties go to the smaller K
     assert choose_num_draft([0.95, 0.1], 0.1, 8) == [8, 1]
     assert choose_num_draft([float("nan")], 0.1, 8) == choose_num_draft([G.AUTO_PRIOR_ACCEPTANCE], 0.1, 8)
+    # A verifier forward that costs 1 + K/2 steps over K+1 tokens favours short drafts.
+    r = [1 + k / 2 for k in range(9)]
+    for a in (0.5, 0.8, 0.95):
+        k = choose_num_draft([a], 0.1, 8, verify_cost=r)[0]
+        gains = [G.expected_tokens(a, j) / (j * 0.1 + r[j]) for j in range(1, 9)]
+        assert gains[k - 1] == max(gains)
+        assert k <= choose_num_draft([a], 0.1, 8)[0]
+    assert choose_num_draft([0.5], 0.1, 8, verify_cost=[1.0] * 9) == choose_num_draft([0.5], 0.1, 8)
+    with pytest.raises(ValueError, match="verify_cost must have"):
+        choose_num_draft([0.5], 0.1, 8, verify_cost=[1.0] * 4)
 
 
 def test_auto_num_draft_per_task_in_one_batch_is_lossless(default_pair):
@@ -416,7 +426,13 @@ def test_timings_and_measure_speedup_report(default_pair):
         assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
         assert 1.0 <= r["tokens_per_step"] <= 4.0
     assert rep["stats"]["per_task"]["steps"] == [int(x) for x in rep["stats"]["per_task"]["steps"]]
-    assert G.measure_cost_ratio(drafter, verifier, batch_size=1, context=8, repeats=3) > 0
+    costs = G.measure_costs(drafter, verifier, batch_size=2, max_draft=3, context=8, repeats=3)
+    assert costs["cost_ratio"] > 0 and len(costs["verify_cost"]) == 4 and costs["verify_cost"][0] == 1.0
+    assert all(x > 0 for x in costs["verify_cost"])
+    auto = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=3, temperature=0)
+    out = auto.generate(ids, mask, max_new_tokens=8, eos_token_id=[], seed=0)  # measures its costs
+    assert set(auto.costs) == {4} and auto.verify_cost(4) == auto.costs[4]["verify_cost"]
+    assert 1 <= out.num_draft[0] <= 3
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -270,55 +270,94 @@ def sample_tokens(processed: torch.Tensor, temperature: float, generator: torch.
 
 # --- draft length --------------------------------------------------------------------------
 
-def choose_num_draft(alpha, cost_ratio: float, max_draft: int,
-                     prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE) -> list[int]:
-    """Per task, the K in 1..max_draft that maximises S(alpha_t; K, c) of PAPER.md.
+def expected_tokens(alpha: float, num_draft: int) -> float:
+    """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance."""
+    return num_draft + 1.0 if alpha >= 1 else (1 - alpha ** (num_draft + 1)) / (1 - alpha)
 
+
+def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
+                     prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE) -> list[int]:
+    """Per task, the K in 1..max_draft that maximises the expected speed-up.
+
+    With ``verify_cost=None`` that is S(alpha_t; K, c) of PAPER.md, which assumes a verifier
+    forward over K+1 tokens costs as much as one over a single token.  ``verify_cost[K]`` =
+    (time of a verifier forward over K+1 tokens) / (time over 1 token), as measured by
+    `measure_costs`, replaces that 1 in the denominator: (1 - a^(K+1)) / ((1 - a)(K c + r_K)).
     ``alpha`` is a [T] tensor or sequence of expected acceptances (NaN: no data yet, use
     ``prior_acceptance``).  Ties go to the smaller K.
     """
     values = [float(a) for a in (alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha)]
+    if verify_cost is not None and len(verify_cost) < max_draft + 1:
+        raise ValueError(f"verify_cost must have max_draft + 1 = {max_draft + 1} entries, got {len(verify_cost)}")
     out = []
     for a in values:
         a = prior_acceptance if math.isnan(a) else min(max(a, 0.0), 1.0)
-        best = max(range(1, max_draft + 1), key=lambda k: (model_speedup(a, k, cost_ratio), -k))
-        out.append(best)
+
+        def gain(k):
+            if verify_cost is None:
+                return model_speedup(a, k, cost_ratio)
+            return expected_tokens(a, k) / (k * cost_ratio + verify_cost[k])
+
+        out.append(max(range(1, max_draft + 1), key=lambda k: (gain(k), -k)))
     return out
 
 
-def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 10) -> float:
-    """c = (drafter decode-step time) / (verifier decode-step time), measured.
+def _time_forward(device, fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 2):  # the first two are warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[2:])
+    return times[len(times) // 2]
 
-    Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows,
-    then take ``repeats`` one-token forwards with their KV cache; each step is timed with the
-    device synchronised, and c is the ratio of the medians.
+
+def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
+                  repeats: int = 10) -> dict:
+    """Measured costs of one speculative step, relative to one verifier decode step.
+
+    Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
+    then the median time of one-token forwards with the KV cache (the cache is cropped back
+    after each, so the context stays fixed) gives ``cost_ratio`` c = drafter / verifier, and
+    verifier forwards over n = 1..max_draft+1 tokens give ``verify_cost[K]`` = time(K+1
+    tokens) / time(1 token) (``verify_cost[0]`` = 1).  The device is synchronised around
+    every timed forward.
     """
     device = model_device(verifier)
     V = min(output_vocab_size(drafter), output_vocab_size(verifier))
     limit = min(x for x in (context_length(drafter), context_length(verifier), 1 << 30) if x)
-    context = max(1, min(context, limit - repeats - 2))
+    context = max(1, min(context, limit - max_draft - 2))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (batch_size, context), generator=gen).to(device)
-    medians = []
+    step_times = {}
     with torch.inference_mode():
-        for model in (drafter, verifier):
+        for name, model in (("drafter", drafter), ("verifier", verifier)):
             m = _CachedModel(model, V)
             m.reset(batch_size, device)
             m.forward(prompt, None, keep=1)
-            tok = prompt[:, -1:]
-            times = []
-            for _ in range(repeats + 2):  # the first two are warm-up
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                logits = m.forward(tok, None, keep=1)
-                tok = logits[:, -1].argmax(-1, keepdim=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
-            times = sorted(times[2:])
-            medians.append(times[len(times) // 2])
-    return medians[0] / medians[1]
+            widths = range(1, max_draft + 2) if name == "verifier" else (1,)
+            for n in widths:
+                tokens = prompt[:, -n:]
+
+                def step(m=m, tokens=tokens, n=n):
+                    m.forward(tokens, None, keep=None if n > 1 else 1)
+                    m.crop_end(n)
+                    m.pos = m.pos - n
+
+                step_times[(name, n)] = _time_forward(device, step, repeats)
+    t1 = step_times[("verifier", 1)]
+    return {"cost_ratio": step_times[("drafter", 1)] / t1,
+            "verify_cost": [1.0] + [step_times[("verifier", k + 1)] / t1 for k in range(1, max_draft + 1)],
+            "verifier_step_s": t1, "drafter_step_s": step_times[("drafter", 1)], "batch_size": batch_size}
+
+
+def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 10) -> float:
+    """c = (drafter decode-step time) / (verifier decode-step time), measured (`measure_costs`)."""
+    return measure_costs(drafter, verifier, batch_size, 0, context, repeats)["cost_ratio"]
 
 
 # --- input checks --------------------------------------------------------------------------
@@ -478,8 +517,10 @@ class SpeculativeGenerator:
     max_draft : int
         K_max for ``num_draft="auto"`` (default 8).
     cost_ratio : float, optional
-        c for ``num_draft="auto"``; measured with `measure_cost_ratio` at the batch size of
-        the first call when None (and kept in ``cost_ratios``).
+        c for ``num_draft="auto"``, which then maximises S(alpha; K, c) exactly as PAPER.md.
+        When None, `measure_costs` measures c *and* the verifier's cost over K+1 tokens at
+        the batch size of the call (once per batch size, kept in ``costs``), and auto
+        maximises the speed-up with that measured verification cost.
     vocab_size : int, optional
         Shared vocabulary V; default: the smaller of the two models' output sizes (embedding
         rows past the tokenizer are padding and are never sampled).
@@ -555,7 +596,7 @@ class SpeculativeGenerator:
         self.vocab_size = vocab_size
         self.compact_threshold = compact_threshold
         self.profile = bool(profile)
-        self.cost_ratios: dict[int, float] = {}
+        self.costs: dict[int, dict] = {}
         self._cost_ratio = None if cost_ratio is None else float(cost_ratio)
         default_eos = _default_eos(verifier)
         self.default_eos = default_eos
@@ -563,18 +604,29 @@ class SpeculativeGenerator:
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
 
     # ------------------------------------------------------------------------------------
+    def measured_costs(self, batch_size: int = 1) -> dict:
+        """`measure_costs` at this batch size (measured on first use, then kept)."""
+        if batch_size not in self.costs:
+            self.costs[batch_size] = measure_costs(self.drafter, self.verifier, batch_size, self.max_draft)
+        return self.costs[batch_size]
+
     def cost_ratio(self, batch_size: int = 1) -> float:
         """c used by ``num_draft="auto"``: the given one, or measured once per batch size."""
         if self._cost_ratio is not None:
             return self._cost_ratio
-        if batch_size not in self.cost_ratios:
-            self.cost_ratios[batch_size] = measure_cost_ratio(self.drafter, self.verifier, batch_size)
-        return self.cost_ratios[batch_size]
+        return self.measured_costs(batch_size)["cost_ratio"]
+
+    def verify_cost(self, batch_size: int = 1) -> list[float] | None:
+        """r_K = verifier time over K+1 tokens / over 1 token (None when c was given)."""
+        if self._cost_ratio is not None:
+            return None
+        return self.measured_costs(batch_size)["verify_cost"]
 
     def _task_num_draft(self, stats: sk.TaskStats, batch_size: int) -> list[int]:
         if self.num_draft != "auto":
             return [self.num_draft] * stats.num_tasks
-        return choose_num_draft(stats.expected_acceptance(), self.cost_ratio(batch_size), self.max_draft)
+        return choose_num_draft(stats.expected_acceptance(), self.cost_ratio(batch_size), self.max_draft,
+                                self.verify_cost(batch_size))
 
     def _process(self, logits):
         return process_logits(logits, self.temperature, self.top_k, self.top_p)
@@ -795,4 +847,4 @@ from .generator_baseline import generate_verifier_only, measure_speedup  # noqa:
 from .generator_load import check_tokenizers, load_pair  # noqa: E402
 
 __all__ = ["SpeculativeGenerator", "GenerationOutput", "load_pair", "check_tokenizers", "generate_verifier_only",
-           "measure_speedup", "measure_cost_ratio", "choose_num_draft", "process_logits", "sample_tokens"]
+           "measure_speedup", "measure_cost_ratio", "measure_costs", "choose_num_draft", "expected_tokens", "process_logits", "sample_tokens"]

@@ -9,7 +9,7 @@ import specfair_kernels as sk
 from specfair_kernels.stats import speedup as model_speedup
 
 from .generator import (GenerationOutput, SpeculativeGenerator, _CachedModel, _check_context, _check_max_new,
-                        _Clock, _eos_list, _finish, _prepare_prompts, _row_seeds, context_length,
+                        _Clock, _eos_list, _finish, _prepare_prompts, _row_seeds, context_length, expected_tokens,
                         model_device, output_vocab_size, process_logits, sample_tokens)
 
 
@@ -144,7 +144,9 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
     dict
         ``per_task``: {task: {"rows", "tokens", "spec_seconds", "verifier_seconds",
         "measured_speedup" (verifier_seconds / spec_seconds), "predicted_speedup"
-        (S(alpha_t; K_t, c)), "acceptance" (expected, sum min(p, q)),
+        (S(alpha_t; K_t, c) of PAPER.md), "predicted_speedup_verify_cost" (the same with the
+        measured cost r_K of a (K+1)-token verifier forward in place of 1; NaN when
+        ``cost_ratio`` is given), "acceptance" (expected, sum min(p, q)),
         "realised_acceptance", "tokens_per_step", "num_draft" (K_t),
         "spec_tokens_per_s", "verifier_tokens_per_s", "spec_timings" (seconds per section)}},
         plus ``cost_ratio``, ``stats`` (TaskStats.to_dict), and the totals
@@ -209,13 +211,17 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
             for k, v in out.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             k_used = out.num_draft[t]
-        c = cost_ratio if cost_ratio is not None else generator.cost_ratio(min(step, rows_all.numel()))
+        batch = min(step, rows_all.numel())
+        c = cost_ratio if cost_ratio is not None else generator.cost_ratio(batch)
+        r = None if cost_ratio is not None else generator.verify_cost(batch)
         alpha = float(stats.expected_acceptance()[t])
         per_task[t] = {
             "rows": int(rows_all.numel()), "tokens": tokens,
             "spec_seconds": spec_s, "verifier_seconds": ver_s,
             "measured_speedup": ver_s / spec_s if spec_s > 0 else math.nan,
             "predicted_speedup": float(model_speedup(alpha, k_used, c)) if not math.isnan(alpha) else math.nan,
+            "predicted_speedup_verify_cost": (expected_tokens(alpha, k_used) / (k_used * c + r[k_used])
+                                              if r is not None and not math.isnan(alpha) else math.nan),
             "acceptance": alpha,
             "realised_acceptance": float(stats.acceptance_rate()[t]),
             "tokens_per_step": float(stats.tokens_per_step()[t]),
