@@ -426,6 +426,19 @@ def test_timings_and_measure_speedup_report(default_pair):
         assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
         assert 1.0 <= r["tokens_per_step"] <= 4.0
     assert rep["stats"]["per_task"]["steps"] == [int(x) for x in rep["stats"]["per_task"]["steps"]]
+    # Interleaved repeats time the same work again: identical tokens and statistics (only the
+    # first run adds into them), sampled rows and auto K included.
+    samp = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=3, temperature=1.0, cost_ratio=0.3)
+    one = measure_speedup(samp, ids, mask, task_ids=[0, 1, 0, 1], num_tasks=2, max_new_tokens=8, seed=5,
+                          eos_token_id=[], repeats=1)
+    three = measure_speedup(samp, ids, mask, task_ids=[0, 1, 0, 1], num_tasks=2, max_new_tokens=8, seed=5,
+                            eos_token_id=[], repeats=3)
+    assert one["stats"]["per_task"] == three["stats"]["per_task"]
+    for t in (0, 1):
+        for k in ("tokens", "acceptance", "realised_acceptance", "tokens_per_step", "num_draft"):
+            assert one["per_task"][t][k] == three["per_task"][t][k], k
+    with pytest.raises(ValueError, match="repeats"):
+        measure_speedup(samp, ids, mask, max_new_tokens=2, repeats=0)
     costs = G.measure_costs(drafter, verifier, batch_size=2, max_draft=3, context=8, repeats=3)
     assert costs["cost_ratio"] > 0 and len(costs["verify_cost"]) == 4 and costs["verify_cost"][0] == 1.0
     assert all(x > 0 for x in costs["verify_cost"])

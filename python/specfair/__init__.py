@@ -5,6 +5,19 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+# The generator's names at the top level, imported on first use so that `import specfair`
+# stays light (transformers is loaded only when a model is).
+_LAZY = {"load_pair": "generator", "SpeculativeGenerator": "generator", "generate_verifier_only": "generator",
+         "measure_speedup": "generator", "GenerationOutput": "generator"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'specfair' has no attribute {name!r}")
+
 #: The shipped drafter/verifier pair (``verifier/``, ``drafter/``, ``pair_report.json``,
 #: ``train_pair_config.json``), trained by ``specfair train-pair --preset default``.
 DEFAULT_PAIR_DIR = Path(__file__).resolve().parent / "assets" / "default-pair"

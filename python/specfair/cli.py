@@ -1,12 +1,15 @@
 """`specfair` command line.
 
-    specfair demo [demo options]            per-task demonstration of verify (specfair_kernels.demo)
+    specfair audit [--drafter X --verifier Y] [...]   the fairness audit (issue 6): who gets
+                                                      how much speed-up, on the shipped pair
+                                                      and corpus unless told otherwise
     specfair train-pair --out DIR [...]     train the default drafter/verifier pair (issue 5)
-    specfair [demo options]                 no subcommand: the demo, for now
+    specfair demo [demo options]            per-task demonstration of verify (specfair_kernels.demo)
+    specfair [demo options]                 no subcommand: the demo
 
-Subcommands for the other issues arrive with them.  Errors a user can fix (unknown
-language, unwritable output directory, missing corpus) print one ``error:`` line and
-exit with status 2.
+Errors a user can fix (unknown language, unwritable output directory, missing corpus, a
+GPU asked for where there is none) print one ``error:`` line and exit with status 2;
+nothing half-written is left in the output directory.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import argparse
 import re
 import sys
 
-SUBCOMMANDS = ("demo", "train-pair")
+SUBCOMMANDS = ("demo", "train-pair", "audit")
 
 
 def _parse_option(text: str):
@@ -39,7 +42,39 @@ def _parser() -> argparse.ArgumentParser:
         prog="specfair",
         description="specfair: who gets the speed-up of speculative decoding. "
                     "Without a subcommand, runs the demo.")
-    sub = ap.add_subparsers(dest="command", metavar="{demo,train-pair}")
+    sub = ap.add_subparsers(dest="command", metavar="{audit,train-pair,demo}")
+    au = sub.add_parser(
+        "audit", help="fairness audit of speculative decoding: per-task acceptance, speed-up, divergence",
+        description="Who gets how much speed-up from speculative decoding, why, and how unfair it is. "
+                    "Without arguments: the shipped default pair on the default corpus (19 languages), "
+                    "on the CPU, in a few minutes.")
+    au.add_argument("--drafter", help="drafter: hub name, local directory or GGUF file (default: the shipped pair)")
+    au.add_argument("--verifier", help="verifier: hub name, local directory or GGUF file (default: the shipped pair)")
+    au.add_argument("--gguf-file", help="GGUF file name inside --drafter/--verifier (transformers' gguf_file=)")
+    au.add_argument("--corpus", default="default",
+                    help="specfair.corpus source: default (Debian installation guide), django, mgsm, jsonl, csv")
+    au.add_argument("--corpus-option", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
+                    help="corpus source option, e.g. path=data.jsonl or root=DIR (repeatable)")
+    au.add_argument("--tasks", type=_languages, help="comma-separated tasks (languages); default: all")
+    au.add_argument("--num-prompts", type=int, default=8, help="prompts per task for generation (default 8)")
+    au.add_argument("--prompt-tokens", type=int, default=24, help="tokens per prompt (default 24)")
+    au.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
+    au.add_argument("--num-draft", default="4", help="draft length K, or auto (default 4)")
+    au.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default 1)")
+    au.add_argument("--teacher-forced-tokens", type=int, default=4096,
+                    help="held-out tokens per task for the teacher-forced pass (default 4096)")
+    au.add_argument("--context-length", type=int, default=256,
+                    help="window length of the teacher-forced pass (default 256)")
+    au.add_argument("--no-generation", action="store_true",
+                    help="teacher-forced figures only (no generation, no measured speed-up)")
+    au.add_argument("--repeats", type=int, default=3,
+                    help="interleaved timing repeats per task; times are their medians (default 3)")
+    au.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    au.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: as saved)")
+    au.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--out", default="specfair-audit", help="output directory (default ./specfair-audit)")
+    au.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("demo", add_help=False,
                    help="per-task demonstration of verify on the CPU (options: specfair demo --help)")
     tp = sub.add_parser(
@@ -105,6 +140,34 @@ def _train_pair(a) -> int:
     return 0
 
 
+def _audit(a) -> int:
+    from .audit import AuditConfig, AuditError, run
+    from .corpus import CorpusError, SourceNotAvailableError
+
+    nd = a.num_draft
+    if nd != "auto":
+        try:
+            nd = int(nd)
+        except ValueError:
+            print(f"error: --num-draft must be a positive integer or auto, got {a.num_draft!r}", file=sys.stderr)
+            return 2
+    cfg = AuditConfig(drafter=a.drafter, verifier=a.verifier, gguf_file=a.gguf_file, corpus=a.corpus,
+                      corpus_options=dict(a.corpus_option), tasks=a.tasks, num_prompts=a.num_prompts,
+                      prompt_tokens=a.prompt_tokens, max_new_tokens=a.max_new_tokens, num_draft=nd,
+                      temperature=a.temperature, teacher_forced_tokens=a.teacher_forced_tokens,
+                      context_length=a.context_length, timing_repeats=a.repeats,
+                      generative=not a.no_generation, device=a.device, dtype=a.dtype, bootstrap=a.bootstrap,
+                      seed=a.seed, out=a.out, progress=not a.no_progress)
+    try:
+        report = run(cfg)
+    except (AuditError, CorpusError, SourceNotAvailableError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    print(f"\nwritten to {a.out}/: {', '.join(report.files)}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
@@ -118,6 +181,8 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     if a.command == "train-pair":
         return _train_pair(a)
+    if a.command == "audit":
+        return _audit(a)
     return 0
 
 

@@ -1,0 +1,280 @@
+"""`specfair audit` (issue 6) on a tiny pair saved to disk and a JSONL corpus: the JSON
+schema, the figures against values computed directly, the plots, determinism, and bad
+input; plus one small run on the shipped default pair and corpus."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+from specfair import audit as audit_mod  # noqa: E402
+from specfair import cli  # noqa: E402
+
+TASKS = ["aa", "bb", "cc"]
+SENTENCES = {
+    "aa": "the quick brown fox jumps over the lazy dog and runs far away from home",
+    "bb": "ein schneller brauner fuchs springt ueber den faulen hund und laeuft weit weg",
+    "cc": "быстрая коричневая лиса прыгает через ленивую собаку и убегает далеко",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A JSONL corpus with three tasks and a tiny verifier/drafter pair, saved in Hugging
+    Face format with a shared BPE tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("audit")
+    rows = []
+    rng = np.random.default_rng(0)
+    for t, s in SENTENCES.items():
+        words = s.split()
+        for i in range(40):
+            k = rng.integers(8, len(words) + 1)
+            rows.append({"task": t, "id": i, "text": " ".join(rng.permutation(words)[:k]) + f" {i}"})
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([r["text"] for r in rows], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    paths = {}
+    for role, (hidden, layers, seed) in {"verifier": (48, 2, 1), "drafter": (24, 1, 2)}.items():
+        torch.manual_seed(seed)
+        cfg = LlamaConfig(vocab_size=len(hf), hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                          max_position_embeddings=128, pad_token_id=hf.pad_token_id,
+                          bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id, tie_word_embeddings=True)
+        model = LlamaForCausalLM(cfg)
+        with torch.no_grad():   # sharper, more distinct distributions than the default init
+            model.lm_head.weight.mul_(20.0 if role == "verifier" else 12.0)
+        paths[role] = root / role
+        model.save_pretrained(paths[role])
+        hf.save_pretrained(paths[role])
+    return {"root": root, "corpus": corpus, **paths}
+
+
+def _args(tiny, out, *extra):
+    return ["audit", "--drafter", str(tiny["drafter"]), "--verifier", str(tiny["verifier"]),
+            "--corpus", "jsonl", "--corpus-option", f"path={tiny['corpus']}",
+            "--corpus-option", "key_column=id", "--num-prompts", "3", "--prompt-tokens", "4",
+            "--max-new-tokens", "6", "--num-draft", "3", "--context-length", "32",
+            "--teacher-forced-tokens", "400", "--bootstrap", "200", "--seed", "3", "--no-progress",
+            "--repeats", "2",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def report(tiny):
+    out = tiny["root"] / "out"
+    rc = cli.main(_args(tiny, out))
+    assert rc == 0
+    return out, json.loads((out / "audit.json").read_text(encoding="utf-8"))
+
+
+def test_json_schema(report):
+    out, r = report
+    assert r["schema"] == "specfair.audit/1"
+    assert set(r) == {"schema", "summary", "tasks", "config", "environment"}
+    assert [t["task"] for t in r["tasks"]] == TASKS
+    for t in r["tasks"]:
+        for k in ("alpha", "kl", "ce", "entropy", "verifier_ppl", "drafter_ppl", "predicted_speedup",
+                  "realised_acceptance", "tokens_per_step", "measured_speedup", "speculative_seconds",
+                  "verifier_seconds", "generated_tokens", "heldout_tokens"):
+            assert isinstance(t[k], (int, float)) and math.isfinite(t[k]), (t["task"], k, t[k])
+        assert 0 <= t["alpha"] <= 1 and 0 <= t["realised_acceptance"] <= 1
+        assert t["alpha_ci95"][0] <= t["alpha"] <= t["alpha_ci95"][1]
+        assert t["generated_tokens"] == 3 * 6     # no EOS given: every prompt runs to max_new_tokens
+    s = r["summary"]
+    for k in ("U_ce", "U_kl", "alpha_variance", "alpha_max_min_ratio", "predicted_speedup_variance",
+              "measured_speedup_variance", "measured_speedup_max_min_ratio"):
+        assert k in s["unfairness"], k
+    assert {"CE vs alpha", "KL vs alpha", "alpha vs measured speed-up",
+            "realised acceptance vs measured speed-up"} <= set(s["correlations"])
+    assert s["fastest_task"] in TASKS and s["slowest_task"] in TASKS
+    assert r["config"]["num_draft"] == 3 and r["config"]["max_new_tokens"] == 6
+    assert r["environment"]["torch"] == torch.__version__
+    csv_lines = (out / "audit.csv").read_text(encoding="utf-8").splitlines()
+    assert len(csv_lines) == 1 + len(TASKS) and csv_lines[0].startswith("task,")
+    md = (out / "audit.md").read_text(encoding="utf-8")
+    assert f"Fastest task: {s['fastest_task']}" in md and "| task |" in md
+
+
+def test_figures_equal_direct_computation(report, tiny):
+    """alpha, KL, CE, H(p) per task recomputed with plain torch on the same windows; the
+    unfairness figures, the correlation and the disparity ratio recomputed from the rows."""
+    from scipy.stats import spearmanr
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specfair import corpus as corpus_mod
+    from specfair.teacher_forced import token_windows
+    from specfair_kernels.stats import speedup
+
+    _, r = report
+    ver = AutoModelForCausalLM.from_pretrained(tiny["verifier"]).eval()
+    dra = AutoModelForCausalLM.from_pretrained(tiny["drafter"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny["verifier"])
+    corpus = corpus_mod.load_corpus("jsonl", path=str(tiny["corpus"]), key_column="id")
+    w = token_windows(tok, {t: corpus.tasks[t].heldout for t in TASKS}, context_length=32,
+                      max_tokens_per_task=400)
+    with torch.no_grad():
+        lp = torch.log_softmax(ver(input_ids=w.input_ids).logits.double(), -1)
+        lq = torch.log_softmax(dra(input_ids=w.input_ids).logits.double(), -1)
+    p = lp.exp()
+    alpha = torch.minimum(p, lq.exp()).sum(-1)
+    kl = (p * (lp - lq)).sum(-1)
+    ce = -(p * lq).sum(-1)
+    ent = -(p * lp).sum(-1)
+    rows = {t["task"]: t for t in r["tasks"]}
+    for i, t in enumerate(TASKS):
+        m = w.mask & (w.task[:, None] == i)
+        for name, v in (("alpha", alpha), ("kl", kl), ("ce", ce), ("entropy", ent)):
+            assert rows[t][name] == pytest.approx(float(v[m].mean()), rel=2e-5, abs=2e-6), (t, name)
+        assert rows[t]["heldout_tokens"] == int(m.sum())
+        c = r["summary"]["cost_ratio"]
+        assert rows[t]["predicted_speedup"] == pytest.approx(speedup(rows[t]["alpha"], 3, c), rel=1e-12)
+    ces = np.array([rows[t]["ce"] for t in TASKS])
+    al = np.array([rows[t]["alpha"] for t in TASKS])
+    meas = np.array([rows[t]["measured_speedup"] for t in TASKS])
+    u = r["summary"]["unfairness"]
+    assert u["U_ce"]["value"] == pytest.approx(float(np.var(ces)), rel=1e-9)
+    assert u["alpha_variance"]["value"] == pytest.approx(float(np.var(al)), rel=1e-9)
+    assert u["alpha_max_min_ratio"]["value"] == pytest.approx(al.max() / al.min(), rel=1e-9)
+    assert r["summary"]["correlations"]["CE vs alpha"]["rho"] == pytest.approx(spearmanr(ces, al).statistic)
+    assert r["summary"]["disparity_ratio"] == pytest.approx(meas.max() / meas.min(), rel=1e-9)
+    assert r["summary"]["fastest_task"] == TASKS[int(meas.argmax())]
+    for t in TASKS:   # the measured speed-up is the ratio of the two measured times
+        assert rows[t]["measured_speedup"] == pytest.approx(
+            rows[t]["verifier_seconds"] / rows[t]["speculative_seconds"], rel=1e-9)
+
+
+def test_plots_written_and_readable(report):
+    import matplotlib.image as mpimg
+
+    out, _ = report
+    for name in ("acceptance_speedup.png", "divergence_speedup.png"):
+        f = out / name
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(f)
+        assert img.shape[0] > 300 and img.shape[1] > 500
+        assert float(img[..., :3].std()) > 0.05      # not a blank canvas
+
+
+def test_same_seed_same_report(report, tiny):
+    """Everything but wall-clock times is identical for a fixed seed."""
+    out2 = tiny["root"] / "out2"
+    assert cli.main(_args(tiny, out2)) == 0
+    a = report[1]
+    b = json.loads((out2 / "audit.json").read_text(encoding="utf-8"))
+    timing = {"speculative_seconds", "verifier_seconds", "measured_speedup", "predicted_speedup",
+              "predicted_speedup_generation", "predicted_speedup_verify_cost", "seconds_draft", "seconds_verify_forward", "seconds_kernel",
+              "seconds_cache"}
+    for ra, rb in zip(a["tasks"], b["tasks"]):
+        for k in ra:
+            if k not in timing:
+                assert ra[k] == rb[k], k
+
+
+# --- bad input: a clear message, exit status 2, nothing written -------------------------
+
+def _fails(capsys, argv, *needles):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "\nerror: " in "\n" + err and all(n in err for n in needles), err
+    return err
+
+
+def test_unknown_task(tiny, capsys, tmp_path):
+    _fails(capsys, _args(tiny, tmp_path / "o", "--tasks", "aa,zz"), "zz", "available tasks")
+    assert not (tmp_path / "o" / "audit.json").exists()
+
+
+def test_corpus_not_installed(tiny, capsys, tmp_path):
+    argv = ["audit", "--drafter", str(tiny["drafter"]), "--verifier", str(tiny["verifier"]),
+            "--corpus-option", f"root={tmp_path / 'no-such-guide'}", "--out", str(tmp_path / "o"),
+            "--no-progress"]
+    _fails(capsys, argv, "no-such-guide", "apt-get install -y installation-guide-amd64")
+    assert not (tmp_path / "o" / "audit.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_requested_where_there_is_none(tiny, capsys, tmp_path):
+    _fails(capsys, _args(tiny, tmp_path / "o", "--device", "cuda"), "cuda", "no CUDA GPU")
+
+
+def test_output_directory_not_writable(tiny, capsys, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("keep me")
+    _fails(capsys, _args(tiny, f), "exists and is not a directory")
+    assert f.read_text() == "keep me"
+    if os.geteuid() != 0:      # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        _fails(capsys, _args(tiny, ro / "sub"), "cannot write")
+
+
+def test_bad_numbers(tiny, capsys, tmp_path):
+    _fails(capsys, _args(tiny, tmp_path / "o", "--num-draft", "two"), "--num-draft")
+    _fails(capsys, _args(tiny, tmp_path / "o", "--num-prompts", "0"), "num_prompts")
+    _fails(capsys, _args(tiny, tmp_path / "o", "--temperature", "-1"), "temperature")
+
+
+def test_failure_midway_leaves_no_result(tiny, tmp_path, monkeypatch):
+    """A crash while the files are written leaves the old results untouched and no new file."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "audit.json").write_text("old")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(audit_mod, "_plot_divergence", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(_args(tiny, out, "--no-generation"))
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json"]
+    assert (out / "audit.json").read_text() == "old"
+
+
+def test_python_api_returns_the_report(tiny):
+    rep = audit_mod.run(drafter=str(tiny["drafter"]), verifier=str(tiny["verifier"]), corpus="jsonl",
+                        corpus_options={"path": str(tiny["corpus"]), "key_column": "id"}, generative=False,
+                        context_length=32, teacher_forced_tokens=200, bootstrap=50, out=None, progress=False)
+    assert isinstance(rep, audit_mod.AuditReport) and rep.files == {}
+    assert [t["task"] for t in rep.tasks] == TASKS and "measured_speedup" not in rep.tasks[0]
+    assert "fastest:" in rep.table()
+    with pytest.raises(audit_mod.AuditError, match="both drafter and verifier"):
+        audit_mod.run(drafter=str(tiny["drafter"]), out=None)
+
+
+def _guide_installed() -> bool:
+    return Path("/usr/share/doc/installation-guide-amd64/en").is_dir()
+
+
+@pytest.mark.skipif(not _guide_installed() and os.environ.get("CI") != "true",
+                    reason="Debian installation guide not installed (CI installs it)")
+def test_default_pair_and_corpus(tmp_path, capsys):
+    """The main job's path (shipped pair, default corpus), cut down to two languages."""
+    rc = cli.main(["audit", "--tasks", "fr,ko", "--num-prompts", "2", "--max-new-tokens", "8",
+                   "--teacher-forced-tokens", "512", "--bootstrap", "100", "--no-progress",
+                   "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    r = json.loads((tmp_path / "o" / "audit.json").read_text(encoding="utf-8"))
+    rows = {t["task"]: t for t in r["tasks"]}
+    assert rows["fr"]["alpha"] > rows["ko"]["alpha"] + 0.1     # the shipped pair's disparity
+    assert "fastest:" in out
