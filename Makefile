@@ -1,8 +1,10 @@
-# On a fresh machine two commands are all anyone needs:  `make demo`  and  `make test`.
-# Both build .venv first (torch CPU build, triton, test tools, then the package with its
-# C++ extension).  Edits to setup.py, requirements-cpu.txt or csrc/ trigger a rebuild.
+# On a fresh machine two commands are all anyone needs:  `make audit`  and  `make test`.
+# Both install the missing system packages (scripts/system-deps.sh: the default corpus,
+# a compiler), build .venv (torch CPU build, triton, test tools, transformers, then the
+# package with its C++ extension).  Edits to setup.py, requirements*.txt or csrc/ rebuild.
 #
-#   make demo       run the demo (python -m specfair_kernels.demo)
+#   make audit      the main job: `specfair audit` on the shipped pair and corpus -> specfair-audit/
+#   make demo       the kernel demo (python -m specfair_kernels.demo)
 #   make test       unit tests, then every benchmark once as a smoke test
 #   make bench      CPU benchmarks for real (2 threads) -> benchmarks/results/cpu_<cpu>.json
 #   make gpu-bench  on a CUDA machine: benchmarks + CUDA test run (benchmarks/run_gpu.sh)
@@ -16,7 +18,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-BUILD_INPUTS := setup.py requirements-cpu.txt requirements-corpus.txt requirements-models.txt $(wildcard pyproject.toml setup.cfg) \
+BUILD_INPUTS := setup.py scripts/system-deps.sh requirements-cpu.txt requirements-corpus.txt requirements-models.txt $(wildcard pyproject.toml setup.cfg) \
                 $(wildcard csrc/*.cpp csrc/*.h csrc/*.hpp csrc/*.cu csrc/*.cuh)
 
 # Short CPU model name for the results file, e.g. "amd-epyc" (evaluated only when used).
@@ -25,11 +27,12 @@ CPU_SLUG = $(shell sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/
 BENCH_JSON ?= benchmarks/results/cpu_$(or $(CPU_SLUG),unknown).json
 
 .NOTPARALLEL:
-.PHONY: install demo test unit-test bench-smoke bench gpu-bench table clean distclean
+.PHONY: install audit demo test unit-test bench-smoke bench gpu-bench table clean distclean
 
 install: $(STAMP)
 
 $(STAMP): $(BUILD_INPUTS)
+	bash scripts/system-deps.sh
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found" >&2; exit 1; }
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --upgrade pip || echo "warning: pip was not upgraded; going on with $$($(PY) -m pip --version)" >&2
@@ -37,6 +40,9 @@ $(STAMP): $(BUILD_INPUTS)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	$(PY) -c "import specfair_kernels as sk; print('specfair_kernels backends on cpu:', sk.available_backends())"
 	touch $@
+
+audit: $(STAMP)
+	$(VENV)/bin/specfair audit --out specfair-audit
 
 demo: $(STAMP)
 	$(PY) -m specfair_kernels.demo

@@ -28,3 +28,21 @@ def test_readme_api_example_runs():
               task_ids=torch.tensor([0, 1, 0, 1, 1, 0]), T=2)
     exec(compile("loss = sk.token_divergence" + divergence, "README.md", "exec"), ns)
     assert ns["loss"].shape == (2,)
+
+
+def test_readme_generator_example_runs():
+    pytest.importorskip("transformers")
+    text = README.read_text()
+    block = text.split("### Speculative generation", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block.count("max_new_tokens=64") == 2
+    block = block.replace("max_new_tokens=64", "max_new_tokens=12")     # the same code, shorter
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert ns["out"].sequences.shape[0] == 2
+    assert set(ns["rep"]["per_task"]) == {0, 1}
+
+
+def test_generator_docstring_examples():
+    pytest.importorskip("transformers")
+    result = doctest.testmod(importlib.import_module("specfair.generator"), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
