@@ -1,0 +1,266 @@
+"""s-CDF (issue 7) on a tiny random pair and a tiny JSONL corpus, on the CPU: the weights,
+every method, the frozen verifier, LoRA, temperature folding, bitwise resume after a
+simulated kill, the comparison report, and DDP under torchrun with 2 gloo processes."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from specfair import scdf  # noqa: E402
+from specfair.scdf import ScdfConfig, ScdfError, fingerprint, task_probabilities, train  # noqa: E402
+from specfair.train_pair import _hf_tokenizer, train_tokenizer  # noqa: E402
+
+SENTENCES = {
+    "en": ["The installer asks a few questions before it partitions the disk.",
+           "Choose a mirror close to you so that packages download quickly.",
+           "The boot loader is installed on the first hard disk by default.",
+           "Make backups of important data before the installation starts."],
+    "ru": ["Программа установки задаёт несколько вопросов перед разметкой диска.",
+           "Выберите ближайшее к вам зеркало, чтобы пакеты загружались быстро.",
+           "Системный загрузчик по умолчанию устанавливается на первый жёсткий диск.",
+           "Перед началом установки сделайте резервные копии важных данных."],
+    "el": ["Το πρόγραμμα εγκατάστασης κάνει μερικές ερωτήσεις πριν διαμερίσει τον δίσκο.",
+           "Επιλέξτε έναν καθρέφτη κοντά σας ώστε τα πακέτα να κατεβαίνουν γρήγορα.",
+           "Ο φορτωτής εκκίνησης εγκαθίσταται από προεπιλογή στον πρώτο σκληρό δίσκο.",
+           "Κρατήστε αντίγραφα ασφαλείας των σημαντικών δεδομένων πριν την εγκατάσταση."],
+}
+CTX = 16
+
+
+def tiny_llama(vocab, seed, hidden):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    m = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(10)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scdf")
+    corpus = root / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for lang, texts in SENTENCES.items():
+            for i, t in enumerate(texts):
+                for rep in range(3):
+                    f.write(json.dumps({"task": lang, "id": f"s{i}r{rep}", "text": f"{t} ({rep})"},
+                                       ensure_ascii=False) + "\n")
+    tok = _hf_tokenizer(train_tokenizer([t for v in SENTENCES.values() for t in v], vocab_size=300), 64)
+    for role, seed, hidden in (("verifier", 1, 48), ("drafter", 2, 32)):
+        m = tiny_llama(len(tok), seed, hidden)
+        m.save_pretrained(root / role)
+        tok.save_pretrained(root / role)
+    return root
+
+
+def config(assets, out, **kw) -> ScdfConfig:
+    base = dict(out_dir=str(out), verifier=str(assets / "verifier"), drafter=str(assets / "drafter"),
+                corpus_source="jsonl", corpus_options={"path": str(assets / "corpus.jsonl"), "key_column": "id"},
+                heldout_fraction=0.25, context_length=CTX, steps=6, batch_size=4, warmup_steps=2, lr=1e-2,
+                checkpoint_every=3, eval_tokens_per_task=64, eval_batch_size=8, progress=False,
+                init_windows_per_task=2, log_every=1)
+    base.update(kw)
+    return ScdfConfig(**base)
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- weights
+def test_task_probabilities():
+    d = torch.tensor([1.0, 1.5, 3.0, 1.0])
+    p = task_probabilities("scdf", d, None, uniform_mix=0.2)
+    w = torch.tensor([0.0, 0.5, 2.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(p, 0.8 * w / w.sum() + 0.2 / 4, rtol=0, atol=1e-15)
+    assert float(p.sum()) == pytest.approx(1.0)
+    assert p[0] == p[3] == pytest.approx(0.05)          # best tasks: only the floor
+    assert float(task_probabilities("scdf", d, None, 0.0)[0]) == 0.0
+    flat = torch.full((4,), 0.25, dtype=torch.float64)
+    assert torch.equal(task_probabilities("scdf", torch.ones(4), None, 0.1), flat)   # all equal
+    assert torch.equal(task_probabilities("balanced", d, None, 0.1), flat)
+    assert torch.equal(task_probabilities("temperature", d, None, 0.1), flat)
+    u = task_probabilities("uniform", d, torch.tensor([10.0, 30.0, 40.0, 20.0]), 0.1)
+    torch.testing.assert_close(u, torch.tensor([0.1, 0.3, 0.4, 0.2], dtype=torch.float64))
+
+
+def test_running_divergence_keeps_unseen_tasks():
+    r = scdf.RunningDivergence(3, decay=0.5)
+    r.update(torch.tensor([[2.0, 1.0], [6.0, 3.0], [0.0, 0.0]], dtype=torch.float64),
+             torch.tensor([2.0, 3.0, 0.0], dtype=torch.float64))
+    m = r.mean()
+    assert m[0].tolist() == [1.0, 0.5] and m[1].tolist() == [2.0, 1.0] and bool(m[2].isnan().all())
+    r.update(torch.tensor([[8.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64),
+             torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64))
+    m = r.mean()
+    assert m[0, 0] == pytest.approx((0.5 * 2 + 8) / (0.5 * 2 + 2))   # EMA of task 0
+    assert m[1].tolist() == [2.0, 1.0]                                # task 1 not drawn: unchanged
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("method", ["uniform", "balanced", "scdf"])
+def test_methods_train_the_drafter_only(assets, tmp_path, method):
+    ver0 = load(assets / "verifier")
+    dra0 = load(assets / "drafter")
+    res = train(config(assets, tmp_path / method, method=method))
+    assert res.report["verifier_unchanged"] and res.report["verifier_fingerprint"] == fingerprint(ver0)
+    assert res.report["training_tokens"] == 6 * 4 * CTX
+    assert sum(res.report["tokens_per_task"].values()) == 6 * 4 * CTX
+    saved = load(tmp_path / method / "drafter")
+    assert fingerprint(saved) != fingerprint(dra0)
+    assert fingerprint(saved) == fingerprint(res.drafter)
+    h = res.report["heldout"]
+    assert set(h["per_task"]) == set(SENTENCES)
+    # the distillation works: the held-out KL to the verifier falls on average
+    kl_b = sum(r["kl_before"] for r in h["per_task"].values())
+    kl_a = sum(r["kl_after"] for r in h["per_task"].values())
+    assert kl_a < kl_b
+    # the sampling probabilities are the method's function of the estimates it saw
+    for rec in res.history:
+        p = task_probabilities(method, torch.tensor(rec["divergence"]),
+                               torch.tensor([1.0] * 3), 0.5 if method == "scdf" else 0.1)
+        if method == "scdf":
+            torch.testing.assert_close(torch.tensor(rec["probabilities"], dtype=torch.float64), p)
+        if method == "balanced":
+            assert rec["probabilities"] == [1 / 3] * 3
+
+
+def test_scdf_draws_the_worst_task_most(assets, tmp_path):
+    res = train(config(assets, tmp_path / "w", method="scdf", steps=8, evaluate=False, uniform_mix=0.0))
+    rec = res.history[0]
+    d = rec["divergence"]
+    worst, best = d.index(max(d)), d.index(min(d))
+    assert rec["probabilities"][best] == 0.0 and rec["probabilities"][worst] == max(rec["probabilities"])
+    assert best not in rec["batch_tasks"]
+
+
+def test_temperature_method_fits_and_folds_one_scalar(assets, tmp_path):
+    res = train(config(assets, tmp_path / "t", method="temperature", temperature_lr=0.2, evaluate=False))
+    tau = res.report["drafter_temperature"]
+    assert tau != 1.0
+    orig, tuned = load(assets / "drafter"), load(tmp_path / "t" / "drafter")
+    x = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(input_ids=x).logits, orig(input_ids=x).logits / tau, rtol=1e-5, atol=1e-5)
+    so, st = orig.state_dict(), tuned.state_dict()
+    assert [k for k in so if not torch.equal(so[k], st[k])] == ["model.norm.weight"]
+
+
+def test_lora_is_merged_into_a_plain_drafter(assets, tmp_path):
+    pytest.importorskip("peft")
+    res = train(config(assets, tmp_path / "l", lora_rank=4, lr=5e-2, evaluate=False))
+    d = load(tmp_path / "l" / "drafter")
+    assert type(d).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in k for k in d.state_dict())
+    orig = load(assets / "drafter").state_dict()
+    changed = [k for k, v in d.state_dict().items() if not torch.equal(v, orig[k])]
+    assert changed and all(any(t in k for t in scdf.LORA_TARGETS) for k in changed)
+    assert res.report["verifier_unchanged"]
+
+
+def test_resume_after_a_kill_is_bitwise_the_uninterrupted_run(assets, tmp_path):
+    full = train(config(assets, tmp_path / "full", steps=8, evaluate=False))
+    killed = train(config(assets, tmp_path / "part", steps=8, evaluate=False, stop_after=5))
+    assert killed.drafter is None and killed.report == {"stopped_after": 5}
+    ck = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 3 and ck["config"]["steps"] == 8 and ck["rng"][0]["sampler"] is not None
+    assert not [p for p in (tmp_path / "part").iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ScdfError, match="lr"):
+        train(config(assets, tmp_path / "part", steps=8, evaluate=False, resume=True, lr=0.5))
+    resumed = train(config(assets, tmp_path / "part", steps=8, evaluate=False, resume=True))
+    a, b = full.drafter.state_dict(), resumed.drafter.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history == full.history
+    other = train(config(assets, tmp_path / "seed1", steps=8, evaluate=False, seed=1))
+    assert fingerprint(other.drafter) != fingerprint(full.drafter)
+
+
+def test_bad_config(assets, tmp_path):
+    for kw, match in (({"method": "dro"}, "method"), ({"loss": "alpha"}, "loss"),
+                      ({"uniform_mix": 1.5}, "uniform_mix"), ({"method": "temperature", "lora_rank": 2}, "lora")):
+        with pytest.raises(ScdfError, match=match):
+            train(config(assets, tmp_path / "bad", **kw))
+
+
+def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
+    import argparse
+
+    ap = scdf.add_arguments(argparse.ArgumentParser())
+    a = ap.parse_args(["--compare", "--methods", "balanced,scdf", "--seeds", "0", "--out", str(tmp_path / "r"),
+                       "--prefix", "scdf_t", "--verifier", str(assets / "verifier"), "--drafter",
+                       str(assets / "drafter"), "--corpus", "jsonl", "--corpus-option",
+                       f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
+                       "--heldout-fraction", "0.25", "--steps", "3", "--batch-size", "4", "--context-length",
+                       str(CTX), "--eval-tokens-per-task", "64", "--no-progress"])
+    assert scdf.main_from_args(a) == 0
+    rep = json.loads((tmp_path / "r" / "scdf_t.json").read_text())
+    assert [r["method"] for r in rep["runs"]] == ["balanced", "scdf"]
+    for r in rep["runs"]:
+        f = r["figures"]
+        assert f["after"]["alpha_variance"] == pytest.approx(
+            sum((x["alpha_after"] - f["after"]["mean_alpha"]) ** 2 for x in f["per_task"].values()) / 3)
+        ci = r["intervals"]["alpha_variance_change"]
+        assert ci["low"] <= ci["high"]
+    md = (tmp_path / "r" / "scdf_t.md").read_text()
+    assert "| scdf | 0 |" in md and "| balanced | 0 |" in md
+    assert (tmp_path / "r" / "scdf_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "original drafter" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_under_torchrun(assets, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "specfair.scdf", "--out", str(out),
+           "--verifier", str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--corpus", "jsonl",
+           "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
+           "--heldout-fraction", "0.25", "--steps", "4", "--batch-size", "3", "--context-length", str(CTX),
+           "--checkpoint-every", "4", "--eval-tokens-per-task", "64", "--no-progress", "--lr", "1e-2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rep = json.loads((out / "scdf_report.json").read_text())
+    assert rep["world_size"] == 2 and rep["verifier_unchanged"]
+    assert rep["training_tokens"] == 4 * 3 * CTX * 2
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    local = ck["tokens_local"]
+    assert len(local) == 2 and not torch.equal(local[0], local[1])     # each rank drew its own windows
+    torch.testing.assert_close(local[0] + local[1], ck["tokens_global"], rtol=0, atol=0)   # all-reduced
+    assert float(ck["tokens_global"].sum()) == 4 * 3 * CTX * 2
+    assert len({json.dumps(x["sampler"].tolist()) for x in ck["rng"]}) == 2
+
+
+def test_exported_corpus_has_the_same_splits(assets, tmp_path):
+    from specfair.corpus import load_corpus
+    from specfair.scdf_compare import export_corpus_jsonl
+
+    opts = {"path": str(assets / "corpus.jsonl"), "key_column": "id"}
+    p = export_corpus_jsonl(tmp_path / "c.jsonl", "jsonl", **opts)
+    a = load_corpus("jsonl", heldout_fraction=0.4, seed=3, **opts)
+    b = load_corpus("jsonl", heldout_fraction=0.4, seed=3, path=str(p), key_column="key")
+    assert a.task_names == b.task_names
+    for t in a.task_names:
+        assert a.tasks[t].train == b.tasks[t].train and a.tasks[t].heldout == b.tasks[t].heldout
+        assert a.tasks[t].heldout     # the check is not vacuous
