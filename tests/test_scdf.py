@@ -199,17 +199,27 @@ def test_bad_config(assets, tmp_path):
             train(config(assets, tmp_path / "bad", **kw))
 
 
-def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
-    import argparse
+def test_cli_bad_input_exits_2_with_a_message(assets, tmp_path, capsys):
+    from specfair import cli
 
-    ap = scdf.add_arguments(argparse.ArgumentParser())
-    a = ap.parse_args(["--compare", "--methods", "balanced,scdf", "--seeds", "0", "--out", str(tmp_path / "r"),
+    rc = cli.main(["scdf", "--uniform-mix", "1.5", "--out", str(tmp_path / "o"), "--verifier",
+                   str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--no-progress"])
+    assert rc == 2 and "uniform_mix" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["scdf", "--method", "dro"])
+    assert e.value.code == 2
+
+
+def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
+    from specfair import cli
+
+    argv = (["--compare", "--methods", "balanced,scdf", "--seeds", "0", "--out", str(tmp_path / "r"),
                        "--prefix", "scdf_t", "--verifier", str(assets / "verifier"), "--drafter",
                        str(assets / "drafter"), "--corpus", "jsonl", "--corpus-option",
                        f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
                        "--heldout-fraction", "0.25", "--steps", "3", "--batch-size", "4", "--context-length",
                        str(CTX), "--eval-tokens-per-task", "64", "--no-progress"])
-    assert scdf.main_from_args(a) == 0
+    assert cli.main(["scdf", *argv]) == 0        # `specfair scdf ...`
     rep = json.loads((tmp_path / "r" / "scdf_t.json").read_text())
     assert [r["method"] for r in rep["runs"]] == ["balanced", "scdf"]
     for r in rep["runs"]:

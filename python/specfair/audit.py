@@ -456,7 +456,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
                                          pad_token_id=tok.pad_token_id)
         gen = measure_speedup(generator, ids.to(device), mask.to(device), task_ids=task_ids,
                               num_tasks=len(tasks), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                              eos_token_id=None, repeats=cfg.timing_repeats)
+                              eos_token_id=None, repeats=cfg.timing_repeats, progress=cfg.progress)
 
     # --- per-task rows
     c = gen["cost_ratio"] if gen else _cost_ratio(drafter, verifier, device)

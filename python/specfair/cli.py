@@ -3,6 +3,8 @@
     specfair audit [--drafter X --verifier Y] [...]   the fairness audit (issue 6): who gets
                                                       how much speed-up, on the shipped pair
                                                       and corpus unless told otherwise
+    specfair scdf [--method scdf|uniform|balanced|temperature] [...]
+                                            s-CDF (issue 7): fine-tune the drafter where it is slowest
     specfair train-pair --out DIR [...]     train the default drafter/verifier pair (issue 5)
     specfair demo [demo options]            per-task demonstration of verify (specfair_kernels.demo)
     specfair [demo options]                 no subcommand: the demo
@@ -17,7 +19,7 @@ import argparse
 import re
 import sys
 
-SUBCOMMANDS = ("demo", "train-pair", "audit")
+SUBCOMMANDS = ("demo", "train-pair", "audit", "scdf")
 
 
 def _parse_option(text: str):
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="specfair",
         description="specfair: who gets the speed-up of speculative decoding. "
                     "Without a subcommand, runs the demo.")
-    sub = ap.add_subparsers(dest="command", metavar="{audit,train-pair,demo}")
+    sub = ap.add_subparsers(dest="command", metavar="{audit,scdf,train-pair,demo}")
     au = sub.add_parser(
         "audit", help="fairness audit of speculative decoding: per-task acceptance, speed-up, divergence",
         description="Who gets how much speed-up from speculative decoding, why, and how unfair it is. "
@@ -77,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     au.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub.add_parser("demo", add_help=False,
                    help="per-task demonstration of verify on the CPU (options: specfair demo --help)")
+    from .scdf import add_arguments as scdf_arguments
+
+    sc = sub.add_parser(
+        "scdf", help="s-CDF: fine-tune the drafter where it is slowest (or a baseline), verifier frozen",
+        description="s-CDF: fine-tune only the drafter, sampling tasks by their excess divergence over the "
+                    "best task, with the verifier frozen; or a baseline at the same budget.")
+    scdf_arguments(sc)
     tp = sub.add_parser(
         "train-pair", help="train a drafter/verifier pair of small Llama models",
         description="Train a shared BPE tokenizer and a verifier/drafter pair of Llama models on a "
@@ -183,6 +192,10 @@ def main(argv=None) -> int:
         return _train_pair(a)
     if a.command == "audit":
         return _audit(a)
+    if a.command == "scdf":
+        from .scdf import main_from_args
+
+        return main_from_args(a)
     return 0
 
 

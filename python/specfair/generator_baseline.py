@@ -115,7 +115,7 @@ def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tok
 def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=None, task_ids=None,
                     num_tasks: int | None = None, max_new_tokens: int = 64, seed: int | None = 0,
                     eos_token_id=None, batch_size: int | None = None, warmup: bool = True,
-                    cost_ratio: float | None = None, repeats: int = 1) -> dict:
+                    cost_ratio: float | None = None, repeats: int = 1, progress: bool = False) -> dict:
     """Measured and model-based speed-up of speculative decoding, per task.
 
     For each task the rows of that task are generated speculatively (``generator``, in
@@ -139,6 +139,8 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
         Times each batch is generated both ways, interleaved (speculative, verifier-only,
         speculative, ...); each time is the median over the repeats.  The repeats replay the
         first run exactly (same tokens, same K choices); only the first adds into the stats.
+    progress : bool
+        A tqdm bar over the tasks.
     cost_ratio : float, optional
         c for the model-based S(alpha; K, c); default: ``generator.cost_ratio(batch)``
         (measured once per batch size unless the generator was given one).
@@ -192,7 +194,12 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
         generate_verifier_only(generator.verifier, w_ids, w_mask, n, eos, seed=seed, forced=o, **gen_kw)
 
     per_task = {}
-    for t in range(T):
+    task_range = range(T)
+    if progress:
+        from tqdm.auto import tqdm
+
+        task_range = tqdm(task_range, desc="generation", unit="task")
+    for t in task_range:
         rows_all = (task_t == t).nonzero()[:, 0]
         if rows_all.numel() == 0:
             continue
