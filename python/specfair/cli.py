@@ -69,8 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="window length of the teacher-forced pass (default 256)")
     au.add_argument("--no-generation", action="store_true",
                     help="teacher-forced figures only (no generation, no measured speed-up)")
-    au.add_argument("--repeats", type=int, default=3,
-                    help="interleaved timing repeats per task; times are their medians (default 3)")
+    au.add_argument("--generation-batch-size", type=int, default=1,
+                    help="prompts per generate call (default 1: every request timed alone, the latency a "
+                         "user feels; 0: all of a task's prompts in one batch)")
+    au.add_argument("--repeats", type=int, default=2,
+                    help="interleaved timing repeats per task; times are their medians (default 2)")
     au.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     au.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: as saved)")
     au.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
@@ -165,6 +168,7 @@ def _audit(a) -> int:
                       prompt_tokens=a.prompt_tokens, max_new_tokens=a.max_new_tokens, num_draft=nd,
                       temperature=a.temperature, teacher_forced_tokens=a.teacher_forced_tokens,
                       context_length=a.context_length, timing_repeats=a.repeats,
+                      generation_batch_size=a.generation_batch_size or None,
                       generative=not a.no_generation, device=a.device, dtype=a.dtype, bootstrap=a.bootstrap,
                       seed=a.seed, out=a.out, progress=not a.no_progress)
     try:
