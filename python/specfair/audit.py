@@ -46,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 __all__ = ["AuditConfig", "AuditReport", "AuditError", "run", "speedup_lower_bound"]
 
@@ -292,20 +292,9 @@ def _fci(ci, nd: int = 3) -> str:
 
 # ---------------------------------------------------------------------------- checks
 def _check_device(name: str):
-    import torch
+    from ._common import resolve_device
 
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise AuditError(f"device {name!r} is not a torch device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditError(f"device {name!r} was asked for, but no CUDA GPU is available "
-                         "(torch.cuda.is_available() is False); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise AuditError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise AuditError(f"device {name!r}: the audit runs on cpu or cuda")
-    return dev
+    return resolve_device(name, AuditError)
 
 
 def _check_out(out: str | os.PathLike) -> Path:
@@ -382,12 +371,9 @@ def _left_padded(prompts: dict, tasks: list[str], pad_id):
 
 
 def _plain_backend(tok):
-    import copy
+    from ._common import plain_backend
 
-    b = copy.deepcopy(tok.backend_tokenizer)
-    b.no_padding()
-    b.no_truncation()
-    return b
+    return plain_backend(tok)
 
 
 def _bootstrap_within(per_window: dict, tasks: list[str], B: int, rng):
@@ -415,7 +401,6 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     """Run the audit (see the module docstring) and, unless ``config.out`` is None, write
     its files.  Keyword arguments override fields of ``config`` (or of the defaults)."""
     import numpy as np
-    import torch
 
     from specfair import corpus as corpus_mod
     from specfair import teacher_forced as tf

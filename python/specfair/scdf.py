@@ -314,14 +314,9 @@ class TaskWindowSampler:
 
 # ----------------------------------------------------------------------------- helpers
 def _device(name: str):
-    import torch
+    from ._common import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ScdfError(f"device {name!r} was asked for but torch.cuda.is_available() is False")
-    return dev
+    return resolve_device(name, ScdfError)
 
 
 def fingerprint(model) -> str:

@@ -39,12 +39,13 @@ Example::
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from ._common import plain_backend
 
 __all__ = ["Windows", "TeacherForcedResult", "token_streams", "windows_from_streams", "token_windows",
            "verifier_logits", "evaluate", "bootstrap", "spread"]
@@ -87,9 +88,7 @@ def token_streams(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, t
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError("the tokenizer needs bos and eos tokens to delimit paragraphs")
-    backend = copy.deepcopy(tokenizer.backend_tokenizer)
-    backend.no_padding()
-    backend.no_truncation()
+    backend = plain_backend(tokenizer)
     out = {}
     for task, texts in texts_by_task.items():
         ids: list[int] = []

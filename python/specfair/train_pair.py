@@ -26,7 +26,6 @@ Only ``python/specfair`` imports ``transformers``; ``specfair_kernels`` never do
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -296,28 +295,11 @@ def _hf_tokenizer(tok, context_length: int):
 
 
 def _streams(hf_tok, texts_by_lang: dict[str, list[str]]):
-    """Per language: one int64 stream ``<s> text </s> <s> text </s> ...``."""
-    import torch
+    """Per language: one int64 stream ``<s> text </s> <s> text </s> ...``
+    (``specfair.teacher_forced.token_streams``)."""
+    from .teacher_forced import token_streams
 
-    bos, eos = hf_tok.bos_token_id, hf_tok.eos_token_id
-    # A copy without padding or truncation: a transformers tokenizer that was once called
-    # with padding=True leaves padding switched on in its backend, which would pad every
-    # paragraph to the longest of the batch.
-    backend = copy.deepcopy(hf_tok.backend_tokenizer)
-    backend.no_padding()
-    backend.no_truncation()
-    out = {}
-    for lang, texts in texts_by_lang.items():
-        ids: list[int] = []
-        # The fast tokenizer's own backend: the same ids as hf_tok(...), without its
-        # "longer than model_max_length" warning for whole paragraphs.
-        enc = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-        for e in enc:
-            ids.append(bos)
-            ids.extend(e)
-            ids.append(eos)
-        out[lang] = torch.tensor(ids, dtype=torch.long)
-    return out
+    return token_streams(hf_tok, texts_by_lang)
 
 
 class _MixtureSampler:
@@ -544,14 +526,9 @@ def _card(role: str, cfg: TrainPairConfig, report: dict, corpus_desc: str) -> st
 
 # ---------------------------------------------------------------------------- main entry
 def _device(name: str):
-    import torch
+    from ._common import resolve_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainPairError(f"device {name!r} was asked for but torch.cuda.is_available() is False")
-    return dev
+    return resolve_device(name, TrainPairError)
 
 
 def _mean(vals):
