@@ -34,3 +34,30 @@ def plain_backend(tokenizer):
     backend.no_padding()
     backend.no_truncation()
     return backend
+
+
+def atomic_write(path, write, binary: bool = False) -> None:
+    """Write a file all at once or not at all: ``write(f)`` fills a temporary file in the same
+    directory, which is flushed, fsync'd and renamed over ``path``; on any error the
+    temporary file is removed and ``path`` is untouched."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes 0600; give the usual permissions
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -85,12 +85,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
-import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,23 +332,9 @@ def fingerprint(model) -> str:
 def _atomic_torch_save(obj, path: Path) -> None:
     import torch
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ._common import atomic_write
+
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def _atomic_write_json(path: Path, obj) -> None:

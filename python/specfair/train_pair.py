@@ -199,23 +199,9 @@ def preset(name: str, **overrides) -> TrainPairConfig:
 # ---------------------------------------------------------------------------- file helpers
 def _atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)   # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ._common import atomic_write
+
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
