@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ._common import plain_backend, resolve_device
+
 __all__ = ["AuditConfig", "AuditReport", "AuditError", "run", "speedup_lower_bound"]
 
 
@@ -122,10 +124,19 @@ def speedup_lower_bound(kl, num_draft: int, cost_ratio: float):
     """PAPER.md's bound: S >= S(max(0, 1 - sqrt(KL / 2)); K, c), elementwise on numpy."""
     import numpy as np
 
+    a = np.clip(1.0 - np.sqrt(np.asarray(kl, dtype=np.float64) / 2.0), 0.0, 1.0)
+    return _speedup_array(a, num_draft, cost_ratio)
+
+
+def _speedup_array(alpha, num_draft: int, cost_ratio: float):
+    """S(alpha; K, c) elementwise on a numpy array (NaN stays NaN), through the tensor path
+    of ``specfair_kernels.stats.speedup``."""
+    import numpy as np
+    import torch
+
     from specfair_kernels.stats import speedup
 
-    a = np.clip(1.0 - np.sqrt(np.asarray(kl, dtype=np.float64) / 2.0), 0.0, 1.0)
-    return np.array([speedup(float(x), num_draft, cost_ratio) for x in np.ravel(a)]).reshape(a.shape)
+    return speedup(torch.from_numpy(np.asarray(alpha, dtype=np.float64)), num_draft, cost_ratio).numpy()
 
 
 def _spearman(x, y) -> float:
@@ -291,12 +302,6 @@ def _fci(ci, nd: int = 3) -> str:
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_device(name: str):
-    from ._common import resolve_device
-
-    return resolve_device(name, AuditError)
-
-
 def _check_out(out: str | os.PathLike) -> Path:
     """Fail before any work if ``out`` cannot be created or written."""
     p = Path(out)
@@ -337,7 +342,7 @@ def _load_models(cfg: AuditConfig, device):
 def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
     """Per task, up to n prompts: <s> + the first prompt_tokens tokens of held-out paragraphs
     long enough to have them (in held-out order, which is parallel across languages)."""
-    backend = _plain_backend(tok)
+    backend = plain_backend(tok)
     bos = tok.bos_token_id
     out = {}
     for t in tasks:
@@ -353,27 +358,6 @@ def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
                              "lower --prompt-tokens")
         out[t] = ids
     return out
-
-
-def _left_padded(prompts: dict, tasks: list[str], pad_id):
-    """One left-padded batch of every task's prompts, with their task indices."""
-    import torch
-
-    rows = [(i, p) for i, t in enumerate(tasks) for p in prompts[t]]
-    L = max(len(p) for _, p in rows)
-    pad = 0 if pad_id is None else pad_id
-    ids = torch.full((len(rows), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for r, (_, p) in enumerate(rows):
-        ids[r, L - len(p):] = torch.tensor(p)
-        mask[r, L - len(p):] = 1
-    return ids, mask, torch.tensor([i for i, _ in rows])
-
-
-def _plain_backend(tok):
-    from ._common import plain_backend
-
-    return plain_backend(tok)
 
 
 def _bootstrap_within(per_window: dict, tasks: list[str], B: int, rng):
@@ -408,7 +392,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
 
     cfg = dataclasses.replace(config or AuditConfig(), **overrides)
     cfg.validate()
-    device = _check_device(cfg.device)
+    device = resolve_device(cfg.device, AuditError)
     out_dir = _check_out(cfg.out) if cfg.out is not None else None
     t0 = time.perf_counter()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if cfg.progress else (lambda *a: None)
@@ -442,16 +426,22 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
 
         say("speculative generation, then verifier-only generation of the same outputs ...")
         prompts = _prompts(tok, corpus, tasks, cfg.num_prompts, cfg.prompt_tokens)
-        ids, mask, task_ids = _left_padded(prompts, tasks, tok.pad_token_id)
         generator = SpeculativeGenerator(drafter, verifier, num_draft=K, temperature=cfg.temperature,
                                          pad_token_id=tok.pad_token_id)
-        gen = measure_speedup(generator, ids.to(device), mask.to(device), task_ids=task_ids,
+        # lists of token lists: measure_speedup left-pads them itself
+        gen = measure_speedup(generator, [p for t in tasks for p in prompts[t]], None,
+                              task_ids=[i for i, t in enumerate(tasks) for _ in prompts[t]],
                               num_tasks=len(tasks), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                               eos_token_id=None, repeats=cfg.timing_repeats, progress=cfg.progress,
                               batch_size=cfg.generation_batch_size)
 
     # --- per-task rows
-    c = gen["cost_ratio"] if gen else _cost_ratio(drafter, verifier, device)
+    if gen:
+        c = gen["cost_ratio"]
+    else:
+        from specfair.generator import measure_cost_ratio
+
+        c = measure_cost_ratio(drafter, verifier)
     k_pred = K if isinstance(K, int) else 4     # "auto": the prediction is shown at K = 4
     rows = []
     for i, t in enumerate(tasks):
@@ -488,7 +478,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     kl = np.array([r["kl"] for r in rows], float)
     ce = np.array([r["ce"] for r in rows], float)
     pred = np.array([r["predicted_speedup"] for r in rows], float)
-    boot_pred = np.vectorize(lambda a: speedup(float(a), k_pred, c) if np.isfinite(a) else np.nan)(boot["alpha"])
+    boot_pred = _speedup_array(boot["alpha"], k_pred, c)
     unf = {
         "U_ce": {"value": _pvar(ce), "ci95": _ci([_pvar(b) for b in boot["ce"]])},
         "U_kl": {"value": _pvar(kl), "ci95": _ci([_pvar(b) for b in boot["kl"]])},
@@ -526,8 +516,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
         "tasks": T, "fastest_task": fastest, "slowest_task": slowest, "speedup_basis": basis,
         "disparity_ratio": float(speed[tasks.index(fastest)] / speed[tasks.index(slowest)]),
         "mean_alpha": float(np.nanmean(alpha)), "cost_ratio": float(c),
-        "cost_ratio_source": "measured: drafter step time / verifier step time" if gen else
-        "measured: one drafter forward / one verifier forward",
+        "cost_ratio_source": "measured: drafter step time / verifier step time",
         "num_draft_for_prediction": k_pred, "unfairness": unf, "correlations": correlations,
         "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed,
                       "within_task": "windows resampled within each task (per-task and unfairness intervals)",
@@ -549,28 +538,6 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
 
 def _nan(v) -> float:
     return math.nan if v is None else float(v)
-
-
-def _cost_ratio(drafter, verifier, device) -> float:
-    """One drafter forward over one verifier forward (batch 1, 32 tokens, median of 5)."""
-    import torch
-
-    x = torch.ones(1, 32, dtype=torch.long, device=device)
-
-    def t(m):
-        ts = []
-        with torch.no_grad():
-            for _ in range(6):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                s = time.perf_counter()
-                m(input_ids=x, use_cache=False)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                ts.append(time.perf_counter() - s)
-        return sorted(ts[1:])[2]
-
-    return t(drafter) / t(verifier)
 
 
 def _environment(device) -> dict:
@@ -596,12 +563,6 @@ def _environment(device) -> dict:
 
 
 # ---------------------------------------------------------------------------- files and plots
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    raise TypeError(type(o).__name__)
-
-
 def _clean_json(o):
     if isinstance(o, float):
         return o if math.isfinite(o) else None

@@ -212,7 +212,8 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
             rows = rows_all[i:i + step]
             sub_ids, sub_mask = trim(rows)
             task_sub = torch.full((rows.numel(),), t, dtype=torch.int64)
-            before = stats.clone()      # repeats replay the same path (same K choices, same tokens)
+            # repeats replay the same path (same K choices, same tokens) from the stats as they were
+            before = stats.clone() if repeats > 1 else None
             runs = []
             for r in range(repeats):
                 out = generator.generate(sub_ids, sub_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
