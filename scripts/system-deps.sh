@@ -15,7 +15,10 @@ command -v make >/dev/null || missing+=(make)
 command -v g++ >/dev/null || missing+=(g++)
 [[ -d /usr/share/doc/installation-guide-amd64/en ]] || missing+=(installation-guide-amd64)
 (( ${#missing[@]} )) || exit 0
-cmd="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
+# Minimised images tell dpkg to skip /usr/share/doc (path-exclude); the corpus lives there,
+# so it is included explicitly (dpkg applies command-line filters after its config files).
+cmd="apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+'-oDPkg::Options::=--path-include=/usr/share/doc/installation-guide-amd64/*' ${missing[*]}"
 if ! command -v apt-get >/dev/null; then
     echo "warning: not a Debian system; install the equivalent of: ${missing[*]}" >&2
     exit 0
