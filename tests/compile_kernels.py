@@ -1,6 +1,6 @@
 """Compile every Triton kernel variant for sm_90 ahead of time, without a GPU.
 
-Run with TRITON_INTERPRET unset (tests/test_triton_compile.py does, in a subprocess):
+Run with TRITON_INTERPRET unset (tests/kernels/test_triton_compile.py does, in a subprocess):
 ``python tests/compile_kernels.py`` prints one line per variant and exits non-zero on a
 compile error or a register spill.
 """
