@@ -73,7 +73,7 @@ def get_pair(name, device):
                        for n in torch.randint(3, 12, (32,), generator=g)]
         else:
             import specfair
-            from specfair.generator import load_pair
+            from specfair.models import load_pair
 
             drafter, verifier, tok = load_pair(specfair.default_pair_path("drafter"),
                                                specfair.default_pair_path("verifier"), device=device)
@@ -94,7 +94,8 @@ def left_pad(prompts, pad, device):
 
 @pytest.mark.parametrize("provider,B,K,pair", list(_params()))
 def test_generate(benchmark, bench_ctx, provider, B, K, pair):
-    from specfair.generator import SpeculativeGenerator, generate_verifier_only
+    from specfair.baseline import generate_verifier_only
+    from specfair.generator import SpeculativeGenerator
 
     dev = bench_ctx.device
     drafter, verifier, prompts = get_pair(pair, dev)

@@ -87,7 +87,7 @@ class Bench:
         import torch
 
         import specfair
-        from specfair.generator import load_pair
+        from specfair.models import load_pair
 
         self.args = args
         self.device = torch.device(args.device)
@@ -126,7 +126,7 @@ class Bench:
         return gen.generate(ids, mask, max_new_tokens=self.N, eos_token_id=[], seed=seed)
 
     def ours_verifier_only(self, ids, mask):
-        from specfair.generator import generate_verifier_only
+        from specfair.baseline import generate_verifier_only
 
         return generate_verifier_only(self.verifier, ids, mask, self.N, eos_token_id=[], temperature=0.0,
                                       profile=False)
@@ -195,7 +195,7 @@ def section_correctness(b, args):
 
 
 def section_cost_ratio(b, args):
-    from specfair.generator import measure_costs
+    from specfair.costs import measure_costs
 
     return {f"B{B}": measure_costs(b.drafter, b.verifier, batch_size=B, max_draft=8, repeats=20) for B in (1, 32)}
 
@@ -293,7 +293,8 @@ def section_auto_vs_fixed(b, args):
 
 
 def section_speedup(b, args):
-    from specfair.generator import SpeculativeGenerator, measure_speedup
+    from specfair.baseline import measure_speedup
+    from specfair.generator import SpeculativeGenerator
 
     tasks = [ps[:args.task_prompts] for ps in TASK_PROMPTS.values()]
     ids, mask = b.enc([p for ps in tasks for p in ps])

@@ -1,4 +1,4 @@
-"""s-CDF against uniform distillation, data balancing and temperature tuning (issue 7).
+"""s-CDF against uniform distillation, data balancing and temperature tuning.
 
 Fine-tunes the shipped default drafter with every method under one budget of steps and
 training tokens, measures each on the held-out split (teacher-forced, per language), and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from specfair.scdf_compare import main
+from specfair.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main(["scdf", "--compare", *sys.argv[1:]]))

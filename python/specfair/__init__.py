@@ -1,4 +1,13 @@
-"""The thin Python layer over specfair_kernels: corpus, default pair, generator, audit, s-CDF."""
+"""The thin Python layer over specfair_kernels: corpus, default pair, generator, audit, s-CDF.
+
+Modules, leaves first (each imports only modules above it):
+``_util`` (devices, atomic files, options) - ``models`` (the one loader) - ``decoding`` (cache,
+prompts, sampling) - ``generator`` - ``baseline`` (verifier alone, measured speed-up);
+``corpus_sources`` - ``corpus``; ``spread`` (variances, ratios, bootstraps: the home of
+"unfairness"); ``teacher_forced``; ``training`` (window sampler, LR schedule, fingerprints);
+``train_pair``; ``scdf`` - ``scdf_compare``; ``audit_report`` - ``audit``; ``cli`` (every
+argparse) last.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +16,8 @@ __version__ = "0.1.0"
 
 # The generator's names at the top level, imported on first use so that `import specfair`
 # stays light (transformers is loaded only when a model is).
-_LAZY = {"load_pair": "generator", "SpeculativeGenerator": "generator", "generate_verifier_only": "generator",
-         "measure_speedup": "generator", "GenerationOutput": "generator"}
+_LAZY = {"load_pair": "models", "SpeculativeGenerator": "generator", "generate_verifier_only": "baseline",
+         "measure_speedup": "baseline", "GenerationOutput": "decoding"}
 
 
 def __getattr__(name: str):

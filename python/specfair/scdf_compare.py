@@ -1,4 +1,4 @@
-"""Compare s-CDF with its baselines under one budget, on held-out text (issue 7).
+"""Compare s-CDF with its baselines under one budget, on held-out text.
 
 ``run_comparison(config, methods, seeds)`` loads the pair and the corpus once, measures
 the original drafter on the held-out split with :mod:`specfair.teacher_forced` (the
@@ -20,28 +20,25 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from .scdf import METHODS, ScdfConfig, ScdfError, comparison_figures, train
+from . import corpus as corpus_mod
+from ._util import resolve_device, write_json, write_text
+from .scdf import ScdfConfig, ScdfError, evaluate_drafter, load_models, prepare_eval_cache, train
+from .scdf_config import METHODS
+from .spread import before_after, paired_bootstrap, relative_change, variance
 
 TARGETS = {"alpha_variance_change": -0.40, "U_ce_change": -0.25, "mean_alpha_change": 0.0,
            "worst_alpha_change": -0.01}
 
 
-def _var(v):
-    v = [x for x in v if x is not None]
-    mu = sum(v) / len(v)
-    return sum((x - mu) ** 2 for x in v) / len(v)
-
-
 def _rel_change(key):
+    """Bootstrap statistic: relative change of the variance of per-task ``key`` (before, after)."""
     def stat(before, after):
-        b, a = _var(before[key]), _var(after[key])
-        return (a - b) / b
+        return relative_change(variance(before[key]), variance(after[key]))
     return stat
 
 
@@ -57,10 +54,6 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0,), *, prefix: str
     """Run every method for every seed under ``base``'s budget; write the report in
     ``base.out_dir`` (files ``<prefix>.json/.md/.png``); fine-tuned drafters and
     checkpoints go under ``work_dir`` (default ``<out_dir>/<prefix>_runs``)."""
-    from . import corpus as corpus_mod
-    from . import teacher_forced as tf
-    from .scdf import _device, _ensure_eval_cache, _load_models
-
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -69,19 +62,15 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0,), *, prefix: str
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / f"{prefix}_runs"
     t0 = time.perf_counter()
-    device = _device(base.device)
-    verifier, drafter0, tokenizer = _load_models(base)
+    device = resolve_device(base.device, ScdfError)
+    verifier, drafter0, tokenizer = load_models(base)
     corpus = corpus_mod.load_corpus(base.corpus_source, tasks=base.tasks, heldout_fraction=base.heldout_fraction,
                                     seed=base.corpus_seed, max_items_per_task=base.max_items_per_task,
                                     **base.corpus_options)
     names = [t for t in corpus.task_names if corpus.tasks[t].train]
     verifier.to(device)
-    ec: dict = {}
-    _ensure_eval_cache(ec, base, verifier, tokenizer, corpus, names, device)
-    before = tf.evaluate(None, drafter0.to(device), ec["windows"], temperature=base.temperature,
-                         batch_size=base.eval_batch_size, device=device, backend=base.backend,
-                         target_logits=ec["target_logits"])
-    ec["before"] = before
+    ec = prepare_eval_cache({}, base, verifier, tokenizer, corpus, names, device)
+    ec["before"] = before = evaluate_drafter(base, drafter0.to(device), ec, device)
     n_ver = sum(p.numel() for p in verifier.parameters())
     n_dra = sum(p.numel() for p in drafter0.parameters())
     cost_ratio = base.cost_ratio if base.cost_ratio is not None else n_dra / n_ver
@@ -94,58 +83,60 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0,), *, prefix: str
             t1 = time.perf_counter()
             res = train(cfg, verifier=verifier, drafter=copy.deepcopy(drafter0), tokenizer=tokenizer,
                         corpus=corpus, eval_cache=ec)
-            fig = comparison_figures(before, res.after, cfg.num_draft, cost_ratio)
-            ci = {
-                "alpha_variance_change": tf.bootstrap([before, res.after], _rel_change("alpha"), n_boot, seed=seed),
-                "U_ce_change": tf.bootstrap([before, res.after], _rel_change("ce"), n_boot, seed=seed),
-            }
-            runs.append({"method": method, "seed": seed, "seconds": time.perf_counter() - t1,
-                         "figures": fig, "intervals": ci, "meets": _meets(fig),
-                         "drafter_temperature": res.report["drafter_temperature"],
-                         "tokens_per_task": res.report["tokens_per_task"],
-                         "training_tokens": res.report["training_tokens"],
-                         "final_probabilities": res.history[-1]["probabilities"] if res.history else None,
-                         "final_train_divergence": res.history[-1]["divergence"] if res.history else None})
+            runs.append(_run_record(cfg, res, before, cost_ratio, n_boot, time.perf_counter() - t1))
             del res
 
-    # --- aggregate over seeds
-    agg = {}
-    for method in methods:
-        rs = [r for r in runs if r["method"] == method]
-        keys = ("alpha_variance_change", "U_ce_change", "U_kl_change", "mean_alpha_change",
-                "worst_alpha_change", "speedup_variance_change")
-        a = {k: [r["figures"][k] for r in rs] for k in keys}
-        per_task_alpha = {t: sum(r["figures"]["per_task"][t]["alpha_after"] for r in rs) / len(rs) for t in names}
-        agg[method] = {
-            "seeds": [r["seed"] for r in rs],
-            **{f"{k}_mean": sum(v) / len(v) for k, v in a.items()},
-            **{f"{k}_min": min(v) for k, v in a.items()},
-            **{f"{k}_max": max(v) for k, v in a.items()},
-            "after_mean": {k: sum(r["figures"]["after"][k] for r in rs) / len(rs)
-                           for k in rs[0]["figures"]["after"]},
-            "per_task_alpha_after": per_task_alpha,
-            "worst_task": min(((r["figures"]["worst_alpha_change"], r["figures"]["worst_task"]) for r in rs))[1],
-            "meets_all_seeds": {k: all(r["meets"][k] for r in rs) for k in rs[0]["meets"]},
-        }
     report = {
         "description": "s-CDF and baselines at equal steps and training tokens; held-out, teacher-forced, "
-                       "temperature %g; speed-up S(alpha; K=%d, c=%.4f)" % (base.temperature, base.num_draft, cost_ratio),
+                       f"temperature {base.temperature:g}; speed-up S(alpha; K={base.num_draft}, "
+                       f"c={cost_ratio:.4f})",
         "config": base.to_dict(), "methods": methods, "seeds": list(seeds), "task_names": names,
         "device": str(device), "cost_ratio": cost_ratio, "num_draft": base.num_draft,
         "heldout_tokens": before.tokens, "targets": TARGETS,
-        "before": before.to_dict(base.num_draft, cost_ratio), "runs": runs, "aggregate": agg,
+        "before": before.to_dict(base.num_draft, cost_ratio), "runs": runs,
+        "aggregate": {m: _aggregate([r for r in runs if r["method"] == m], names) for m in methods},
         "seconds_total": time.perf_counter() - t0,
     }
     paths = {"json": out / f"{prefix}.json", "markdown": out / f"{prefix}.md", "png": out / f"{prefix}.png"}
-    md = markdown(report)
-    from .train_pair import _atomic_write_json, _atomic_write_text
-
-    _atomic_write_json(paths["json"], report)
-    _atomic_write_text(paths["markdown"], md)
+    write_json(paths["json"], report)
+    write_text(paths["markdown"], markdown(report))
     plot(report, paths["png"])
     report["paths"] = {k: str(v) for k, v in paths.items()}
     report["markdown_table"] = table(report)
     return report
+
+
+def _run_record(cfg: ScdfConfig, res, before, cost_ratio: float, n_boot: int, seconds: float) -> dict:
+    """One (method, seed) run: its held-out figures, paired-bootstrap intervals and targets."""
+    fig = before_after(before, res.after, cfg.num_draft, cost_ratio)
+    ci = {"alpha_variance_change": paired_bootstrap([before, res.after], _rel_change("alpha"), n_boot,
+                                                    seed=cfg.seed),
+          "U_ce_change": paired_bootstrap([before, res.after], _rel_change("ce"), n_boot, seed=cfg.seed)}
+    return {"method": cfg.method, "seed": cfg.seed, "seconds": seconds,
+            "figures": fig, "intervals": ci, "meets": _meets(fig),
+            "drafter_temperature": res.report["drafter_temperature"],
+            "tokens_per_task": res.report["tokens_per_task"],
+            "training_tokens": res.report["training_tokens"],
+            "final_probabilities": res.history[-1]["probabilities"] if res.history else None,
+            "final_train_divergence": res.history[-1]["divergence"] if res.history else None}
+
+
+def _aggregate(rs: list[dict], names: list[str]) -> dict:
+    """One method's figures over its seeds: means, minima, maxima, per-task alpha after."""
+    keys = ("alpha_variance_change", "U_ce_change", "U_kl_change", "mean_alpha_change",
+            "worst_alpha_change", "speedup_variance_change")
+    a = {k: [r["figures"][k] for r in rs] for k in keys}
+    return {
+        "seeds": [r["seed"] for r in rs],
+        **{f"{k}_mean": sum(v) / len(v) for k, v in a.items()},
+        **{f"{k}_min": min(v) for k, v in a.items()},
+        **{f"{k}_max": max(v) for k, v in a.items()},
+        "after_mean": {k: sum(r["figures"]["after"][k] for r in rs) / len(rs) for k in rs[0]["figures"]["after"]},
+        "per_task_alpha_after": {t: sum(r["figures"]["per_task"][t]["alpha_after"] for r in rs) / len(rs)
+                                 for t in names},
+        "worst_task": min(((r["figures"]["worst_alpha_change"], r["figures"]["worst_task"]) for r in rs))[1],
+        "meets_all_seeds": {k: all(r["meets"][k] for r in rs) for k in rs[0]["meets"]},
+    }
 
 
 def _pct(x):
@@ -157,7 +148,8 @@ def table(report: dict) -> str:
     lines = ["| method | seed | mean α | var α | Δ var α [95% CI] | 𝒰 (var CE) | Δ𝒰 [95% CI] | Δ mean α | "
              "worst Δα (task) | mean S |",
              "|---|---|---|---|---|---|---|---|---|---|",
-             f"| original drafter | – | {b['mean_alpha']:.4f} | {b['alpha_variance']:.2e} | – | {b['U_ce']:.2e} | – | – | – | "
+             f"| original drafter | – | {b['mean_alpha']:.4f} | {b['alpha_variance']:.2e} | – | {b['U_ce']:.2e} "
+             "| – | – | – | "
              f"{b['mean_speedup']:.3f} |"]
     for r in report["runs"]:
         f, ci = r["figures"], r["intervals"]
@@ -230,39 +222,3 @@ def plot(report: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def export_corpus_jsonl(out_path, source: str = "default", **source_options) -> Path:
-    """Write a corpus as JSONL (``task``, ``key``, ``text``) for a machine without it.
-
-    ``load_corpus("jsonl", path=out_path, key_column="key", heldout_fraction=f, seed=s)``
-    then gives the same train/held-out texts, in the same order, as
-    ``load_corpus(source, heldout_fraction=f, seed=s)``: the split is a hash of the key."""
-    from . import corpus as corpus_mod
-
-    src = corpus_mod._resolve(source)
-    names = src.tasks(**source_options)
-    items = src.load(names, **source_options)
-    out_path = Path(out_path)
-    with open(out_path, "w", encoding="utf-8") as f:
-        for t in names:
-            for it in items.get(t, []):
-                f.write(json.dumps({"task": t, "key": it.key, "text": it.text}, ensure_ascii=False) + "\n")
-    return out_path
-
-
-def main(argv=None) -> int:
-    """``python -m specfair.scdf_compare`` = ``specfair scdf --compare``."""
-    import argparse
-
-    from .scdf import add_arguments, main_from_args
-
-    ap = argparse.ArgumentParser(prog="scdf_compare", description=__doc__.splitlines()[0])
-    add_arguments(ap)
-    a = ap.parse_args(argv)
-    a.compare = True
-    return main_from_args(a)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

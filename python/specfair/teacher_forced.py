@@ -15,15 +15,15 @@ the verifier's next-token distribution p with the drafter's q at a temperature, 
 Per task the figures are means over that task's predicted tokens (a token-weighted mean,
 as in :class:`specfair_kernels.TaskStats`).  Per-window sums are kept too, so a caller
 can bootstrap confidence intervals by resampling windows within each task
-(:func:`bootstrap`).
+(:func:`specfair.spread.paired_bootstrap`).
 
 Windows (:func:`token_windows`): each task's paragraphs become one stream
 ``<s> text </s> <s> text </s> ...`` (the tokenizer's bos/eos, no other special
 tokens), cut into non-overlapping windows of ``context_length`` predicted tokens; the
 last window of a task is padded and masked.  At most ``max_tokens_per_task`` predicted
 tokens per task, taken from the start of the stream, so the windows are a deterministic
-function of the text and the tokenizer.  This is the windowing of
-``specfair.train_pair.evaluate_pair``, which is a wrapper over this module.
+function of the text and the tokenizer.  ``specfair.train_pair`` evaluates the pairs it
+trains with this module.
 
 Example::
 
@@ -39,16 +39,21 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ._common import plain_backend
+import specfair_kernels as sk
+from specfair_kernels.stats import speedup
 
-__all__ = ["Windows", "TeacherForcedResult", "token_streams", "windows_from_streams", "token_windows",
-           "verifier_logits", "evaluate", "bootstrap", "spread"]
+from .spread import summarize
+
+__all__ = ["Windows", "TeacherForcedResult", "encode_texts", "token_streams", "windows_from_streams",
+           "token_windows", "verifier_logits", "evaluate"]
 
 
 @dataclass
@@ -77,24 +82,30 @@ class Windows:
         return {name: int(counts[i]) for i, name in enumerate(self.task_names)}
 
 
-def token_streams(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, torch.Tensor]:
-    """Per task, one int64 stream ``<s> text </s> <s> text </s> ...``.
+def encode_texts(tokenizer, texts) -> list[list[int]]:
+    """Token ids of each text without special tokens: ``tokenizer(text,
+    add_special_tokens=False)``, fast, and never padded or truncated.
 
-    Uses a copy of the fast tokenizer's backend with padding and truncation switched off
-    (a ``transformers`` tokenizer once called with ``padding=True`` keeps padding on in its
-    backend, which would pad every paragraph), so the ids are those of
-    ``tokenizer(text, add_special_tokens=False)``.
-    """
+    A ``transformers`` tokenizer once called with ``padding=True`` keeps padding on in its
+    backend, which would pad every text of a batch, so a copy of the fast tokenizer's backend
+    with padding and truncation off does the encoding."""
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.no_padding()
+    backend.no_truncation()
+    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def token_streams(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """Per task, one int64 stream ``<s> text </s> <s> text </s> ...`` (`encode_texts`)."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError("the tokenizer needs bos and eos tokens to delimit paragraphs")
-    backend = plain_backend(tokenizer)
     out = {}
     for task, texts in texts_by_task.items():
         ids: list[int] = []
-        for e in backend.encode_batch(list(texts), add_special_tokens=False):
+        for e in encode_texts(tokenizer, texts):
             ids.append(bos)
-            ids.extend(e.ids)
+            ids.extend(e)
             ids.append(eos)
         out[task] = torch.tensor(ids, dtype=torch.long)
     return out
@@ -126,7 +137,10 @@ def windows_from_streams(streams: dict[str, torch.Tensor], task_names: list[str]
             y = torch.full((T,), pad_id, dtype=torch.long)
             m = torch.zeros(T, dtype=torch.bool)
             x[:n], y[:n], m[:n] = chunk[:-1], chunk[1:], True
-            xs.append(x); ys.append(y); ms.append(m); ts.append(ti)
+            xs.append(x)
+            ys.append(y)
+            ms.append(m)
+            ts.append(ti)
     if not xs:
         raise ValueError("no text to make windows from: every task's stream is empty")
     return Windows(torch.stack(xs), torch.stack(ys), torch.stack(ms), torch.tensor(ts, dtype=torch.long), names)
@@ -202,12 +216,10 @@ class TeacherForcedResult:
         model-based speed-up S(alpha_t; num_draft, cost_ratio) per task gives
         ``mean_speedup``, ``speedup_variance``, ``speedup_max_min_ratio``.
         """
-        return spread({k: self.per_task(k) for k in ("alpha", "ce", "kl")}, num_draft, cost_ratio)
+        return summarize({k: self.per_task(k) for k in ("alpha", "ce", "kl")}, num_draft, cost_ratio)
 
     def to_dict(self, num_draft: int = 4, cost_ratio: float = 0.0, windows: bool = False) -> dict[str, Any]:
         """JSON-serialisable; per-window arrays only when ``windows`` is True."""
-        from specfair_kernels.stats import speedup
-
         out: dict[str, Any] = {
             "task_names": list(self.task_names), "temperature": self.temperature,
             "per_task": {k: dict(getattr(self, k)) for k in
@@ -222,33 +234,6 @@ class TeacherForcedResult:
                 "window_task", "window_tokens", "alpha_sum", "kl_sum", "ce_sum", "entropy_sum",
                 "verifier_nll_sum", "drafter_nll_sum")}
         return out
-
-
-def spread(per_task: dict[str, list[float | None]], num_draft: int = 4, cost_ratio: float = 0.0) -> dict[str, float]:
-    """Spread figures from per-task lists ``{"alpha": [...], "ce": [...], "kl": [...]}``."""
-    from specfair_kernels.stats import speedup
-
-    def var(v):
-        v = [x for x in v if x is not None]
-        if not v:
-            return math.nan
-        m = sum(v) / len(v)
-        return sum((x - m) ** 2 for x in v) / len(v)
-
-    def ratio(v):
-        v = [x for x in v if x is not None]
-        return max(v) / min(v) if v and min(v) > 0 else math.nan
-
-    alpha = [a for a in per_task["alpha"] if a is not None]
-    s = [float(speedup(a, num_draft, cost_ratio)) for a in alpha]
-    return {
-        "mean_alpha": sum(alpha) / len(alpha) if alpha else math.nan,
-        "alpha_variance": var(alpha), "alpha_max_min_ratio": ratio(alpha),
-        "min_alpha": min(alpha) if alpha else math.nan,
-        "U_ce": var(per_task.get("ce", [])), "U_kl": var(per_task.get("kl", [])),
-        "mean_speedup": sum(s) / len(s) if s else math.nan,
-        "speedup_variance": var(s), "speedup_max_min_ratio": ratio(s),
-    }
 
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
@@ -302,10 +287,6 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
     -------
     TeacherForcedResult
     """
-    import torch.nn.functional as F
-
-    import specfair_kernels as sk
-
     device = torch.device(device)
     L = len(windows.task_names)
     N = len(windows)
@@ -361,43 +342,3 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
         window_task=windows.task.clone(), window_tokens=wtok,
         alpha_sum=sums["alpha"], kl_sum=sums["kl"], ce_sum=sums["ce"], entropy_sum=sums["entropy"],
         verifier_nll_sum=sums["verifier_nll"], drafter_nll_sum=sums["drafter_nll"])
-
-
-def bootstrap(results: list[TeacherForcedResult], statistic: Callable[..., float], n_boot: int = 1000,
-              seed: int = 0, level: float = 0.95) -> dict[str, float]:
-    """Percentile bootstrap over windows, resampled within each task.
-
-    ``results`` must come from the same windows (e.g. before and after fine-tuning); each
-    replicate draws one set of window indices and applies it to every result (a paired
-    bootstrap).  ``statistic(*per_task)`` gets, per result, a dict
-    ``{"alpha": [...], "kl": [...], "ce": [...]}`` of per-task means and returns a float.
-    Returns ``{"estimate", "low", "high", "level", "n_boot"}``.
-    """
-    base = results[0]
-    for r in results[1:]:
-        if not torch.equal(r.window_task, base.window_task) or not torch.equal(r.window_tokens, base.window_tokens):
-            raise ValueError("bootstrap needs results computed on the same windows")
-    L = len(base.task_names)
-    g = torch.Generator().manual_seed(seed)
-    groups = [torch.nonzero(base.window_task == t).flatten() for t in range(L)]
-
-    def per_task(r, idx_by_task):
-        out = {}
-        for k in ("alpha", "kl", "ce"):
-            s = getattr(r, f"{k}_sum")
-            vals = []
-            for idx in idx_by_task:
-                n = int(r.window_tokens[idx].sum()) if len(idx) else 0
-                vals.append(float(s[idx].sum()) / n if n else None)
-            out[k] = vals
-        return out
-
-    est = statistic(*[per_task(r, groups) for r in results])
-    reps = []
-    for _ in range(n_boot):
-        idx = [grp[torch.randint(0, len(grp), (len(grp),), generator=g)] if len(grp) else grp for grp in groups]
-        reps.append(statistic(*[per_task(r, idx) for r in results]))
-    reps_t = torch.tensor(reps, dtype=torch.float64)
-    lo = float(torch.quantile(reps_t, (1 - level) / 2))
-    hi = float(torch.quantile(reps_t, 1 - (1 - level) / 2))
-    return {"estimate": float(est), "low": lo, "high": hi, "level": level, "n_boot": n_boot}

@@ -27,15 +27,21 @@ Only ``python/specfair`` imports ``transformers``; ``specfair_kernels`` never do
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import corpus as corpus_mod
+from . import teacher_forced
+from ._util import check_out_dir, resolve_device, write_json, write_text
+from .model_card import model_card
+from .models import count_parameters
+from .training import WindowSampler, decay_groups, lr_at
 
 __all__ = [
     "DEFAULT_UNDER_REPRESENTED",
@@ -43,7 +49,10 @@ __all__ = [
     "ModelSize",
     "TrainPairConfig",
     "TrainPairError",
+    "evaluate_pair",
+    "hf_tokenizer",
     "preset",
+    "resolve_mixtures",
     "train_pair",
     "train_tokenizer",
 ]
@@ -196,33 +205,8 @@ def preset(name: str, **overrides) -> TrainPairConfig:
     return cfg
 
 
-# ---------------------------------------------------------------------------- file helpers
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    from ._common import atomic_write
-
-    atomic_write(path, lambda f: f.write(text))
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
-
-
-def check_output_dir(out_dir: str | os.PathLike) -> Path:
-    """Create ``out_dir`` if needed and check that files can be written in it."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise TrainPairError(f"output directory {str(out)!r} is not writable: {e.strerror or e}") from None
-    return out
-
-
 # ---------------------------------------------------------------------------- data
-def _resolve_mixtures(cfg: TrainPairConfig, languages: list[str]) -> tuple[dict, dict]:
+def resolve_mixtures(cfg: TrainPairConfig, languages: list[str]) -> tuple[dict, dict]:
     def check(name, mix):
         unknown = sorted(set(mix) - set(languages))
         missing = [l for l in languages if l not in mix]
@@ -272,52 +256,12 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int = 2):
     return tok
 
 
-def _hf_tokenizer(tok, context_length: int):
+def hf_tokenizer(tok, context_length: int):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=context_length,
                                    clean_up_tokenization_spaces=False, padding_side="right",
                                    **SPECIAL_TOKENS)
-
-
-def _streams(hf_tok, texts_by_lang: dict[str, list[str]]):
-    """Per language: one int64 stream ``<s> text </s> <s> text </s> ...``
-    (``specfair.teacher_forced.token_streams``)."""
-    from .teacher_forced import token_streams
-
-    return token_streams(hf_tok, texts_by_lang)
-
-
-class _MixtureSampler:
-    """Draws [B, T+1] windows: a language per row from the mixture, then a uniform offset
-    in that language's stream (streams shorter than T+1 are tiled)."""
-
-    def __init__(self, streams, mixture: dict[str, float], context_length: int, seed: int):
-        import torch
-
-        self.langs = [l for l in mixture if mixture[l] > 0]
-        self.probs = torch.tensor([mixture[l] for l in self.langs], dtype=torch.float64)
-        self.T = context_length
-        self.streams = []
-        for l in self.langs:
-            s = streams[l]
-            if len(s) == 0:
-                raise TrainPairError(f"language {l!r} has no training text")
-            if len(s) < self.T + 1:
-                s = s.repeat(math.ceil((self.T + 1) / len(s)))
-            self.streams.append(s)
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def sample(self, batch_size: int):
-        import torch
-
-        li = torch.multinomial(self.probs, batch_size, replacement=True, generator=self.gen)
-        rows = []
-        for i in li.tolist():
-            s = self.streams[i]
-            off = int(torch.randint(0, len(s) - self.T, (1,), generator=self.gen))
-            rows.append(s[off: off + self.T + 1])
-        return torch.stack(rows), li
 
 
 # ---------------------------------------------------------------------------- models
@@ -334,54 +278,26 @@ def _llama_config(size: ModelSize, cfg: TrainPairConfig, hf_tok):
 
 
 def _build_model(size: ModelSize, cfg: TrainPairConfig, hf_tok, seed: int):
-    import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(size, cfg, hf_tok))
-    return model
+    return LlamaForCausalLM(_llama_config(size, cfg, hf_tok))
 
 
-def count_parameters(model) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-    return n
-
-
-def _lr_at(step: int, cfg: TrainPairConfig, total: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if total <= cfg.warmup_steps:
-        return cfg.lr
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _train_one(name: str, model, sampler: _MixtureSampler, cfg: TrainPairConfig, steps: int,
+def _train_one(name: str, model, sampler: WindowSampler, probs: torch.Tensor, cfg: TrainPairConfig, steps: int,
                device) -> dict:
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
     model.to(device).train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
+    opt = torch.optim.AdamW(decay_groups(model.parameters(), cfg.weight_decay),
                             lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
     use_amp = device.type == "cuda" and cfg.bf16_autocast_on_cuda
     losses = []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=f"train {name}", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
-        lr = _lr_at(step, cfg, steps)
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch, _ = sampler.sample(cfg.batch_size)
+        batch, _ = sampler.sample(probs, cfg.batch_size)
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -409,8 +325,6 @@ def evaluate_pair(verifier, drafter, streams, languages, cfg: TrainPairConfig, d
 
     A wrapper over :mod:`specfair.teacher_forced`: non-overlapping windows of
     ``cfg.context_length`` tokens, at most ``cfg.eval_tokens_per_language`` per language."""
-    from . import teacher_forced
-
     pad = verifier.config.pad_token_id
     if not any(len(streams[l]) > 1 for l in languages):
         raise TrainPairError("the held-out split has no text to evaluate on; raise heldout_fraction")
@@ -422,101 +336,7 @@ def evaluate_pair(verifier, drafter, streams, languages, cfg: TrainPairConfig, d
             "drafter_ppl": dict(r.drafter_ppl), "alpha": dict(r.alpha), "kl": dict(r.kl)}
 
 
-# ---------------------------------------------------------------------------- cards
-def _fmt(v, nd=3):
-    return "n/a" if v is None else f"{v:.{nd}f}"
-
-
-def _card(role: str, cfg: TrainPairConfig, report: dict, corpus_desc: str) -> str:
-    info = report[role]
-    ev = report["eval"]
-    langs = report["languages"]
-    mix = report["mixtures"][role]
-    size = info["size"]
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [llama, specfair, speculative-decoding, " + ("drafter" if role == "drafter" else "verifier") + "]",
-        "---",
-        f"# specfair {role}",
-        "",
-        (f"The {role} of a drafter/verifier pair trained by `specfair train-pair` "
-         f"(seed {cfg.seed}; config in `../train_pair_config.json`). A small Llama "
-         f"(`LlamaForCausalLM`), loaded with `AutoModelForCausalLM.from_pretrained` like any "
-         f"Hugging Face model. It exists to make the fairness question of speculative "
-         f"decoding measurable offline; it is not a useful language model."),
-        "",
-        "## Model",
-        f"- parameters: {info['parameters']:,} (tied input/output embeddings: {cfg.tie_embeddings})",
-        f"- hidden {size['hidden']}, layers {size['layers']}, heads {size['heads']}, "
-        f"kv heads {size['kv_heads'] or size['heads']}, intermediate {size['intermediate']}, "
-        f"context {cfg.context_length}",
-        f"- tokenizer: byte-level BPE, vocabulary {report['vocab_size']}, shared by the pair, "
-        f"trained on the training split of every language below",
-        f"- weights saved as {cfg.save_dtype} safetensors",
-        "",
-        "## Data",
-        f"- corpus: {corpus_desc}",
-        f"- languages ({len(langs)}): {', '.join(langs)}; perplexities below are on the held-out split "
-        f"(held-out fraction {cfg.heldout_fraction}, split seed {cfg.corpus_seed}), never trained on",
-        "",
-        "## Training",
-        f"- {info['steps']} steps of AdamW (lr {cfg.lr}, betas {tuple(cfg.betas)}, weight decay "
-        f"{cfg.weight_decay}, {cfg.warmup_steps} warm-up steps, cosine to {cfg.lr * cfg.min_lr_ratio:g}), "
-        f"batch {cfg.batch_size} x {cfg.context_length} tokens, gradient clipping {cfg.grad_clip}",
-        f"- {info['tokens_seen']:,} training tokens seen; final training loss {info['final_train_loss']:.3f}",
-        f"- device: {report['device']}",
-        "",
-        "## Mixture",
-        ("Windows are sampled per language with these probabilities "
-         + ("(balanced)." if role == "verifier" else
-            "(skewed, as real drafter data is: the under-represented languages get "
-            f"{cfg.under_weight:g} of the others' weight).")),
-        "",
-        "| language | weight | held-out perplexity | held-out tokens |",
-        "|---|---|---|---|",
-    ]
-    ppl = ev["verifier_ppl" if role == "verifier" else "drafter_ppl"]
-    for l in langs:
-        lines.append(f"| {l} | {mix[l]:.4f} | {_fmt(ppl[l], 2)} | {ev['tokens'][l]} |")
-    if role == "drafter":
-        acc = report["acceptance"]
-        lines += [
-            "",
-            "## Acceptance against the verifier (held-out, teacher-forced, temperature 1)",
-            ("Expected acceptance alpha = sum_x min(p(x), q(x)) (p: verifier, q: this drafter) "
-             "and KL(p || q), averaged over every held-out token of each language, computed with "
-             "`specfair_kernels.token_divergence`."),
-            "",
-            "| language | drafter weight | alpha | KL(p‖q) |",
-            "|---|---|---|---|",
-        ]
-        for l in langs:
-            lines.append(f"| {l} | {mix[l]:.4f} | {_fmt(ev['alpha'][l])} | {_fmt(ev['kl'][l])} |")
-        lines += [
-            "",
-            f"- mean alpha, well-represented languages: {_fmt(acc['alpha_mean_well_represented'])}",
-            f"- mean alpha, under-represented languages ({', '.join(acc['under_represented']) or 'none'}): "
-            f"{_fmt(acc['alpha_mean_under_represented'])}",
-            f"- spread of alpha across languages (max - min): {_fmt(acc['alpha_spread'])}",
-            "",
-            ("The per-language differences come from this drafter's data: languages that are "
-             "under-represented in its mixture are fitted worse, so it agrees less with the "
-             "verifier there, fewer drafted tokens are accepted, and speculative decoding "
-             "speeds those languages up less (the mechanism of Sandler et al., *The "
-             "Disparate Impacts of Speculative Decoding*, 2025)."),
-        ]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------- main entry
-def _device(name: str):
-    from ._common import resolve_device
-
-    return resolve_device(name, TrainPairError)
-
-
 def _mean(vals):
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -525,17 +345,13 @@ def _mean(vals):
 def train_pair(config: TrainPairConfig) -> dict:
     """Train, save and evaluate the pair (see the module docstring); returns the report
     (also written to ``<out_dir>/pair_report.json``)."""
-    import torch
-
-    from . import corpus as corpus_mod
-
     cfg = config
     cfg.validate()
-    device = _device(cfg.device)
-    out = check_output_dir(cfg.out_dir)
+    device = resolve_device(cfg.device, TrainPairError)
+    out = check_out_dir(cfg.out_dir, TrainPairError)
     t_start = time.perf_counter()
 
-    # --- corpus (CorpusError / SourceNotAvailableError propagate with their own messages)
+    # CorpusError / SourceNotAvailableError propagate with their own messages.
     corpus = corpus_mod.load_corpus(cfg.corpus_source, tasks=cfg.languages,
                                     heldout_fraction=cfg.heldout_fraction, seed=cfg.corpus_seed,
                                     max_items_per_task=cfg.max_items_per_task, **cfg.corpus_options)
@@ -543,35 +359,60 @@ def train_pair(config: TrainPairConfig) -> dict:
     missing_train = [l for l in languages if not corpus.tasks[l].train]
     if missing_train:
         raise TrainPairError(f"no training text for language(s) {missing_train}")
-    ver_mix, dra_mix = _resolve_mixtures(cfg, languages)
+    mixtures = dict(zip(("verifier", "drafter"), resolve_mixtures(cfg, languages)))
 
-    # --- tokenizer: trained on every language's training split, in a fixed order
+    # The tokenizer is trained on every language's training split, in a fixed order.
     texts = [t for l in languages for t in corpus.tasks[l].train]
-    tok = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
-    hf_tok = _hf_tokenizer(tok, cfg.context_length)
-    train_streams = _streams(hf_tok, {l: corpus.tasks[l].train for l in languages})
-    held_streams = _streams(hf_tok, {l: corpus.tasks[l].heldout for l in languages})
+    hf_tok = hf_tokenizer(train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency), cfg.context_length)
+    train_streams = teacher_forced.token_streams(hf_tok, {l: corpus.tasks[l].train for l in languages})
+    held_streams = teacher_forced.token_streams(hf_tok, {l: corpus.tasks[l].heldout for l in languages})
 
-    # --- models
+    models, info = _train_models(cfg, hf_tok, train_streams, mixtures, device)
+    ev = evaluate_pair(models["verifier"], models["drafter"], held_streams, languages, cfg, device)
+    report = {
+        "out_dir": str(out), "device": str(device), "languages": languages, "vocab_size": len(hf_tok),
+        "mixtures": mixtures, "verifier": info["verifier"], "drafter": info["drafter"], "eval": ev,
+        "acceptance": _acceptance(ev, languages, mixtures["drafter"]),
+        "corpus": {"source": corpus.name, "options": corpus.options, "stats": corpus.stats()},
+        "versions": _versions(),
+    }
+    _save(out, cfg, models, hf_tok, report)
+    report["seconds_total"] = time.perf_counter() - t_start
+    corpus_desc = (f"`specfair.corpus` source `{corpus.name}`"
+                   + (f" with options {corpus.options}" if corpus.options else ""))
+    for role in ("verifier", "drafter"):
+        write_text(out / role / "README.md", model_card(role, cfg, report, corpus_desc))
+    saved_cfg = cfg.to_dict()
+    saved_cfg["resolved"] = {"languages": languages, "verifier_mixture": mixtures["verifier"],
+                             "drafter_mixture": mixtures["drafter"]}
+    write_json(out / "train_pair_config.json", saved_cfg)
+    write_json(out / "pair_report.json", report)
+    return report
+
+
+def _train_models(cfg: TrainPairConfig, hf_tok, train_streams, mixtures, device) -> tuple[dict, dict]:
+    """Build and train the verifier, then the drafter, each on its mixture; seeds are fixed
+    per role so that the pair is reproducible."""
     steps = {"verifier": cfg.steps, "drafter": cfg.drafter_steps or cfg.steps}
-    mixtures = {"verifier": ver_mix, "drafter": dra_mix}
     sizes = {"verifier": cfg.verifier, "drafter": cfg.drafter}
     models, info = {}, {}
     for k, role in enumerate(("verifier", "drafter")):
         model = _build_model(sizes[role], cfg, hf_tok, seed=cfg.seed * 1000 + 2 * k)
-        sampler = _MixtureSampler(train_streams, mixtures[role], cfg.context_length,
-                                  seed=cfg.seed * 1000 + 2 * k + 1)
-        stats = _train_one(role, model, sampler, cfg, steps[role], device)
+        langs = [l for l, w in mixtures[role].items() if w > 0]
+        sampler = WindowSampler([train_streams[l] for l in langs], cfg.context_length,
+                                seed=cfg.seed * 1000 + 2 * k + 1, names=langs, error=TrainPairError)
+        probs = torch.tensor([mixtures[role][l] for l in langs], dtype=torch.float64)
+        stats = _train_one(role, model, sampler, probs, cfg, steps[role], device)
         models[role] = model
-        info[role] = {"parameters": count_parameters(model), "size": dataclasses.asdict(sizes[role]),
-                      **stats}
+        info[role] = {"parameters": count_parameters(model), "size": dataclasses.asdict(sizes[role]), **stats}
+    return models, info
 
-    # --- evaluation
-    ev = evaluate_pair(models["verifier"], models["drafter"], held_streams, languages, cfg, device)
-    under = [l for l in _under_represented(dra_mix)]
+
+def _acceptance(ev: dict, languages: list[str], drafter_mixture: dict) -> dict:
+    under = _under_represented(drafter_mixture)
     well = [l for l in languages if l not in under]
     alphas = [v for v in ev["alpha"].values() if v is not None]
-    acceptance = {
+    return {
         "under_represented": under,
         "well_represented": well,
         "alpha_mean_well_represented": _mean([ev["alpha"][l] for l in well]),
@@ -582,26 +423,17 @@ def train_pair(config: TrainPairConfig) -> dict:
         "kl_mean_under_represented": _mean([ev["kl"][l] for l in under]),
     }
 
-    # --- save
-    import transformers
-    import tokenizers
 
-    corpus_desc = (f"`specfair.corpus` source `{corpus.name}`"
-                   + (f" with options {corpus.options}" if corpus.options else ""))
-    report = {
-        "out_dir": str(out),
-        "device": str(device),
-        "languages": languages,
-        "vocab_size": len(hf_tok),
-        "mixtures": mixtures,
-        "verifier": info["verifier"],
-        "drafter": info["drafter"],
-        "eval": ev,
-        "acceptance": acceptance,
-        "corpus": {"source": corpus.name, "options": corpus.options, "stats": corpus.stats()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "tokenizers": tokenizers.__version__},
-    }
+def _versions() -> dict:
+    import tokenizers
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+def _save(out, cfg: TrainPairConfig, models: dict, hf_tok, report: dict) -> None:
+    """Both models (in ``cfg.save_dtype``) with the tokenizer, in Hugging Face format."""
     dtype = getattr(torch, cfg.save_dtype)
     for role in ("verifier", "drafter"):
         d = out / role
@@ -614,12 +446,3 @@ def train_pair(config: TrainPairConfig) -> dict:
         models[role] = m
         report[role]["path"] = str(d)
         report[role]["safetensors_bytes"] = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-    report["seconds_total"] = time.perf_counter() - t_start
-    for role in ("verifier", "drafter"):
-        _atomic_write_text(out / role / "README.md", _card(role, cfg, report, corpus_desc))
-    saved_cfg = cfg.to_dict()
-    saved_cfg["resolved"] = {"languages": languages, "verifier_mixture": ver_mix,
-                             "drafter_mixture": dra_mix}
-    _atomic_write_json(out / "train_pair_config.json", saved_cfg)
-    _atomic_write_json(out / "pair_report.json", report)
-    return report

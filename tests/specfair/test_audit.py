@@ -15,6 +15,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
+from tiny_models import tiny_llama, tiny_tokenizer  # noqa: E402
+
 from specfair import audit as audit_mod  # noqa: E402
 from specfair import cli  # noqa: E402
 
@@ -30,9 +32,6 @@ SENTENCES = {
 def tiny(tmp_path_factory):
     """A JSONL corpus with three tasks and a tiny verifier/drafter pair, saved in Hugging
     Face format with a shared BPE tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("audit")
     rows = []
     rng = np.random.default_rng(0)
@@ -44,23 +43,13 @@ def tiny(tmp_path_factory):
     corpus = root / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([r["text"] for r in rows], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    hf = tiny_tokenizer([r["text"] for r in rows], specials=("<pad>", "<s>", "</s>"), padding_side="right")
     paths = {}
     for role, (hidden, layers, seed) in {"verifier": (48, 2, 1), "drafter": (24, 1, 2)}.items():
-        torch.manual_seed(seed)
-        cfg = LlamaConfig(vocab_size=len(hf), hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                          max_position_embeddings=128, pad_token_id=hf.pad_token_id,
-                          bos_token_id=hf.bos_token_id, eos_token_id=hf.eos_token_id, tie_word_embeddings=True)
-        model = LlamaForCausalLM(cfg)
-        with torch.no_grad():   # sharper, more distinct distributions than the default init
-            model.lm_head.weight.mul_(20.0 if role == "verifier" else 12.0)
+        # sharper, more distinct distributions than the default init
+        model = tiny_llama(len(hf), seed, hidden=hidden, layers=layers, heads=4, kv_heads=4, max_pos=128,
+                           logit_scale=20.0 if role == "verifier" else 12.0, tie=True, pad=hf.pad_token_id,
+                           bos=hf.bos_token_id, eos=hf.eos_token_id)
         paths[role] = root / role
         model.save_pretrained(paths[role])
         hf.save_pretrained(paths[role])
@@ -180,8 +169,8 @@ def test_same_seed_same_report(report, tiny):
     a = report[1]
     b = json.loads((out2 / "audit.json").read_text(encoding="utf-8"))
     timing = {"speculative_seconds", "verifier_seconds", "measured_speedup", "predicted_speedup",
-              "predicted_speedup_generation", "predicted_speedup_verify_cost", "seconds_draft", "seconds_verify_forward", "seconds_kernel",
-              "seconds_cache"}
+              "predicted_speedup_generation", "predicted_speedup_verify_cost", "seconds_draft",
+              "seconds_verify_forward", "seconds_kernel"}
     for ra, rb in zip(a["tasks"], b["tasks"]):
         for k in ra:
             if k not in timing:
@@ -225,7 +214,7 @@ def test_output_directory_not_writable(tiny, capsys, tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o500)
-        _fails(capsys, _args(tiny, ro / "sub"), "cannot write")
+        _fails(capsys, _args(tiny, ro / "sub"), "not writable")
 
 
 def test_bad_numbers(tiny, capsys, tmp_path):
@@ -240,14 +229,23 @@ def test_failure_midway_leaves_no_result(tiny, tmp_path, monkeypatch):
     out.mkdir()
     (out / "audit.json").write_text("old")
 
-    def boom(*a, **k):
-        raise RuntimeError("disk full")
+    from matplotlib.figure import Figure
 
-    monkeypatch.setattr(audit_mod, "_plot_divergence", boom)
+    saved = []
+    real_savefig = Figure.savefig
+
+    def boom(self, *a, **k):  # the second plot fails, after the tables and the first plot were written
+        if saved:
+            raise RuntimeError("disk full")
+        saved.append(a[0])
+        return real_savefig(self, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main(_args(tiny, out, "--no-generation"))
     assert sorted(p.name for p in out.iterdir()) == ["audit.json"]
     assert (out / "audit.json").read_text() == "old"
+    assert saved    # the failure came midway, not before any file was written
 
 
 def test_python_api_returns_the_report(tiny):

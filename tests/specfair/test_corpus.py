@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from specfair import cli, corpus_sources
 from specfair import corpus as C
 
 # --------------------------------------------------------------------------- fixtures
@@ -242,8 +243,8 @@ def test_split_of_is_stable_and_salt_free():
     # Fixed values: the split must not depend on the process (PYTHONHASHSEED) or machine.
     got = [C.split_of(f"k{i}", 0.5, seed=0) for i in range(8)]
     assert got == [C.split_of(f"k{i}", 0.5, seed=0) for i in range(8)]
-    assert C._unit("split", 0, "k0") == pytest.approx(C._unit("split", 0, "k0"))
-    assert abs(C._unit("split", 0, "abc") - 0.4412906243173801) < 1e-12
+    assert C.stable_unit("split", 0, "k0") == pytest.approx(C.stable_unit("split", 0, "k0"))
+    assert abs(C.stable_unit("split", 0, "abc") - 0.4412906243173801) < 1e-12
     assert C.split_of("x", 0.0) == "train" and C.split_of("x", 1.0) == "heldout"
 
 
@@ -290,7 +291,7 @@ def test_guide_split_is_parallel_by_section(tmp_path):
 
 
 def test_guide_missing_gives_install_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "GUIDE_ROOT", str(tmp_path / "not-installed"))
+    monkeypatch.setattr(corpus_sources, "GUIDE_ROOT", str(tmp_path / "not-installed"))
     with pytest.raises(C.SourceNotAvailableError,
                        match=r"apt-get install -y installation-guide-amd64"):
         C.load_corpus()
@@ -479,11 +480,11 @@ def test_stats_and_cli(many, capsys):
     c = C.load_corpus("jsonl", path=many, key_column="id")
     st = c.stats()["aa"]
     assert st["train_items"] + st["heldout_items"] == 300
-    assert C.main(["jsonl", "--option", f"path={many}", "--option", "key_column=id",
-                   "--tasks", "aa"]) == 0
+    assert cli.main(["corpus", "jsonl", "--option", f"path={many}", "--option", "key_column=id",
+                     "--tasks", "aa"]) == 0
     out = capsys.readouterr().out
     assert "jsonl: 1 tasks" in out and "aa" in out
-    assert C.main(["jsonl", "--option", f"path={many}", "--tasks", "zz"]) == 2
+    assert cli.main(["corpus", "jsonl", "--option", f"path={many}", "--tasks", "zz"]) == 2
 
 
 # --------------------------------------------------------------------------- real sources

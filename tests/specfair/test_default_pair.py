@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 import specfair  # noqa: E402
 from specfair import corpus as corpus_mod  # noqa: E402
-from specfair.train_pair import TrainPairConfig, _streams, evaluate_pair  # noqa: E402
+from specfair.teacher_forced import token_streams  # noqa: E402
+from specfair.train_pair import TrainPairConfig, evaluate_pair  # noqa: E402
 
 PAIR = specfair.default_pair_path()
 
@@ -92,7 +93,7 @@ def test_committed_figures_are_what_the_committed_weights_give(pair, report):
     langs = ["fr", "ko"]
     corpus = corpus_mod.load_corpus(cfg.corpus_source, tasks=langs, heldout_fraction=cfg.heldout_fraction,
                                     seed=cfg.corpus_seed)
-    streams = _streams(tok, {l: corpus.tasks[l].heldout for l in langs})
+    streams = token_streams(tok, {l: corpus.tasks[l].heldout for l in langs})
     ev = evaluate_pair(ver, dra, streams, langs, cfg, torch.device("cpu"))
     for l in langs:
         assert ev["tokens"][l] == report["eval"]["tokens"][l]

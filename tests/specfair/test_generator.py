@@ -4,7 +4,6 @@ exact distribution, with a negative control), cache rollback under per-row accep
 adaptive K, the verifier-only baseline and the measured speed-up, and bad input."""
 from __future__ import annotations
 
-import copy
 import importlib.util
 import math
 
@@ -14,11 +13,16 @@ import torch
 transformers = pytest.importorskip("transformers")
 scipy_stats = pytest.importorskip("scipy.stats")
 
+from tiny_models import perturbed_copy, tiny_llama  # noqa: E402
+from tiny_models import tiny_tokenizer as train_tokenizer  # noqa: E402
+
 import specfair  # noqa: E402
 import specfair_kernels as sk  # noqa: E402
-from specfair import generator as G  # noqa: E402
-from specfair.generator import (SpeculativeGenerator, choose_num_draft, generate_verifier_only,  # noqa: E402
-                                load_pair, measure_speedup, process_logits)
+from specfair.baseline import generate_verifier_only, measure_speedup  # noqa: E402
+from specfair.costs import AUTO_PRIOR_ACCEPTANCE, choose_num_draft, expected_tokens, measure_costs  # noqa: E402
+from specfair.decoding import SECTIONS, process_logits  # noqa: E402
+from specfair.generator import SpeculativeGenerator  # noqa: E402
+from specfair.models import load_pair, output_vocab_size  # noqa: E402
 from specfair_kernels.stats import speedup as model_speedup  # noqa: E402
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "speculative decoding drafts tokens and verifies them",
@@ -27,44 +31,6 @@ TEXT = ["the quick brown fox jumps over the lazy dog", "speculative decoding dra
 
 
 # --- tiny models saved to disk and loaded through from_pretrained --------------------------
-
-def train_tokenizer(texts, vocab_size=300):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", padding_side="left")
-
-
-def tiny_llama(vocab, seed, hidden=32, layers=2, logit_scale=1.0, max_pos=128):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
-                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # random init is near-uniform: sharpen it so contexts matter
-        model.lm_head.weight.mul_(logit_scale)
-    return model
-
-
-def perturbed_copy(model, rel_noise, seed):
-    """The model with Gaussian noise of ``rel_noise`` times each weight tensor's spread: a
-    drafter that agrees with the verifier often but not always."""
-    drafter = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in drafter.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * rel_noise * p.std())
-    return drafter
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -81,7 +47,7 @@ def tiny_dirs(tmp_path_factory):
     tok = train_tokenizer(TEXT)
     V = len(tok)
     paths = {}
-    verifier = tiny_llama(V, 0, hidden=48, logit_scale=60.0)
+    verifier = tiny_llama(V, 0, hidden=48, logit_scale=60.0, layers=2, heads=4, max_pos=128, pad=0)
     for name, vocab in (("verifier", V), ("drafter", V), ("drafter_padded", V + 8), ("drafter_small", V - 4)):
         model = verifier if name == "verifier" else perturbed_copy(verifier, 0.2, 1)
         if vocab != V:
@@ -90,7 +56,8 @@ def tiny_dirs(tmp_path_factory):
         tok.save_pretrained(root / name)
         paths[name] = root / name
     other = train_tokenizer([t[::-1] for t in TEXT])
-    tiny_llama(len(other), 1, logit_scale=60.0).save_pretrained(root / "drafter_other_tok")
+    other_model = tiny_llama(len(other), 1, logit_scale=60.0, layers=2, heads=4, max_pos=128, pad=0)
+    other_model.save_pretrained(root / "drafter_other_tok")
     other.save_pretrained(root / "drafter_other_tok")
     paths["drafter_other_tok"] = root / "drafter_other_tok"
     return paths
@@ -131,7 +98,7 @@ def test_load_pair_loads_models_and_the_shared_tokenizer(tiny_dirs, tiny_pair):
 def test_load_pair_accepts_embedding_padding_and_generates_over_the_shared_vocabulary(tiny_dirs):
     drafter, verifier, tok = load_pair(tiny_dirs["drafter_padded"], tiny_dirs["verifier"], device="cpu",
                                        dtype="float32")
-    assert G.output_vocab_size(drafter) == len(tok) + 8
+    assert output_vocab_size(drafter) == len(tok) + 8
     gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=0)
     assert gen.vocab_size == len(tok)
     ids, mask = prompts(tok, ["the quick", "a small drafter and"])
@@ -271,7 +238,7 @@ V_SMALL = 8
 
 @pytest.fixture(scope="module")
 def small_vocab_pair():
-    verifier = tiny_llama(V_SMALL, 3, hidden=32, logit_scale=40.0)
+    verifier = tiny_llama(V_SMALL, 3, hidden=32, logit_scale=40.0, layers=2, heads=4, max_pos=128, pad=0)
     return perturbed_copy(verifier, 0.5, 4), verifier
 
 
@@ -376,12 +343,12 @@ def test_choose_num_draft_maximises_the_model_speedup():
             assert math.isclose(model_speedup(a, k, c), best, rel_tol=1e-12)
             assert all(model_speedup(a, j, c) < best for j in range(1, k))  # ties go to the smaller K
     assert choose_num_draft([0.95, 0.1], 0.1, 8) == [8, 1]
-    assert choose_num_draft([float("nan")], 0.1, 8) == choose_num_draft([G.AUTO_PRIOR_ACCEPTANCE], 0.1, 8)
+    assert choose_num_draft([float("nan")], 0.1, 8) == choose_num_draft([AUTO_PRIOR_ACCEPTANCE], 0.1, 8)
     # A verifier forward that costs 1 + K/2 steps over K+1 tokens favours short drafts.
     r = [1 + k / 2 for k in range(9)]
     for a in (0.5, 0.8, 0.95):
         k = choose_num_draft([a], 0.1, 8, verify_cost=r)[0]
-        gains = [G.expected_tokens(a, j) / (j * 0.1 + r[j]) for j in range(1, 9)]
+        gains = [expected_tokens(a, j) / (j * 0.1 + r[j]) for j in range(1, 9)]
         assert gains[k - 1] == max(gains)
         assert k <= choose_num_draft([a], 0.1, 8)[0]
     assert choose_num_draft([0.5], 0.1, 8, verify_cost=[1.0] * 9) == choose_num_draft([0.5], 0.1, 8)
@@ -414,13 +381,13 @@ def test_timings_and_measure_speedup_report(default_pair):
     ids, mask = prompts(tok, ["The installer", "Программа установки", "Le système", "El programa"])
     gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=0)
     out = gen.generate(ids, mask, max_new_tokens=8, eos_token_id=[], seed=0)
-    assert set(out.timings) == set(G.SECTIONS)
+    assert set(out.timings) == set(SECTIONS)
     parts = sum(v for k, v in out.timings.items() if k != "total")
     assert 0 < parts <= out.timings["total"] * (1 + 1e-9)
     rep = measure_speedup(gen, ids, mask, task_ids=[0, 1, 0, 1], num_tasks=2, max_new_tokens=8, seed=0,
                           cost_ratio=0.25, eos_token_id=[])
     assert set(rep["per_task"]) == {0, 1}
-    for t, r in rep["per_task"].items():
+    for r in rep["per_task"].values():
         assert r["rows"] == 2 and r["tokens"] == 16 and r["num_draft"] == 3
         assert r["measured_speedup"] == pytest.approx(r["verifier_seconds"] / r["spec_seconds"])
         assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
@@ -439,7 +406,7 @@ def test_timings_and_measure_speedup_report(default_pair):
             assert one["per_task"][t][k] == three["per_task"][t][k], k
     with pytest.raises(ValueError, match="repeats"):
         measure_speedup(samp, ids, mask, max_new_tokens=2, repeats=0)
-    costs = G.measure_costs(drafter, verifier, batch_size=2, max_draft=3, context=8, repeats=3)
+    costs = measure_costs(drafter, verifier, batch_size=2, max_draft=3, context=8, repeats=3)
     assert costs["cost_ratio"] > 0 and len(costs["verify_cost"]) == 4 and costs["verify_cost"][0] == 1.0
     assert all(x > 0 for x in costs["verify_cost"])
     auto = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=3, temperature=0)
@@ -505,6 +472,6 @@ def test_bad_constructor_arguments(tiny_pair):
             SpeculativeGenerator(drafter, verifier, **kwargs)
     with pytest.raises(TypeError, match="drafter must be a transformers causal LM"):
         SpeculativeGenerator("gpt2", verifier)
-    meta = tiny_llama(verifier.config.vocab_size, 1).to("meta")
+    meta = tiny_llama(verifier.config.vocab_size, 1, layers=2, heads=4, max_pos=128, pad=0).to("meta")
     with pytest.raises(ValueError, match="drafter is on meta but verifier is on cpu"):
         SpeculativeGenerator(meta, verifier)

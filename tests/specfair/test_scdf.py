@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from specfair import scdf  # noqa: E402
-from specfair.scdf import ScdfConfig, ScdfError, fingerprint, task_probabilities, train  # noqa: E402
-from specfair.train_pair import _hf_tokenizer, train_tokenizer  # noqa: E402
+from tiny_models import tiny_llama  # noqa: E402
+
+from specfair import scdf_config  # noqa: E402
+from specfair.scdf import ScdfConfig, ScdfError, train  # noqa: E402
+from specfair.scdf_config import task_probabilities  # noqa: E402
+from specfair.train_pair import hf_tokenizer, train_tokenizer  # noqa: E402
+from specfair.training import fingerprint  # noqa: E402
 
 SENTENCES = {
     "en": ["The installer asks a few questions before it partitions the disk.",
@@ -37,19 +40,6 @@ SENTENCES = {
 CTX = 16
 
 
-def tiny_llama(vocab, seed, hidden):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    m = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        m.lm_head.weight.mul_(10)
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("scdf")
@@ -60,9 +50,9 @@ def assets(tmp_path_factory):
                 for rep in range(3):
                     f.write(json.dumps({"task": lang, "id": f"s{i}r{rep}", "text": f"{t} ({rep})"},
                                        ensure_ascii=False) + "\n")
-    tok = _hf_tokenizer(train_tokenizer([t for v in SENTENCES.values() for t in v], vocab_size=300), 64)
+    tok = hf_tokenizer(train_tokenizer([t for v in SENTENCES.values() for t in v], vocab_size=300), 64)
     for role, seed, hidden in (("verifier", 1, 48), ("drafter", 2, 32)):
-        m = tiny_llama(len(tok), seed, hidden)
+        m = tiny_llama(len(tok), seed, hidden=hidden, logit_scale=10.0, pad=3)
         m.save_pretrained(root / role)
         tok.save_pretrained(root / role)
     return root
@@ -102,7 +92,7 @@ def test_task_probabilities():
 
 
 def test_running_divergence_keeps_unseen_tasks():
-    r = scdf.RunningDivergence(3, decay=0.5)
+    r = scdf_config.RunningDivergence(3, decay=0.5)
     r.update(torch.tensor([[2.0, 1.0], [6.0, 3.0], [0.0, 0.0]], dtype=torch.float64),
              torch.tensor([2.0, 3.0, 0.0], dtype=torch.float64))
     m = r.mean()
@@ -171,7 +161,7 @@ def test_lora_is_merged_into_a_plain_drafter(assets, tmp_path):
     assert not any("lora" in k for k in d.state_dict())
     orig = load(assets / "drafter").state_dict()
     changed = [k for k, v in d.state_dict().items() if not torch.equal(v, orig[k])]
-    assert changed and all(any(t in k for t in scdf.LORA_TARGETS) for k in changed)
+    assert changed and all(any(t in k for t in scdf_config.LORA_TARGETS) for k in changed)
     assert res.report["verifier_unchanged"]
 
 
@@ -243,7 +233,7 @@ def _free_port() -> int:
 def test_ddp_two_gloo_processes_under_torchrun(assets, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "specfair.scdf", "--out", str(out),
+           "--master_port", str(_free_port()), "-m", "specfair", "scdf", "--out", str(out),
            "--verifier", str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--corpus", "jsonl",
            "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
            "--heldout-fraction", "0.25", "--steps", "4", "--batch-size", "3", "--context-length", str(CTX),
@@ -263,11 +253,10 @@ def test_ddp_two_gloo_processes_under_torchrun(assets, tmp_path):
 
 
 def test_exported_corpus_has_the_same_splits(assets, tmp_path):
-    from specfair.corpus import load_corpus
-    from specfair.scdf_compare import export_corpus_jsonl
+    from specfair.corpus import export_jsonl, load_corpus
 
     opts = {"path": str(assets / "corpus.jsonl"), "key_column": "id"}
-    p = export_corpus_jsonl(tmp_path / "c.jsonl", "jsonl", **opts)
+    p = export_jsonl(tmp_path / "c.jsonl", "jsonl", **opts)
     a = load_corpus("jsonl", heldout_fraction=0.4, seed=3, **opts)
     b = load_corpus("jsonl", heldout_fraction=0.4, seed=3, path=str(p), key_column="key")
     assert a.task_names == b.task_names

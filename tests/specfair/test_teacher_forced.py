@@ -9,8 +9,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from tiny_models import tiny_llama  # noqa: E402
+
 from specfair import teacher_forced as tf  # noqa: E402
-from specfair.train_pair import _hf_tokenizer, train_tokenizer  # noqa: E402
+from specfair.spread import paired_bootstrap  # noqa: E402
+from specfair.train_pair import hf_tokenizer, train_tokenizer  # noqa: E402
 
 TEXTS = {
     "en": ["The installer asks a few questions before it partitions the disk.",
@@ -25,25 +28,13 @@ TEXTS = {
 @pytest.fixture(scope="module")
 def tok():
     texts = [t for v in TEXTS.values() for t in v]
-    return _hf_tokenizer(train_tokenizer(texts, vocab_size=300), 64)
-
-
-def tiny_llama(vocab, seed, hidden=32, layers=1):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False)
-    m = LlamaForCausalLM(cfg)
-    with torch.no_grad():   # sharper, less alike distributions than the 0.02-std init
-        m.lm_head.weight.mul_(10)
-    return m.eval()
+    return hf_tokenizer(train_tokenizer(texts, vocab_size=300), 64)
 
 
 @pytest.fixture(scope="module")
 def pair(tok):
-    return tiny_llama(len(tok), 1, 48, 2), tiny_llama(len(tok), 2)
+    return (tiny_llama(len(tok), 1, hidden=48, layers=2, logit_scale=10.0),
+            tiny_llama(len(tok), 2, logit_scale=10.0))
 
 
 def test_windows_cover_each_stream_without_overlap(tok):
@@ -151,20 +142,20 @@ def test_bootstrap_is_paired_and_brackets_the_estimate(tok, pair):
     ver, dra = pair
     w = tf.token_windows(tok, TEXTS, context_length=8)
     res = tf.evaluate(ver, dra, w)
-    other = tf.evaluate(ver, tiny_llama(len(tok), 3), w)
+    other = tf.evaluate(ver, tiny_llama(len(tok), 3, logit_scale=10.0), w)
 
     def mean_alpha(r):
         return sum(r["alpha"]) / len(r["alpha"])
 
-    ci = tf.bootstrap([res], mean_alpha, n_boot=200, seed=1)
+    ci = paired_bootstrap([res], mean_alpha, n_boot=200, seed=1)
     assert ci["estimate"] == pytest.approx(res.summary()["mean_alpha"])
     assert ci["low"] < ci["estimate"] < ci["high"]
     # paired: the same resample goes to both results, so a difference of a result with
     # itself is exactly 0 in every replicate
-    same = tf.bootstrap([res, res], lambda a, b: mean_alpha(a) - mean_alpha(b), n_boot=50)
+    same = paired_bootstrap([res, res], lambda a, b: mean_alpha(a) - mean_alpha(b), n_boot=50)
     assert same["low"] == same["high"] == 0.0
-    diff = tf.bootstrap([res, other], lambda a, b: mean_alpha(a) - mean_alpha(b), n_boot=100)
+    diff = paired_bootstrap([res, other], lambda a, b: mean_alpha(a) - mean_alpha(b), n_boot=100)
     assert diff["low"] < diff["high"]
     w2 = tf.token_windows(tok, TEXTS, context_length=16)
     with pytest.raises(ValueError, match="same windows"):
-        tf.bootstrap([res, tf.evaluate(ver, dra, w2)], lambda a, b: 0.0, n_boot=2)
+        paired_bootstrap([res, tf.evaluate(ver, dra, w2)], lambda a, b: 0.0, n_boot=2)

@@ -22,8 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from specfair import cli  # noqa: E402
 from specfair.corpus import load_corpus  # noqa: E402
-from specfair.train_pair import (  # noqa: E402
-    ModelSize, TrainPairConfig, TrainPairError, preset, train_pair, _resolve_mixtures)
+from specfair.train_pair import ModelSize, TrainPairConfig, TrainPairError, preset, resolve_mixtures, train_pair  # noqa: E402
 
 # Parallel sentences (same item ids in every language): Latin, Cyrillic, Greek, Japanese.
 SENTENCES = {
@@ -223,15 +222,15 @@ def test_other_seed_other_weights(pair, tmp_path, corpus_file):
 # ------------------------------------------------------------------ configuration errors
 def test_mixture_resolution():
     cfg = TrainPairConfig(under_represented=["ja"], under_weight=0.1)
-    ver, dra = _resolve_mixtures(cfg, ["en", "fr", "ja"])
+    ver, dra = resolve_mixtures(cfg, ["en", "fr", "ja"])
     assert ver == pytest.approx({"en": 1 / 3, "fr": 1 / 3, "ja": 1 / 3})
     assert dra == pytest.approx({"en": 1 / 2.1, "fr": 1 / 2.1, "ja": 0.1 / 2.1})
     cfg = TrainPairConfig(drafter_mixture={"en": 2, "fr": 2})
     with pytest.raises(TrainPairError, match="missing: \\['ja'\\]"):
-        _resolve_mixtures(cfg, ["en", "fr", "ja"])
+        resolve_mixtures(cfg, ["en", "fr", "ja"])
     cfg = TrainPairConfig(drafter_mixture={"en": 0, "fr": 0, "ja": 0})
     with pytest.raises(TrainPairError, match="not all 0"):
-        _resolve_mixtures(cfg, ["en", "fr", "ja"])
+        resolve_mixtures(cfg, ["en", "fr", "ja"])
 
 
 @pytest.mark.parametrize("kw, match", [

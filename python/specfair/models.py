@@ -1,4 +1,6 @@
-"""Loading a drafter/verifier pair: Hugging Face names, local directories or GGUF files."""
+"""The one loader of drafter/verifier pairs (Hugging Face names, local directories or GGUF
+files, the shipped default pair when none is named) and the facts every caller needs about a
+loaded model: its device, output vocabulary, context length and parameter count."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,6 +8,41 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import default_pair_path
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def output_vocab_size(model) -> int:
+    """Rows of the output embedding (the logits' last dimension), padding included."""
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return int(emb.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def context_length(model) -> int | None:
+    """Positions the model can attend over (``max_position_embeddings`` or an alias), or None."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
 
 
 def _source(name: str, value, gguf_file):
@@ -61,8 +98,6 @@ def check_tokenizers(drafter_tokenizer, verifier_tokenizer, drafter=None, verifi
             parts.append(f"{len(moved)} with different ids (e.g. {moved[0]!r}: {dv[moved[0]]} vs {vv[moved[0]]})")
         raise ValueError("drafter and verifier tokenizers differ; speculative decoding needs one shared "
                          "vocabulary: " + "; ".join(parts))
-    from .generator import output_vocab_size
-
     n = len(vv)
     for name, model in (("drafter", drafter), ("verifier", verifier)):
         if model is not None and output_vocab_size(model) < n:
@@ -70,15 +105,26 @@ def check_tokenizers(drafter_tokenizer, verifier_tokenizer, drafter=None, verifi
                              f"tokenizer has {n} tokens; the model does not cover the vocabulary")
 
 
-def load_pair(drafter, verifier, device=None, dtype=None, *, drafter_gguf_file=None, verifier_gguf_file=None,
-              tokenizer=None, trust_remote_code: bool = False, **from_pretrained_kwargs):
+def default_pair_sources(drafter=None, verifier=None) -> tuple[str, str]:
+    """(drafter, verifier) as given, or the shipped default pair's directories when both are
+    None.  Giving only one of them is an error: a pair is two models of one tokenizer."""
+    if (drafter is None) != (verifier is None):
+        raise ValueError("give both drafter and verifier, or neither (the shipped default pair)")
+    if drafter is None:
+        return str(default_pair_path("drafter")), str(default_pair_path("verifier"))
+    return drafter, verifier
+
+
+def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_gguf_file=None,
+              verifier_gguf_file=None, tokenizer=None, trust_remote_code: bool = False, **from_pretrained_kwargs):
     """Load a drafter and a verifier and check that they share a tokenizer.
 
     Parameters
     ----------
-    drafter, verifier : str or PathLike
+    drafter, verifier : str or PathLike, or both None
         A Hugging Face hub name, a local directory (``save_pretrained`` layout), or a path
         to a ``.gguf`` file (the directory and ``gguf_file=`` are split off for you).
+        Both None: the shipped default pair (`specfair.default_pair_path`).
     device : str or torch.device, optional
         Default "cuda" when available, else "cpu".  Both models go there.
     dtype : torch.dtype, its name, or "auto", optional
@@ -104,42 +150,40 @@ def load_pair(drafter, verifier, device=None, dtype=None, *, drafter_gguf_file=N
     ImportError
         If a GGUF file is given and the ``gguf`` package is missing.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    drafter, verifier = default_pair_sources(drafter, verifier)
     d_src, d_gguf = _source("drafter", drafter, drafter_gguf_file)
     v_src, v_gguf = _source("verifier", verifier, verifier_gguf_file)
     _need_gguf("drafter", d_gguf)
     _need_gguf("verifier", v_gguf)
+    kw = dict(from_pretrained_kwargs, trust_remote_code=trust_remote_code)
     dtype = _dtype(dtype)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-
-    def load_model(src, gguf):
-        kw = dict(from_pretrained_kwargs, trust_remote_code=trust_remote_code)
-        if gguf is not None:
-            kw["gguf_file"] = gguf
-        if dtype is not None:
-            kw["dtype"] = dtype
-        return AutoModelForCausalLM.from_pretrained(src, **kw).to(device).eval()
-
-    def load_tokenizer(name, src, gguf):
-        kw = {"trust_remote_code": trust_remote_code}
-        if gguf is not None:
-            kw["gguf_file"] = gguf
-        try:
-            return AutoTokenizer.from_pretrained(src, **kw)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"could not load the {name}'s tokenizer from {src}: {exc}; pass tokenizer= to "
-                             "skip the check only if you know both models use it") from exc
-
-    d_model = load_model(d_src, d_gguf)
-    v_model = load_model(v_src, v_gguf)
+    if dtype is not None:
+        kw["dtype"] = dtype
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    d_model = _load_model(d_src, d_gguf, device, kw)
+    v_model = _load_model(v_src, v_gguf, device, kw)
     if tokenizer is None:
-        v_tok = load_tokenizer("verifier", v_src, v_gguf)
-        d_tok = load_tokenizer("drafter", d_src, d_gguf)
+        v_tok = _load_tokenizer("verifier", v_src, v_gguf, trust_remote_code)
+        d_tok = _load_tokenizer("drafter", d_src, d_gguf, trust_remote_code)
         check_tokenizers(d_tok, v_tok, d_model, v_model)
         tokenizer = v_tok
     else:
         check_tokenizers(tokenizer, tokenizer, d_model, v_model)
     return d_model, v_model, tokenizer
+
+
+def _load_model(src, gguf, device, kw):
+    if gguf is not None:
+        kw = dict(kw, gguf_file=gguf)
+    return AutoModelForCausalLM.from_pretrained(src, **kw).to(device).eval()
+
+
+def _load_tokenizer(name, src, gguf, trust_remote_code):
+    kw = {"trust_remote_code": trust_remote_code}
+    if gguf is not None:
+        kw["gguf_file"] = gguf
+    try:
+        return AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"could not load the {name}'s tokenizer from {src}: {exc}; pass tokenizer= to "
+                         "skip the check only if you know both models use it") from exc

@@ -1,0 +1,107 @@
+"""How long speculation should draft: the measured costs of one speculative step and the
+draft length K that maximises the expected speed-up (PAPER.md's S(alpha; K, c), or the same
+with the measured cost of scoring K+1 tokens)."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from specfair_kernels.stats import speedup as model_speedup
+
+from .decoding import CachedModel
+from .models import context_length, model_device, output_vocab_size
+
+AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
+
+__all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "measure_costs", "measure_cost_ratio"]
+
+
+def expected_tokens(alpha: float, num_draft: int) -> float:
+    """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance."""
+    return num_draft + 1.0 if alpha >= 1 else (1 - alpha ** (num_draft + 1)) / (1 - alpha)
+
+
+def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
+                     prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE) -> list[int]:
+    """Per task, the K in 1..max_draft that maximises the expected speed-up.
+
+    With ``verify_cost=None`` that is S(alpha_t; K, c) of PAPER.md, which assumes a verifier
+    forward over K+1 tokens costs as much as one over a single token.  ``verify_cost[K]`` =
+    (time of a verifier forward over K+1 tokens) / (time over 1 token), as measured by
+    `measure_costs`, replaces that 1 in the denominator: (1 - a^(K+1)) / ((1 - a)(K c + r_K)).
+    ``alpha`` is a [T] tensor or sequence of expected acceptances (NaN: no data yet, use
+    ``prior_acceptance``).  Ties go to the smaller K.
+    """
+    values = [float(a) for a in (alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha)]
+    if verify_cost is not None and len(verify_cost) < max_draft + 1:
+        raise ValueError(f"verify_cost must have max_draft + 1 = {max_draft + 1} entries, got {len(verify_cost)}")
+    def gain(a, k):
+        if verify_cost is None:
+            return model_speedup(a, k, cost_ratio)
+        return expected_tokens(a, k) / (k * cost_ratio + verify_cost[k])
+
+    out = []
+    for a in values:
+        a = prior_acceptance if math.isnan(a) else min(max(a, 0.0), 1.0)
+        out.append(max(range(1, max_draft + 1), key=lambda k, a=a: (gain(a, k), -k)))
+    return out
+
+
+def _time_forward(device, fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 2):  # the first two are warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[2:])
+    return times[len(times) // 2]
+
+
+def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
+                  repeats: int = 10) -> dict:
+    """Measured costs of one speculative step, relative to one verifier decode step.
+
+    Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
+    then the median time of one-token forwards with the KV cache (the cache is cropped back
+    after each, so the context stays fixed) gives ``cost_ratio`` c = drafter / verifier, and
+    verifier forwards over n = 1..max_draft+1 tokens give ``verify_cost[K]`` = time(K+1
+    tokens) / time(1 token) (``verify_cost[0]`` = 1).  The device is synchronised around
+    every timed forward.
+    """
+    device = model_device(verifier)
+    V = min(output_vocab_size(drafter), output_vocab_size(verifier))
+    limit = min(x for x in (context_length(drafter), context_length(verifier), 1 << 30) if x)
+    context = max(1, min(context, limit - max_draft - 2))
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, V, (batch_size, context), generator=gen).to(device)
+    step_times = {}
+    with torch.inference_mode():
+        for name, model in (("drafter", drafter), ("verifier", verifier)):
+            m = CachedModel(model, V)
+            m.reset(batch_size, device)
+            m.forward(prompt, None, keep=1)
+            widths = range(1, max_draft + 2) if name == "verifier" else (1,)
+            for n in widths:
+                tokens = prompt[:, -n:]
+
+                def step(m=m, tokens=tokens, n=n):
+                    m.forward(tokens, None, keep=None if n > 1 else 1)
+                    m.crop_end(n)
+                    m.pos = m.pos - n
+
+                step_times[(name, n)] = _time_forward(device, step, repeats)
+    t1 = step_times[("verifier", 1)]
+    return {"cost_ratio": step_times[("drafter", 1)] / t1,
+            "verify_cost": [1.0] + [step_times[("verifier", k + 1)] / t1 for k in range(1, max_draft + 1)],
+            "verifier_step_s": t1, "drafter_step_s": step_times[("drafter", 1)], "batch_size": batch_size}
+
+
+def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 10) -> float:
+    """c = (drafter decode-step time) / (verifier decode-step time), measured (`measure_costs`)."""
+    return measure_costs(drafter, verifier, batch_size, 0, context, repeats)["cost_ratio"]
