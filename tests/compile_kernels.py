@@ -19,6 +19,10 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 64)
 VERIFY = "specfair_kernels.ops.verify"
 DIVERGENCE = "specfair_kernels.ops.divergence"
+STREAMING_KERNELS = {"_tile_stats_kernel", "_pass2_kernel", "_divergence_rows_kernel"}
+"""Kernels whose loops stream the vocabulary: benchmarks/roofline.py (and any SASS budget tool)
+holds their hot loops to the per-logit instruction budget.  The other kernels merge partials
+or finish rows.  Rename here, and only here, when a kernel is renamed or replaced."""
 
 
 def _p(t):
