@@ -83,7 +83,12 @@ def _dtype(dtype):
 
 def check_tokenizers(drafter_tokenizer, verifier_tokenizer, drafter=None, verifier=None):
     """Raise ValueError unless both tokenizers have the identical vocabulary (token -> id) and
-    each model's output embedding has at least that many rows (extra rows are padding)."""
+    each model's output embedding covers it (extra rows are padding).
+
+    Special added tokens past the embedding are allowed: transformers appends GPT-2's
+    ``<|endoftext|>`` to a GGUF "gpt2" tokenizer whose file lacks it, one id past the model's
+    rows.  Such a token can never be sampled (logits stop at the embedding), and a prompt
+    holding it is refused by the generator's token-range check."""
     dv, vv = drafter_tokenizer.get_vocab(), verifier_tokenizer.get_vocab()
     if dv != vv:
         only_d = sorted(set(dv) - set(vv))
@@ -98,11 +103,16 @@ def check_tokenizers(drafter_tokenizer, verifier_tokenizer, drafter=None, verifi
             parts.append(f"{len(moved)} with different ids (e.g. {moved[0]!r}: {dv[moved[0]]} vs {vv[moved[0]]})")
         raise ValueError("drafter and verifier tokenizers differ; speculative decoding needs one shared "
                          "vocabulary: " + "; ".join(parts))
-    n = len(vv)
+    special = {i for i, t in getattr(verifier_tokenizer, "added_tokens_decoder", {}).items() if t.special}
     for name, model in (("drafter", drafter), ("verifier", verifier)):
-        if model is not None and output_vocab_size(model) < n:
-            raise ValueError(f"the {name}'s output embedding has {output_vocab_size(model)} rows but the "
-                             f"tokenizer has {n} tokens; the model does not cover the vocabulary")
+        if model is None:
+            continue
+        rows = output_vocab_size(model)
+        uncovered = sorted(t for t, i in vv.items() if i >= rows and i not in special)
+        if uncovered:
+            raise ValueError(f"the {name}'s output embedding has {rows} rows but the tokenizer has {len(vv)} "
+                             f"tokens ({len(uncovered)} past the embedding, e.g. {uncovered[:3]}); the model does "
+                             "not cover the vocabulary")
 
 
 def default_pair_sources(drafter=None, verifier=None) -> tuple[str, str]:
@@ -175,7 +185,28 @@ def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_g
 def _load_model(src, gguf, device, kw):
     if gguf is not None:
         kw = dict(kw, gguf_file=gguf)
-    return AutoModelForCausalLM.from_pretrained(src, **kw).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    if gguf is not None:
+        _forget_gguf_quantizer(model)
+    return model.to(device).eval()
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """A GGUF model that transformers dequantised into plain float weights (every
+    architecture without GGUF kernels, llama included) still carries the GGUF quantizer,
+    which makes it refuse ``save_pretrained`` and training.  Its weights are ordinary
+    tensors, so drop the quantizer; a model whose weights stayed in GGUF blocks keeps it."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return
+    if not all(p.is_floating_point() for p in model.parameters()):
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for attr in ("quantization_method",):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _load_tokenizer(name, src, gguf, trust_remote_code):

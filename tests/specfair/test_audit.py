@@ -276,3 +276,25 @@ def test_default_pair_and_corpus(tmp_path, capsys):
     rows = {t["task"]: t for t in r["tasks"]}
     assert rows["fr"]["alpha"] > rows["ko"]["alpha"] + 0.1     # the shipped pair's disparity
     assert "fastest:" in out
+
+
+def test_audit_reads_gguf_files(tiny, tmp_path, capsys):
+    """The audit loads GGUF drafter and verifier files (real ones, written with the gguf
+    package from the tiny pair) and gives the figures of the pair they were written from."""
+    gguf_files = pytest.importorskip("gguf_files")
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for role in ("verifier", "drafter"):
+        gguf_files.write_llama_gguf(tmp_path / f"{role}.gguf", AutoModelForCausalLM.from_pretrained(tiny[role]),
+                                    AutoTokenizer.from_pretrained(tiny[role]))
+    outs = {}
+    for kind, (d, v) in {"hf": (tiny["drafter"], tiny["verifier"]),
+                         "gguf": (tmp_path / "drafter.gguf", tmp_path / "verifier.gguf")}.items():
+        argv = _args(tiny, tmp_path / kind, "--no-generation")
+        argv[argv.index("--drafter") + 1], argv[argv.index("--verifier") + 1] = str(d), str(v)
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        outs[kind] = json.loads((tmp_path / kind / "audit.json").read_text(encoding="utf-8"))
+    for a, b in zip(outs["hf"]["tasks"], outs["gguf"]["tasks"]):
+        assert a["task"] == b["task"] and a["heldout_tokens"] == b["heldout_tokens"]
+        assert b["alpha"] == pytest.approx(a["alpha"], abs=1e-5) and b["kl"] == pytest.approx(a["kl"], abs=1e-4)

@@ -17,7 +17,7 @@ pytest.importorskip("tokenizers")
 
 from tiny_models import tiny_llama  # noqa: E402
 
-from specfair import scdf_config  # noqa: E402
+from specfair import cli, scdf_config  # noqa: E402
 from specfair.scdf import ScdfConfig, ScdfError, train  # noqa: E402
 from specfair.scdf_config import task_probabilities  # noqa: E402
 from specfair.train_pair import hf_tokenizer, train_tokenizer  # noqa: E402
@@ -190,7 +190,7 @@ def test_bad_config(assets, tmp_path):
 
 
 def test_cli_bad_input_exits_2_with_a_message(assets, tmp_path, capsys):
-    from specfair import cli
+
 
     rc = cli.main(["scdf", "--uniform-mix", "1.5", "--out", str(tmp_path / "o"), "--verifier",
                    str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--no-progress"])
@@ -201,7 +201,7 @@ def test_cli_bad_input_exits_2_with_a_message(assets, tmp_path, capsys):
 
 
 def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
-    from specfair import cli
+
 
     argv = (["--compare", "--methods", "balanced,scdf", "--seeds", "0", "--out", str(tmp_path / "r"),
                        "--prefix", "scdf_t", "--verifier", str(assets / "verifier"), "--drafter",
@@ -263,3 +263,25 @@ def test_exported_corpus_has_the_same_splits(assets, tmp_path):
     for t in a.task_names:
         assert a.tasks[t].train == b.tasks[t].train and a.tasks[t].heldout == b.tasks[t].heldout
         assert a.tasks[t].heldout     # the check is not vacuous
+
+
+def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys):
+    """`specfair scdf` loads GGUF files through the same loader as the audit: a real GGUF
+    drafter and verifier (written with the gguf package from the tiny pair)."""
+    gguf_files = pytest.importorskip("gguf_files")
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for role in ("verifier", "drafter"):
+        gguf_files.write_llama_gguf(tmp_path / f"{role}.gguf", AutoModelForCausalLM.from_pretrained(assets / role),
+                                    AutoTokenizer.from_pretrained(assets / role))
+    out = tmp_path / "run"
+    rc = cli.main(["scdf", "--drafter", str(tmp_path / "drafter.gguf"), "--verifier", str(tmp_path / "verifier.gguf"),
+                   "--corpus", "jsonl", "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option",
+                   "key_column=id", "--heldout-fraction", "0.25", "--steps", "2", "--batch-size", "2",
+                   "--context-length", str(CTX), "--eval-tokens-per-task", "32", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((out / "scdf_report.json").read_text())
+    assert rep["verifier_unchanged"] and rep["steps"] == 2 and "heldout" in rep
+    tuned = AutoModelForCausalLM.from_pretrained(out / "drafter")     # saved as a plain Hugging Face model
+    assert tuned.config.vocab_size == AutoModelForCausalLM.from_pretrained(assets / "drafter").config.vocab_size

@@ -29,19 +29,30 @@ def tiny_tokenizer(texts, vocab_size: int = 300, specials=SPECIALS, padding_side
 
 
 def tiny_llama(vocab: int, seed: int, *, hidden: int = 32, layers: int = 1, heads: int = 2, kv_heads: int = 2,
-               max_pos: int = 64, logit_scale: float = 1.0, tie: bool = False, pad=None, bos=1, eos=2):
+               max_pos: int = 64, logit_scale: float = 1.0, tie: bool = False, pad=None, bos=1, eos=2,
+               intermediate: int | None = None, rope_theta: float | None = None, random_norms: bool = False,
+               **config):
     """A random `LlamaForCausalLM` in eval mode.  ``logit_scale`` multiplies the output
     layer: the 0.02-std init gives near-uniform distributions, and a sharper model makes
-    contexts (and the two models of a pair) differ."""
+    contexts (and the two models of a pair) differ.  ``random_norms`` draws the RMSNorm
+    weights from U(0.5, 1.5) instead of ones, and ``rope_theta`` moves the RoPE base off
+    its default, so a loader that dropped either would change the logits.  Other keywords go
+    to ``LlamaConfig``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_pos,
-                      tie_word_embeddings=tie, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos)
+    extra = {} if rope_theta is None else {"rope_parameters": {"rope_type": "default", "rope_theta": rope_theta}}
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_pos, tie_word_embeddings=tie, pad_token_id=pad, bos_token_id=bos,
+                      eos_token_id=eos, **extra, **config)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(logit_scale)
+        if random_norms:
+            for p in model.parameters():
+                if p.ndim == 1:
+                    p.uniform_(0.5, 1.5)
     return model
 
 
