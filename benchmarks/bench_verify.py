@@ -52,7 +52,7 @@ else:
     SHAPES = [
         (2, 3, 257, "float32", "smoke"),
         (2, 3, 257, "bfloat16", "smoke"),
-        (8, 4, 32000, "float32", ""),  # the CPU figure: run with 2 threads
+        (8, 4, 32000, "float32", ""),  # the CPU figure quoted in the README: run with 2 threads
     ]
     PROVIDERS = [("torch", "eager"), ("torch.compile", "eager"), ("cpp", "eager")]
 

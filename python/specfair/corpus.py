@@ -1,4 +1,4 @@
-"""Multilingual task corpora: one loader interface over several text sources (issue 5).
+"""Multilingual task corpora: one loader interface over several text sources.
 
 A *task* is, by default, a language.  Every source yields, per task, items with a
 language-independent *split key*; the train / held-out split is decided by a stable

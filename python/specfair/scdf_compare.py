@@ -176,7 +176,7 @@ def markdown(report: dict) -> str:
         f"uniform mix {cfg['uniform_mix']}, device {report['device']}, seeds {report['seeds']}. "
         f"Held-out: {sum(report['heldout_tokens'].values())} tokens over {len(names)} tasks. "
         f"Total time {report['seconds_total'] / 60:.1f} min.", "",
-        "Targets (issue 7): var α −40% or better, 𝒰 −25% or better, mean α not falling, no task losing "
+        "Targets: var α −40% or better, 𝒰 −25% or better, mean α not falling, no task losing "
         "more than 1 point of α. Intervals: paired percentile bootstrap over held-out windows "
         "(resampled within each task), 95%.", "",
         table(report), "",

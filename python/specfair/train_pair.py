@@ -1,4 +1,4 @@
-"""Train a drafter/verifier pair of small Llama models on a multilingual corpus (issue 5).
+"""Train a drafter/verifier pair of small Llama models on a multilingual corpus.
 
 ``train_pair(TrainPairConfig(...))``:
 

@@ -1,4 +1,4 @@
-"""`specfair audit` (issue 6) on a tiny pair saved to disk and a JSONL corpus: the JSON
+"""`specfair audit` on a tiny pair saved to disk and a JSONL corpus: the JSON
 schema, the figures against values computed directly, the plots, determinism, and bad
 input; plus one small run on the shipped default pair and corpus."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The shipped default drafter/verifier pair (issue 5): it loads through the same
+"""The shipped default drafter/verifier pair: it loads through the same
 ``from_pretrained`` path as any user model, generates on the CPU, and its committed report
 is what the committed weights give on the held-out split."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The speculative generator (issue 4): loading a pair, losslessness (greedy token for token
+"""The speculative generator: loading a pair, losslessness (greedy token for token
 against Hugging Face's own greedy decoding; sampling by chi-square against the verifier's
 exact distribution, with a negative control), cache rollback under per-row acceptance,
 adaptive K, the verifier-only baseline and the measured speed-up, and bad input."""

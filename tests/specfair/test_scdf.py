@@ -1,4 +1,4 @@
-"""s-CDF (issue 7) on a tiny random pair and a tiny JSONL corpus, on the CPU: the weights,
+"""s-CDF on a tiny random pair and a tiny JSONL corpus, on the CPU: the weights,
 every method, the frozen verifier, LoRA, temperature folding, bitwise resume after a
 simulated kill, the comparison report, and DDP under torchrun with 2 gloo processes."""
 from __future__ import annotations

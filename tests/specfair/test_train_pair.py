@@ -1,4 +1,4 @@
-"""`specfair train-pair` on a micro pair, on the CPU, in seconds (issue 5).
+"""`specfair train-pair` on a micro pair, on the CPU, in seconds.
 
 The corpus is a small parallel JSONL file written to tmp_path and read through
 ``load_corpus("jsonl", path=...)``, so no installed corpus is needed.  The saved models
