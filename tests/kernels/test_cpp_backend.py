@@ -339,3 +339,73 @@ def test_half_and_bfloat16_conversions_exact():
         nan = want.isnan()
         assert torch.equal(got.isnan(), nan)
         assert torch.equal(got[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+# --- csrc/divergence.cpp's building blocks ---------------------------------------------------
+
+_needs_div_ops = pytest.mark.skipif(backends.cpp_op("token_divergence") is None,
+                                    reason="_C was built without csrc/divergence.cpp")
+
+
+def _float32_edge_cases(n_random=1_000_000):
+    """Every fp32 bit-pattern class that rounding to bf16 / fp16 treats specially, plus random bits."""
+    g = torch.Generator().manual_seed(0)
+    rand = torch.randint(-2**31, 2**31, (n_random,), generator=g, dtype=torch.int64).to(torch.int32)
+    # Exactly half an ulp (ties to even), over fp16's exponent range and its subnormals ...
+    exp = torch.randint(96, 144, (200_000,), generator=g, dtype=torch.int32)
+    ties = exp << 23 | torch.randint(0, 2**10, (200_000,), generator=g, dtype=torch.int32) << 13 | (1 << 12)
+    # ... and bf16's.
+    exp = torch.randint(0, 255, (200_000,), generator=g, dtype=torch.int32)
+    bf_ties = exp << 23 | torch.randint(0, 2**7, (200_000,), generator=g, dtype=torch.int32) << 16 | (1 << 15)
+    x = torch.cat([rand, ties, -ties, bf_ties, -bf_ties]).view(torch.float32)
+    special = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, 65536.0, 2**-14, 2**-24, 2**-25, 2**-25 * 1.5,
+                            3e38, float("inf"), -float("inf"), float("nan"), 1e-45, 5.96e-8])
+    return torch.cat([x, special, -special])
+
+
+@_needs_div_ops
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_gradient_rounding_equals_torch(dtype):
+    """The backend writes bf16 / fp16 gradients with the rounding of x.to(dtype)."""
+    x = _float32_edge_cases()
+    got = torch.ops.specfair_kernels.cast_from_float32(x, dtype)
+    want = x.to(dtype)
+    nan = want.isnan()
+    assert torch.equal(got.isnan(), nan)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
+
+@_needs_div_ops
+def test_exp_accuracy():
+    x = torch.cat([-torch.rand(2_000_000, generator=torch.Generator().manual_seed(1)) * 90,
+                   torch.tensor([0.0, -0.0, -1e-30, -86.99, -87.0, -87.01, -100.0, -1e30, float("-inf")])])
+    got = torch.ops.specfair_kernels.exp_nonpositive(x).double()
+    want = torch.exp(x.double())
+    live = x >= -87.0
+    assert bool((got[~live] == 0).all())  # flushed below e^-87: never subnormal
+    rel = ((got - want).abs() / want)[live]
+    assert rel.max() < 2**-22, float(rel.max())  # within 2 ulps
+    assert got[-9] == 1.0 and got[-8] == 1.0
+
+
+@_needs_div_ops
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scale_rows_equals_mul_and_masked_fill(dtype):
+    """Backward of backend='cpp' scales the saved gradient with one in-place op; it equals
+    grad.mul_(scale[:, None]) then zeroing the rows whose scale is 0, NaN rows included."""
+    g = torch.Generator().manual_seed(2)
+    grad = (torch.randn(7, 300, generator=g) * 1e-3).to(dtype)
+    grad[2] = float("nan")
+    grad[4, 5] = float("inf")
+    scale = torch.tensor([0.5, 1.0, 0.0, 3.0, 0.0, -2.0, float("nan")])
+    want = grad.clone().mul_(scale[:, None]).masked_fill_(scale[:, None] == 0, 0)
+    got = grad.clone()
+    torch.ops.specfair_kernels.scale_rows_(got, scale)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert torch.equal(got[2], torch.zeros_like(got[2])) and (got[4] == 0).all()
+
+
+@_needs_div_ops
+def test_cpu_isa_is_reported():
+    assert torch.ops.specfair_kernels.cpu_isa() in ("baseline", "avx2", "avx512")
