@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends
-from .stats import TaskStats
+from . import backends, divergence
+from .stats import DIVERGENCE_FIELDS, TaskStats
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64)
-DIVERGENCE_KINDS = ("ce", "kl", "tv", "alpha")
+DIVERGENCE_KINDS = divergence.KINDS
 REDUCTIONS = ("none", "mean", "sum", "per_task")
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy)
 
@@ -227,7 +227,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
             if bad:
                 raise ValueError(msg)
 
-    name = backends.select(backend, device)
+    name = backends.select("verify", backend, device)
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
             draft_tokens.to(torch.int64).contiguous(), num_draft_t, temp, seed_t, step_t)
@@ -239,17 +239,18 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         if name == "cpp":
             tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div)
             if div is not None:
-                div = dict(zip(("alpha", "kl", "ce", "entropy"), div))
+                div = dict(zip(DIVERGENCE_FIELDS, div))
         else:
             from . import reference
 
             tokens, n_acc, n_emit, div = reference.verify(*args, need_div)
         if stats is not None:
-            sums = torch.stack([div[k].sum(1) for k in ("alpha", "kl", "ce", "entropy")], 1)
+            sums = torch.stack([div[k].sum(1) for k in DIVERGENCE_FIELDS], 1)
             stats.accumulate(task_t, num_draft_t, n_acc, n_emit > 0, sums)
     out = VerifyOutput(tokens, n_acc, n_emit)
     if return_divergence:
-        out.alpha, out.kl, out.ce, out.entropy = div["alpha"], div["kl"], div["ce"], div["entropy"]
+        for field in DIVERGENCE_FIELDS:
+            setattr(out, field, div[field])
     return out
 
 
@@ -348,9 +349,7 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
         if _checking_values(device) and task_ids.numel() and bool(((task_ids < 0) | (task_ids >= num_tasks)).any()):
             raise ValueError(f"task_ids must lie in [0, num_tasks)=[0, {num_tasks})")
 
-    name = backends.select(backend, device)
-    from . import divergence
-
+    name = backends.select("token_divergence", backend, device)
     V = draft_logits.shape[-1]
     values = divergence.token_divergence_rows(
         name, draft_logits.reshape(-1, V), target_logits.reshape(-1, V), kind, float(temperature))
