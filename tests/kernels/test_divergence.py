@@ -308,7 +308,7 @@ def test_auto_takes_cpp_on_the_cpu(kind, monkeypatch):
 
 
 def test_select_names_the_op_when_cpp_is_missing(monkeypatch):
-    monkeypatch.setattr(backends, "_cpp_module", lambda: (None, "ImportError: pretend _C was not built"))
+    monkeypatch.setattr(backends, "load_cpp_extension", lambda: (None, "ImportError: pretend _C was not built"))
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     cpu = torch.device("cpu")
     assert backends.select("token_divergence", "auto", cpu) == "torch"
@@ -391,10 +391,10 @@ def test_api_reductions(backend, dtype, small_tiles):
         ref = torch.where(mask, ref, 0.0)
         n_keep = mask.sum().double()
 
-        def expect_grad(row_w):  # masked rows: exactly 0 (their reference may be NaN)
+        def expect_grad(row_w, gref_rows=gref_rows):  # masked rows: exactly 0 (their reference may be NaN)
             return torch.where(row_w[..., None] != 0, gref_rows * row_w[..., None], 0.0)
 
-        def run(reduction, **kw):
+        def run(reduction, kind=kind, **kw):
             x = d.clone().requires_grad_(True)
             out = sk.token_divergence(x, t, kind=kind, temperature=T, reduction=reduction, mask=mask,
                                       backend=backend, **kw)
