@@ -45,7 +45,7 @@ setup(
     description="Fused kernels for exact speculative verification and per-task drafter-verifier divergence",
     packages=find_packages(include=["specfair_kernels", "specfair_kernels.*"]) + ["specfair"],
     package_dir={"specfair": "python/specfair"},
-    # the shipped default drafter/verifier pair (issue 5), Hugging Face format
+    # the shipped default drafter/verifier pair, Hugging Face format
     package_data={"specfair": ["assets/default-pair/*.json", "assets/default-pair/*/*"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],

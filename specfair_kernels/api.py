@@ -73,7 +73,10 @@ def _per_row(name, value, B, device, dtype, kind):
             raise ValueError(f"{name} must be a scalar or have shape [B]=[{B}], got {tuple(value.shape)}")
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but target_logits is on {device}")
-        ok = value.is_floating_point() if kind == "float" else not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        if kind == "float":
+            ok = value.is_floating_point()
+        else:
+            ok = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
         if not ok:
             raise TypeError(f"{name} must be a {kind} tensor, got {str(value.dtype).replace('torch.', '')}")
         return value.to(dtype).contiguous()
@@ -120,8 +123,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     stats : TaskStats, optional
         Updated in place on the device (no host synchronisation on the GPU).
     seed : int or [B] int64, optional
-        Per-request 64-bit seed (a Python int in [-2**63, 2**64)).  The same seed, step and logits give the same tokens in any
-        batch slot, batch size and backend.  None draws seeds from torch's generator.
+        Per-request 64-bit seed (a Python int in [-2**63, 2**64)).  The same seed, step and
+        logits give the same tokens in any batch slot, batch size and backend.  None draws seeds from torch's generator.
     step : int or [B] int
         Index of this verification call within each request, so that successive calls
         with one seed draw fresh randomness.
@@ -215,7 +218,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
             (used & ((draft_tokens < 0) | (draft_tokens >= V))).any(),
             (~torch.isfinite(temp) | (temp < 0)).any(),
             (step_t < 0).any(),
-            ((task_t < 0) | (task_t >= stats.num_tasks)).any() if task_t is not None else torch.zeros((), dtype=torch.bool, device=device),
+            ((task_t < 0) | (task_t >= stats.num_tasks)).any() if task_t is not None
+            else torch.zeros((), dtype=torch.bool, device=device),
         ]
         failed = torch.stack(checks).tolist()
         messages = [f"num_draft values must lie in [0, K]=[0, {K}]",
@@ -327,7 +331,8 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
     lead = tuple(draft_logits.shape[:-1])
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__ if not isinstance(mask, torch.Tensor) else mask.dtype}")
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor, got {got}")
         if tuple(mask.shape) != lead:
             raise ValueError(f"mask must have shape {lead} (the logits without V), got {tuple(mask.shape)}")
         if mask.device != device:

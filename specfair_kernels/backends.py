@@ -26,7 +26,8 @@ def interpreting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpp_module():
+def load_cpp_extension():
+    """(the compiled `_C` module, None), or (None, why it does not import); loaded once."""
     try:
         from . import _C  # built by setup.py from csrc/
     except Exception as exc:  # ImportError, or an ABI mismatch raised as OSError
@@ -48,7 +49,7 @@ def _triton_module():
 
 def cpp_extension():
     """The compiled `_C` module, or None."""
-    return _cpp_module()[0]
+    return load_cpp_extension()[0]
 
 
 def cpp_op(name: str):
@@ -88,7 +89,7 @@ def unavailable_reason(backend: str, device: torch.device, op: str | None = None
     if backend == "cpp":
         if device.type != "cpu":
             return f"the C++ backend runs on the CPU only, tensors are on {device}"
-        err = _cpp_module()[1]
+        err = load_cpp_extension()[1]
         if err:
             return err
         for name in OPS if op is None else (op,):

@@ -18,7 +18,6 @@ SUM_ALPHA = DIVERGENCE_FIELDS.index("alpha")
 SUM_KL = DIVERGENCE_FIELDS.index("kl")
 SUM_CE = DIVERGENCE_FIELDS.index("ce")
 SUM_ENTROPY = DIVERGENCE_FIELDS.index("entropy")
-SUM_NAMES = DIVERGENCE_FIELDS  # the columns of TaskStats.sums
 
 
 def speedup(alpha, num_draft: int, cost_ratio: float):
