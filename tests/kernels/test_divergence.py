@@ -143,6 +143,17 @@ def test_rows_match_float64_reference(backend, kind, dtype, small_tiles):
     assert bool(grad.isfinite().all())
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+def test_mixed_dtypes_match_float64_reference(backend):
+    """Draft and target may differ in dtype; each is read as it is."""
+    for dd, td in ((torch.bfloat16, torch.float32), (torch.float32, torch.float16), (torch.float16, torch.bfloat16)):
+        d, _ = make_logits(dtype=dd, seed=7)
+        _, t = make_logits(dtype=td, seed=7)
+        for kind in KINDS:
+            vals, grad, w = run_rows(backend, d, t, kind, 0.9)
+            check_against_reference(vals, grad, w, d, t, kind, 0.9)
+
+
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=needs_triton) for k in KINDS])
 def test_triton_equals_torch(kind, small_tiles):
     """The Triton kernel (interpreter on the CPU) equals the torch path, values and grads,
