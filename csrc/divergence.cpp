@@ -23,8 +23,12 @@
 // hence an exactly zero alpha / tv gradient.  Rows are independent, so the thread count
 // never changes a result.
 //
-// Registered with the dispatcher (TORCH_LIBRARY_FRAGMENT) from the same _C library as
-// verify.cpp: torch.ops.specfair_kernels.token_divergence.
+// The row kernel is compiled for the baseline x86-64 ISA, AVX2 and AVX-512 (see `row_kernel`).
+//
+// Registered with the dispatcher (TORCH_LIBRARY_FRAGMENT: verify.cpp owns the pybind11 module
+// of the same _C library): torch.ops.specfair_kernels.token_divergence, scale_rows_ (the
+// backward's in-place row scaling) and, for the tests and `python -m specfair_kernels.env`,
+// cast_from_float32, exp_nonpositive and cpu_isa.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -35,6 +39,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -237,11 +242,11 @@ float row_baseline(const TD* d, const TT* t, int64_t V, float inv_t, TD* g) {
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SPECFAIR_X86_VARIANTS 1
 template <int K, typename TD, typename TT>
-__attribute__((target("avx2,fma"))) float row_avx2(const TD* d, const TT* t, int64_t V, float inv_t, TD* g) {
+__attribute__((target("avx2"))) float row_avx2(const TD* d, const TT* t, int64_t V, float inv_t, TD* g) {
   return divergence_row<K, TD, TT>(d, t, V, inv_t, g);
 }
 template <int K, typename TD, typename TT>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,prefer-vector-width=512"))) float row_avx512(
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512"))) float row_avx512(
     const TD* d, const TT* t, int64_t V, float inv_t, TD* g) {
   return divergence_row<K, TD, TT>(d, t, V, inv_t, g);
 }
@@ -254,7 +259,7 @@ Isa best_isa() {
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
       return kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+    if (__builtin_cpu_supports("avx2")) return kAvx2;
 #endif
     return kBaseline;
   }();
