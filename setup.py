@@ -28,7 +28,10 @@ if os.environ.get("SPECFAIR_NO_CPP", "0") in ("", "0"):
         openmp = ["-fopenmp"] if sys.platform != "darwin" else []
         ext_modules.append(CppExtension(
             "specfair_kernels._C", sorted(glob.glob("csrc/*.cpp")),
-            extra_compile_args={"cxx": ["-O3", "-std=c++17", *openmp]},
+            # No FMA contraction: the kernels compiled for AVX2 / AVX-512 (csrc/divergence.cpp)
+            # then round every product as the baseline build does, and p - q is exactly 0
+            # where p == q (a fused a * b - c is not).
+            extra_compile_args={"cxx": ["-O3", "-std=c++17", "-ffp-contract=off", *openmp]},
             extra_link_args=openmp,
         ))
         cmdclass["build_ext"] = OptionalBuildExtension.with_options(use_ninja=True)

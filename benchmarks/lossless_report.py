@@ -85,7 +85,7 @@ def main(argv=None):
     hp = [float(torch.prod(alpha[:n]) * (1 - alpha[n])) for n in range(K)] + [float(torch.prod(alpha))]
     hs, hpv = st.chisquare(hist.numpy(), np.array(hp) * float(hist.sum()))
     result = {
-        "backend": sk.backends.select(args.backend, torch.device("cpu")), "rows": args.rows, "V": V, "K": K,
+        "backend": sk.backends.select("verify", args.backend, torch.device("cpu")), "rows": args.rows, "V": V, "K": K,
         "temperature": T, "seconds": seconds, "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__, "emitted": rows,
         "negative_control_accept_all": {"chi2": cs, "p_value": cpv, "tv": ctv},

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends
-from .stats import TaskStats
+from . import backends, divergence
+from .stats import DIVERGENCE_FIELDS, TaskStats
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64)
-DIVERGENCE_KINDS = ("ce", "kl", "tv", "alpha")
+DIVERGENCE_KINDS = divergence.KINDS
 REDUCTIONS = ("none", "mean", "sum", "per_task")
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy)
 
@@ -73,7 +73,10 @@ def _per_row(name, value, B, device, dtype, kind):
             raise ValueError(f"{name} must be a scalar or have shape [B]=[{B}], got {tuple(value.shape)}")
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but target_logits is on {device}")
-        ok = value.is_floating_point() if kind == "float" else not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        if kind == "float":
+            ok = value.is_floating_point()
+        else:
+            ok = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
         if not ok:
             raise TypeError(f"{name} must be a {kind} tensor, got {str(value.dtype).replace('torch.', '')}")
         return value.to(dtype).contiguous()
@@ -120,8 +123,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     stats : TaskStats, optional
         Updated in place on the device (no host synchronisation on the GPU).
     seed : int or [B] int64, optional
-        Per-request 64-bit seed (a Python int in [-2**63, 2**64)).  The same seed, step and logits give the same tokens in any
-        batch slot, batch size and backend.  None draws seeds from torch's generator.
+        Per-request 64-bit seed (a Python int in [-2**63, 2**64)).  The same seed, step and
+        logits give the same tokens in any batch slot, batch size and backend.  None draws seeds from torch's generator.
     step : int or [B] int
         Index of this verification call within each request, so that successive calls
         with one seed draw fresh randomness.
@@ -215,7 +218,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
             (used & ((draft_tokens < 0) | (draft_tokens >= V))).any(),
             (~torch.isfinite(temp) | (temp < 0)).any(),
             (step_t < 0).any(),
-            ((task_t < 0) | (task_t >= stats.num_tasks)).any() if task_t is not None else torch.zeros((), dtype=torch.bool, device=device),
+            ((task_t < 0) | (task_t >= stats.num_tasks)).any() if task_t is not None
+            else torch.zeros((), dtype=torch.bool, device=device),
         ]
         failed = torch.stack(checks).tolist()
         messages = [f"num_draft values must lie in [0, K]=[0, {K}]",
@@ -227,7 +231,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
             if bad:
                 raise ValueError(msg)
 
-    name = backends.select(backend, device)
+    name = backends.select("verify", backend, device)
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
             draft_tokens.to(torch.int64).contiguous(), num_draft_t, temp, seed_t, step_t)
@@ -239,17 +243,18 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         if name == "cpp":
             tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div)
             if div is not None:
-                div = dict(zip(("alpha", "kl", "ce", "entropy"), div))
+                div = dict(zip(DIVERGENCE_FIELDS, div))
         else:
             from . import reference
 
             tokens, n_acc, n_emit, div = reference.verify(*args, need_div)
         if stats is not None:
-            sums = torch.stack([div[k].sum(1) for k in ("alpha", "kl", "ce", "entropy")], 1)
+            sums = torch.stack([div[k].sum(1) for k in DIVERGENCE_FIELDS], 1)
             stats.accumulate(task_t, num_draft_t, n_acc, n_emit > 0, sums)
     out = VerifyOutput(tokens, n_acc, n_emit)
     if return_divergence:
-        out.alpha, out.kl, out.ce, out.entropy = div["alpha"], div["kl"], div["ce"], div["entropy"]
+        for field in DIVERGENCE_FIELDS:
+            setattr(out, field, div[field])
     return out
 
 
@@ -326,7 +331,8 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
     lead = tuple(draft_logits.shape[:-1])
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__ if not isinstance(mask, torch.Tensor) else mask.dtype}")
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor, got {got}")
         if tuple(mask.shape) != lead:
             raise ValueError(f"mask must have shape {lead} (the logits without V), got {tuple(mask.shape)}")
         if mask.device != device:
@@ -348,9 +354,7 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
         if _checking_values(device) and task_ids.numel() and bool(((task_ids < 0) | (task_ids >= num_tasks)).any()):
             raise ValueError(f"task_ids must lie in [0, num_tasks)=[0, {num_tasks})")
 
-    name = backends.select(backend, device)
-    from . import divergence
-
+    name = backends.select("token_divergence", backend, device)
     V = draft_logits.shape[-1]
     values = divergence.token_divergence_rows(
         name, draft_logits.reshape(-1, V), target_logits.reshape(-1, V), kind, float(temperature))

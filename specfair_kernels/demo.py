@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     tasks = {"well-represented": 0.5, "common": 1.0, "rare": 1.6, "unseen": 2.4}  # drafter noise scale
     T, B, K, V = len(tasks), args.batch, args.num_draft, args.vocab
-    backend = select(args.backend, torch.device("cpu"))
+    backend = select("verify", args.backend, torch.device("cpu"))
     print(f"specfair_kernels demo: backend={backend} (usable: "
           f"{', '.join(k for k, v in available_backends().items() if v is None)}), B={B}, K={K}, V={V}, "
           f"T={args.temperature}")

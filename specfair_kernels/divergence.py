@@ -41,11 +41,17 @@ Memory and speed (benchmark notes)
   ``torch.autograd.gradcheck``) raises a RuntimeError unless the op was called with
   ``inplace_backward=False``, which makes backward out of place (one extra ``[N, V]``
   allocation per backward).  Double backward (create_graph) is not supported.
-* Torch backend ("torch", and "cpp" which maps to it for now): rows are processed in
-  chunks whose fp32 temporaries (about `TEMPS_PER_ELEMENT` fp32-sized tensors of
-  ``[rows, V]``) stay under `CHUNK_BYTES` (32 MiB), or one row at a time when a single
-  row exceeds it (then ``TEMPS_PER_ELEMENT * V * 4`` bytes).  Traffic: one read of both
-  logits per chunk plus the gradient write.
+* Torch backend (`reference.token_divergence_rows`): rows are processed in chunks whose
+  fp32 temporaries (about `reference.TEMPS_PER_ELEMENT` fp32-sized tensors of
+  ``[rows, V]``) stay under `reference.CHUNK_BYTES` (32 MiB), or one row at a time when a
+  single row exceeds it (then ``TEMPS_PER_ELEMENT * V * 4`` bytes).  Traffic: one read of
+  both logits per chunk plus the gradient write.
+* C++ backend (csrc/divergence.cpp, CPU): one OpenMP thread per row; the logits are read
+  from memory once (a scan for the maxima), re-read from L2 for one exp per element and
+  tensor into a per-thread buffer of 2 V floats, and the gradient is written once; the
+  vectorised loops are compiled for the baseline x86-64 ISA, AVX2 and AVX-512, and the
+  widest the CPU runs is used.  fp32 arithmetic for every input dtype (float64 inputs
+  are rejected); temperatures whose reciprocal overflows fp32 (T < 2^-128) give NaN rows.
 * Triton backend (`ops.divergence`): one program per row; pass 1 streams both logits
   once (online max / sum-exp, and the CE/KL sums); pass 2 re-reads them for the
   gradient (CE/KL) or the alpha/tv sums; alpha/tv with a gradient needs pass 3 (the
@@ -57,97 +63,36 @@ from __future__ import annotations
 
 import torch
 
+from . import backends, reference
+
 KINDS = ("ce", "kl", "tv", "alpha")
-CHUNK_BYTES = 32 * 2**20
-"""Bound on the fp32 (or float64) temporaries of one chunk of the torch path."""
-TEMPS_PER_ELEMENT = 8
-"""Upper bound on live ``[rows, V]`` accumulation-dtype temporaries in `_torch_chunk`
-(counted generously; bool masks count as whole elements)."""
 
 
-# --- torch path ------------------------------------------------------------------------
+# --- dispatch ----------------------------------------------------------------------------
 
-def chunk_rows(n_rows: int, vocab: int, acc_dtype: torch.dtype = torch.float32) -> int:
-    """Rows per chunk so that ``TEMPS_PER_ELEMENT * rows * vocab`` accumulation-dtype
-    elements fit in `CHUNK_BYTES` (at least one row, at most ``n_rows``)."""
-    elem = torch.empty((), dtype=acc_dtype).element_size()
-    per_row = TEMPS_PER_ELEMENT * max(vocab, 1) * elem
-    return max(1, min(max(n_rows, 1), CHUNK_BYTES // per_row))
+def _cpp_rows(draft, target, kind, temperature, need_grad):
+    """csrc/divergence.cpp -> (fp32 values [N], gradient [N, V] in draft's dtype | None)."""
+    op = backends.cpp_op("token_divergence")
+    if op is None:
+        raise RuntimeError(f"the C++ backend is unavailable for token_divergence: "
+                           f"{backends.unavailable_reason('cpp', draft.device, 'token_divergence')}")
+    values, grad = op(draft, target, kind, temperature, need_grad)
+    return values, grad if need_grad else None
 
-
-def _torch_chunk(d: torch.Tensor, t: torch.Tensor, kind: str, temperature: float,
-                 grad_out: torch.Tensor | None) -> torch.Tensor:
-    """Values for rows ``d``/``t`` ``[n, V]``; writes the local gradient into ``grad_out``."""
-    acc = torch.float64 if torch.float64 in (d.dtype, t.dtype) else torch.float32
-    # One fresh accumulation-dtype tensor per model (division by T makes the copy).
-    logq = d.to(acc).div_(temperature) if d.dtype != acc else d / temperature
-    logp = t.to(acc).div_(temperature) if t.dtype != acc else t / temperature
-    lse_q = torch.logsumexp(logq, -1)  # NaN with a NaN, +inf with +inf, -inf if all -inf
-    lse_p = torch.logsumexp(logp, -1)
-    bad = ~(torch.isfinite(lse_q) & torch.isfinite(lse_p))  # [n]: no valid distribution
-    logq.sub_(lse_q.unsqueeze(-1))
-    logp.sub_(lse_p.unsqueeze(-1))
-    q = logq.exp()
-    p = logp.exp()
-    nan = torch.full((), float("nan"), dtype=acc, device=d.device)
-    zero = torch.zeros((), dtype=acc, device=d.device)
-
-    if kind in ("ce", "kl"):
-        fin_p = logp > float("-inf")  # p_i > 0 in exact arithmetic
-        fin_q = logq > float("-inf")
-        infinite = (fin_p & ~fin_q).any(-1)
-        both = fin_p & fin_q
-        del fin_p, fin_q
-        if kind == "ce":
-            val = -torch.where(both, p * logq, zero).sum(-1)
-        else:
-            val = torch.where(both, p * (logp - logq), zero).sum(-1)
-        del both
-        val = torch.where(infinite, float("inf"), val)
-        if grad_out is not None:
-            del logp, logq
-            g = q.sub_(p).div_(temperature)  # (q - p) / T, reusing q's storage
-    else:
-        alpha = torch.minimum(p, q).sum(-1)
-        val = alpha if kind == "alpha" else 0.5 * (p - q).abs_().sum(-1)
-        if grad_out is not None:
-            del logp, logq
-            qlt = torch.where(q < p, q, zero)  # [q_k < p_k] q_k
-            s = qlt.sum(-1, keepdim=True)
-            g = qlt.sub_(q.mul_(s)).div_(temperature if kind == "alpha" else -temperature)
-    if grad_out is not None:
-        g.masked_fill_(bad.unsqueeze(-1), float("nan"))
-        grad_out.copy_(g)
-    return torch.where(bad, nan, val)
-
-
-def _torch_rows(draft, target, kind, temperature, need_grad):
-    """Chunked pure-torch implementation -> (values [N], grad [N, V] in draft's dtype | None)."""
-    N, V = draft.shape
-    acc = torch.float64 if torch.float64 in (draft.dtype, target.dtype) else torch.float32
-    out_dtype = torch.float64 if acc == torch.float64 else torch.float32
-    values = torch.empty(N, dtype=out_dtype, device=draft.device)
-    grad = torch.empty_like(draft, memory_format=torch.contiguous_format) if need_grad else None
-    step = chunk_rows(N, V, acc)
-    for r0 in range(0, N, step):
-        r1 = min(N, r0 + step)
-        values[r0:r1] = _torch_chunk(draft[r0:r1], target[r0:r1], kind, temperature,
-                                     None if grad is None else grad[r0:r1])
-    return values, grad
-
-
-# --- dispatch + autograd ---------------------------------------------------------------
 
 def _implementation(backend: str):
-    if backend in ("torch", "cpp"):
-        # "cpp": the C++ extension has no divergence kernel yet; the torch path stands in.
-        return _torch_rows
+    if backend == "torch":
+        return reference.token_divergence_rows
+    if backend == "cpp":
+        return _cpp_rows
     if backend == "triton":
         from .ops import divergence as ops_divergence  # lazy: decorating needs TRITON_INTERPRET set first
 
         return ops_divergence.token_divergence_rows
     raise ValueError(f"backend must be one of 'triton', 'cpp', 'torch'; got {backend!r}")
 
+
+# --- autograd ------------------------------------------------------------------------------
 
 class _RowDivergence(torch.autograd.Function):
     """values = f(draft); the local gradient is computed by the forward and kept on ctx."""
@@ -157,6 +102,7 @@ class _RowDivergence(torch.autograd.Function):
         values, grad = _implementation(backend)(draft, target, kind, temperature, True)
         ctx.grad = grad
         ctx.inplace = inplace_backward
+        ctx.backend = backend
         return values
 
     @staticmethod
@@ -167,15 +113,20 @@ class _RowDivergence(torch.autograd.Function):
                 "token_divergence: this graph was already backpropagated once; the saved gradient "
                 "is scaled in place by backward and released.  Call the op with "
                 "inplace_backward=False to backpropagate through it more than once.")
+        # A row with zero incoming gradient gets exactly 0 even where its local gradient is
+        # NaN (garbage logits under a mask).
+        if ctx.inplace and ctx.backend == "cpp":
+            g = ctx.grad
+            ctx.grad = None  # released: the returned tensor is the only reference left
+            backends.cpp_op("scale_rows_")(g, grad_values)  # both steps below in one pass
+            return g, None, None, None, None, None
         go = grad_values.unsqueeze(-1)
         if ctx.inplace:
             g = ctx.grad
-            ctx.grad = None  # released: the returned tensor is the only reference left
+            ctx.grad = None
             g.mul_(go)
         else:
             g = (ctx.grad * go).to(ctx.grad.dtype)
-        # A row with zero incoming gradient gets exactly 0 even where its local gradient is
-        # NaN (garbage logits under a mask).  masked_fill_ only writes the masked rows.
         g.masked_fill_(go == 0, 0)
         return g, None, None, None, None, None
 
@@ -187,10 +138,10 @@ def token_divergence_rows(backend: str, draft: torch.Tensor, target: torch.Tenso
     Parameters
     ----------
     backend : {"triton", "cpp", "torch"}
-        "torch": chunked pure torch (the reference).  "cpp": the C++ extension has no
-        divergence kernel yet, so the torch path stands in on the CPU.  "triton":
-        `ops.divergence` (CUDA, or CPU tensors under TRITON_INTERPRET=1).
-    draft, target : [N, V] float32 | bfloat16 | float16 (float64 too, for gradcheck)
+        "torch": `reference.token_divergence_rows`, chunked pure torch (the reference).
+        "cpp": csrc/divergence.cpp (CPU tensors).  "triton": `ops.divergence` (CUDA, or CPU
+        tensors under TRITON_INTERPRET=1).
+    draft, target : [N, V] float32 | bfloat16 | float16 (float64 too on the torch path, for gradcheck)
         Already validated by the caller; same shape and device.
     kind : {"ce", "kl", "tv", "alpha"}
     temperature : float > 0

@@ -1,6 +1,7 @@
 """`python -m specfair_kernels.env`: versions, devices and which backends are usable (and why not)."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -9,7 +10,8 @@ def report() -> str:
     import torch
 
     import specfair_kernels as sk
-    from .backends import ENV_VAR, interpreting
+
+    from .backends import ENV_VAR, OPS, cpp_op, interpreting
 
     lines = [f"specfair_kernels {sk.__version__}", f"python {sys.version.split()[0]} ({platform.platform()})",
              f"torch {torch.__version__}"]
@@ -19,8 +21,6 @@ def report() -> str:
         lines.append(f"triton {triton.__version__}" + (" (TRITON_INTERPRET=1)" if interpreting() else ""))
     except Exception as exc:
         lines.append(f"triton: not importable ({type(exc).__name__})")
-    import os
-
     lines.append(f"{ENV_VAR}={os.environ.get(ENV_VAR, '(unset)')}")
     devices = ["cpu"]
     if torch.cuda.is_available():
@@ -29,8 +29,12 @@ def report() -> str:
     else:
         lines.append("cuda: not available")
     for dev in devices:
-        for name, why in sk.available_backends(dev).items():
-            lines.append(f"  {dev:<5} {name:<7} {'usable' if why is None else 'unavailable: ' + why}")
+        for op in OPS:
+            for name, why in sk.available_backends(dev, op).items():
+                lines.append(f"  {dev:<5} {op:<17} {name:<7} {'usable' if why is None else 'unavailable: ' + why}")
+    isa = cpp_op("cpu_isa")
+    if isa is not None:
+        lines.append(f"C++ token_divergence vector ISA: {isa()} (SPECFAIR_CPU_ISA=baseline|avx2 caps it)")
     return "\n".join(lines)
 
 

@@ -1,4 +1,7 @@
-"""Batched pure-torch backend: the oracle the other backends are tested against.
+"""Pure-torch backend of both ops: the oracle the other backends are tested against.
+
+`verify` (batched) and `token_divergence_rows` (chunked rows) share one divergence helper,
+`divergences`.
 
 This file *is* the specification of `verify`; the Triton kernels (`ops/verify.py`) and
 the C++ backend (`csrc/verify.cpp`) compute the same quantities in the same fp32
@@ -33,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from . import rng
+from .stats import DIVERGENCE_FIELDS
 
 NEG_INF = float("-inf")
 
@@ -49,18 +53,43 @@ def _bad(x: torch.Tensor) -> torch.Tensor:
     return (torch.isnan(x) | (x == float("inf"))).any(-1) | (x == NEG_INF).all(-1)
 
 
-def divergences(a: torch.Tensor, logq: torch.Tensor, la: torch.Tensor) -> dict[str, torch.Tensor]:
-    """alpha, KL, CE, H over the last dim from tempered target logits ``a``, log q and lse(a)."""
-    logp = a - la.unsqueeze(-1)
-    p = torch.exp(logp)
-    q = torch.exp(logq)
-    pos = p > 0
+def divergences(logp: torch.Tensor, logq: torch.Tensor, fields, support: torch.Tensor | None = None,
+                p: torch.Tensor | None = None, q: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Divergences of q from p over the last dim, for each name in ``fields``.
+
+    ``alpha`` = sum min(p, q), ``kl`` = KL(p||q), ``ce`` = -sum p log q, ``entropy`` = H(p),
+    ``tv`` = 1/2 sum |p - q|.  ``logp``/``logq`` are log-probabilities [..., V] (-inf where
+    a probability is 0); ``p``/``q`` their exp, if the caller has them.  ``support`` (bool
+    [..., V]) is where p counts as positive: p > 0 by default (`verify`); a finite target
+    logit for `token_divergence`, whose p may underflow to 0.  CE and KL are +inf where
+    the support meets q = 0; only supported entries enter CE, KL and H, so no 0 * inf
+    NaN arises.  Returns ``{field: [...]}``.
+    """
+    if p is None:
+        p = torch.exp(logp)
+    if q is None and ("alpha" in fields or "tv" in fields):
+        q = torch.exp(logq)
+    if support is None and any(f in fields for f in ("kl", "ce", "entropy")):
+        support = p > 0
     zero = torch.zeros((), dtype=p.dtype, device=p.device)
-    entropy = -torch.where(pos, p * logp, zero).sum(-1)
-    ce = -torch.where(pos, p * logq, zero).sum(-1)
-    kl = torch.where(pos, p * (logp - logq), zero).sum(-1)
-    alpha = torch.minimum(p, q).sum(-1)
-    return {"alpha": alpha, "kl": kl, "ce": ce, "entropy": entropy}
+    out = {}
+    if "ce" in fields or "kl" in fields:
+        fin_q = logq > NEG_INF
+        infinite = (support & ~fin_q).any(-1)
+        both = support & fin_q
+        del fin_q
+        if "ce" in fields:
+            out["ce"] = torch.where(infinite, float("inf"), -torch.where(both, p * logq, zero).sum(-1))
+        if "kl" in fields:
+            out["kl"] = torch.where(infinite, float("inf"), torch.where(both, p * (logp - logq), zero).sum(-1))
+        del both
+    if "entropy" in fields:
+        out["entropy"] = -torch.where(support, p * logp, zero).sum(-1)
+    if "alpha" in fields:
+        out["alpha"] = torch.minimum(p, q).sum(-1)
+    if "tv" in fields:
+        out["tv"] = 0.5 * (p - q).abs_().sum(-1)
+    return {f: out[f] for f in fields}
 
 
 def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, seed, step, need_divergence):
@@ -131,7 +160,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
     div = None
     if need_divergence:
         if K == 0:
-            div = {k: torch.zeros(B, 0, device=dev) for k in ("alpha", "kl", "ce", "entropy")}
+            div = {k: torch.zeros(B, 0, device=dev) for k in DIVERGENCE_FIELDS}
         else:
             if d is not None:
                 logq = d - lb.unsqueeze(-1)
@@ -141,7 +170,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
             a_k = torch.where(d_used[..., None], a[:, :K], 0.0)
             logq = torch.where(d_used[..., None], logq, 0.0)
             la_k = torch.where(d_used, la[:, :K], 0.0)
-            div = divergences(a_k, logq, la_k)
+            div = divergences(a_k - la_k.unsqueeze(-1), logq, DIVERGENCE_FIELDS)
             if d is None:
                 # q is one-hot at x: CE = KL = +inf unless p(x) rounds to 1 in fp32.
                 one = torch.exp(logp_x) >= 1
@@ -153,3 +182,70 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
                 v = torch.where(d_used, div[k], 0.0)
                 div[k] = torch.where(bad[:, None] & d_used, nan, v).float()
     return tokens, n_acc, n_emit, div
+
+
+# --- token_divergence: chunked rows ---------------------------------------------------------
+
+CHUNK_BYTES = 32 * 2**20
+"""Bound on the fp32 (or float64) temporaries of one chunk of `token_divergence_rows`."""
+TEMPS_PER_ELEMENT = 8
+"""Upper bound on live ``[rows, V]`` accumulation-dtype temporaries of one chunk (counted
+generously; bool masks count as whole elements)."""
+
+
+def chunk_rows(n_rows: int, vocab: int, acc_dtype: torch.dtype = torch.float32) -> int:
+    """Rows per chunk so that ``TEMPS_PER_ELEMENT * rows * vocab`` accumulation-dtype
+    elements fit in `CHUNK_BYTES` (at least one row, at most ``n_rows``)."""
+    elem = torch.empty((), dtype=acc_dtype).element_size()
+    per_row = TEMPS_PER_ELEMENT * max(vocab, 1) * elem
+    return max(1, min(max(n_rows, 1), CHUNK_BYTES // per_row))
+
+
+def _divergence_chunk(d: torch.Tensor, t: torch.Tensor, kind: str, temperature: float,
+                      grad_out: torch.Tensor | None) -> torch.Tensor:
+    """Values for rows ``d``/``t`` ``[n, V]``; writes the local gradient into ``grad_out``."""
+    acc = torch.float64 if torch.float64 in (d.dtype, t.dtype) else torch.float32
+    # One fresh accumulation-dtype tensor per model (division by T makes the copy).
+    logq = d.to(acc).div_(temperature) if d.dtype != acc else d / temperature
+    logp = t.to(acc).div_(temperature) if t.dtype != acc else t / temperature
+    lse_q = torch.logsumexp(logq, -1)  # NaN with a NaN, +inf with +inf, -inf if all -inf
+    lse_p = torch.logsumexp(logp, -1)
+    bad = ~(torch.isfinite(lse_q) & torch.isfinite(lse_p))  # [n]: no valid distribution
+    logq.sub_(lse_q.unsqueeze(-1))
+    logp.sub_(lse_p.unsqueeze(-1))
+    q = logq.exp()
+    p = logp.exp()
+    # p_i > 0 exactly where the target logit is finite, even where exp underflows to 0.
+    support = logp > NEG_INF if kind in ("ce", "kl") else None
+    val = divergences(logp, logq, (kind,), support, p, q)[kind]
+    if grad_out is not None:
+        del logp, logq, support
+        if kind in ("ce", "kl"):
+            g = q.sub_(p).div_(temperature)  # (q - p) / T, reusing q's storage
+        else:
+            qlt = torch.where(q < p, q, torch.zeros((), dtype=acc, device=d.device))  # [q_k < p_k] q_k
+            s = qlt.sum(-1, keepdim=True)
+            g = qlt.sub_(q.mul_(s)).div_(temperature if kind == "alpha" else -temperature)
+        g.masked_fill_(bad.unsqueeze(-1), float("nan"))
+        grad_out.copy_(g)
+    return torch.where(bad, torch.full((), float("nan"), dtype=acc, device=d.device), val)
+
+
+def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,
+                          need_grad: bool):
+    """[N, V] draft/target -> (values [N], gradient [N, V] in draft's dtype | None).
+
+    The torch path of `divergence.token_divergence_rows` (which documents the math and the
+    special values): rows in chunks of `chunk_rows`, fp32 arithmetic (float64 for float64
+    inputs, whose values are then float64 too).
+    """
+    N, V = draft.shape
+    acc = torch.float64 if torch.float64 in (draft.dtype, target.dtype) else torch.float32
+    values = torch.empty(N, dtype=acc, device=draft.device)
+    grad = torch.empty_like(draft, memory_format=torch.contiguous_format) if need_grad else None
+    step = chunk_rows(N, V, acc)
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        values[r0:r1] = _divergence_chunk(draft[r0:r1], target[r0:r1], kind, temperature,
+                                          None if grad is None else grad[r0:r1])
+    return values, grad

@@ -11,8 +11,13 @@ import torch
 # first rejected one; drafts after a rejection are drafted but never tested.
 COUNT_DRAFTED, COUNT_ACCEPTED, COUNT_EMITTED, COUNT_STEPS, COUNT_INVALID, COUNT_TESTED = range(6)
 COUNT_NAMES = ("drafted", "accepted", "emitted", "steps", "invalid_rows", "tested")
-SUM_ALPHA, SUM_KL, SUM_CE, SUM_ENTROPY = range(4)
-SUM_NAMES = ("alpha", "kl", "ce", "entropy")
+DIVERGENCE_FIELDS = ("alpha", "kl", "ce", "entropy")
+"""The divergences `verify` measures per drafted position, in this order everywhere: the
+fields of `VerifyOutput`, the tuple a backend returns, and the columns of TaskStats.sums."""
+SUM_ALPHA = DIVERGENCE_FIELDS.index("alpha")
+SUM_KL = DIVERGENCE_FIELDS.index("kl")
+SUM_CE = DIVERGENCE_FIELDS.index("ce")
+SUM_ENTROPY = DIVERGENCE_FIELDS.index("entropy")
 
 
 def speedup(alpha, num_draft: int, cost_ratio: float):
@@ -76,7 +81,7 @@ class TaskStats:
         device = torch.device(device) if device is not None else torch.device("cpu")
         self.counts = torch.zeros(num_tasks, len(COUNT_NAMES), dtype=torch.int64, device=device)
         self.hist = torch.zeros(num_tasks, max_draft + 1, dtype=torch.int64, device=device)
-        self.sums = torch.zeros(num_tasks, len(SUM_NAMES), dtype=torch.float64, device=device)
+        self.sums = torch.zeros(num_tasks, len(DIVERGENCE_FIELDS), dtype=torch.float64, device=device)
 
     @property
     def device(self) -> torch.device:

@@ -3,9 +3,9 @@
 * Without a GPU, TRITON_INTERPRET=1 is set *before* anything imports triton, so the
   Triton kernels run (slowly) in the interpreter on CPU tensors.
 * ``@pytest.mark.cuda`` tests are skipped when no GPU is present.
-* Backends are discovered from ``specfair_kernels.available_backends(device)``, so the
-  suite runs today with only the torch reference and picks up the C++ and Triton
-  backends automatically once they import.
+* Backends are discovered from ``specfair_kernels.available_backends(device)``: the
+  suite runs with only the torch reference, and runs the C++ and Triton backends
+  wherever they import.
 
 Fixtures that parametrize a test (via ``pytest_generate_tests``):
 

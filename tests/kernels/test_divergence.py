@@ -1,6 +1,6 @@
 """token_divergence / divergence.token_divergence_rows: values, gradients, reductions,
-special values, memory bound, validation; the Triton kernel (interpreter on the CPU)
-against the torch path."""
+special values, memory bound, validation; the C++ kernel (csrc/divergence.cpp) and the
+Triton kernel (interpreter on the CPU) against the float64 reference and the torch path."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import specfair_kernels as sk  # noqa: E402
-from specfair_kernels import backends  # noqa: E402
+from specfair_kernels import backends, reference  # noqa: E402
 from specfair_kernels import divergence as D  # noqa: E402
 
 try:
@@ -32,7 +32,9 @@ TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 _skip_no_triton = pytest.mark.skipif(TRITON_ERR is not None, reason=f"triton unavailable: {TRITON_ERR}")
 # The interpreter is slow: its tests are also marked `slow` (deselect with -m "not slow").
 needs_triton = [_skip_no_triton] + ([] if HAS_CUDA else [pytest.mark.slow])
-ROW_BACKENDS = ["torch", "cpp", pytest.param("triton", marks=needs_triton)]
+CPP_ERR = backends.unavailable_reason("cpp", torch.device("cpu"), "token_divergence")
+needs_cpp = [pytest.mark.skipif(CPP_ERR is not None, reason=f"C++ backend unavailable: {CPP_ERR}")]
+ROW_BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp), pytest.param("triton", marks=needs_triton)]
 KINDS = ("ce", "kl", "tv", "alpha")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Values are computed in fp32 from the (rounded) inputs for every dtype; the gradient is
@@ -141,6 +143,17 @@ def test_rows_match_float64_reference(backend, kind, dtype, small_tiles):
     assert bool(grad.isfinite().all())
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+def test_mixed_dtypes_match_float64_reference(backend):
+    """Draft and target may differ in dtype; each is read as it is."""
+    for dd, td in ((torch.bfloat16, torch.float32), (torch.float32, torch.float16), (torch.float16, torch.bfloat16)):
+        d, _ = make_logits(dtype=dd, seed=7)
+        _, t = make_logits(dtype=td, seed=7)
+        for kind in KINDS:
+            vals, grad, w = run_rows(backend, d, t, kind, 0.9)
+            check_against_reference(vals, grad, w, d, t, kind, 0.9)
+
+
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=needs_triton) for k in KINDS])
 def test_triton_equals_torch(kind, small_tiles):
     """The Triton kernel (interpreter on the CPU) equals the torch path, values and grads,
@@ -223,6 +236,19 @@ def test_identical_logits(backend, small_tiles):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_identical_rows_have_exactly_zero_gradient(backend, small_tiles):
+    """alpha / tv: the subgradient takes [q_k < p_k] = 0 at ties, so p == q gives exactly 0
+    (CE / KL: q - p is exactly 0 as well on the torch and C++ paths)."""
+    for dtype in DTYPES:
+        d, _ = make_logits(N=3, V=300, dtype=dtype, device=dev_for(backend), special=False)
+        d[1, :80] = float("-inf")
+        for kind in KINDS if backend != "triton" else ("alpha", "tv"):
+            x = d.clone().requires_grad_(True)
+            D.token_divergence_rows(backend, x, d.clone(), kind, 0.8).sum().backward()
+            assert (x.grad == 0).all(), (kind, dtype)
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
 def test_nan_inf_rows(backend, small_tiles):
     """NaN/+inf or all -inf -> NaN value and NaN gradient in that row only, unless the row's
     incoming gradient is 0 (masked), which gives an exact 0 gradient."""
@@ -256,13 +282,95 @@ def test_vocab_of_one(backend, small_tiles):
         assert (grad == 0).all()
 
 
+# --- the C++ backend runs its own kernel ------------------------------------------------------
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=needs_cpp) for k in KINDS])
+def test_cpp_runs_its_own_kernel(kind, monkeypatch):
+    """backend="cpp" is csrc/divergence.cpp: with the torch path disabled it still runs, and
+    gives exactly what the registered C++ op gives."""
+    d, t = make_logits()
+    want_v, want_g = backends.cpp_op("token_divergence")(d, t, kind, 0.7, True)
+
+    def torch_path(*args, **kwargs):
+        raise AssertionError("backend='cpp' ran the torch path")
+
+    monkeypatch.setattr(reference, "token_divergence_rows", torch_path)
+    x = d.clone().requires_grad_(True)
+    vals = D.token_divergence_rows("cpp", x, t, kind, 0.7)
+    vals.backward(torch.ones_like(vals))
+    assert torch.equal(vals, want_v) and torch.equal(x.grad, want_g)
+    out = sk.token_divergence(d, t, kind=kind, temperature=0.7, reduction="none", backend="cpp")
+    assert torch.equal(out, want_v)
+    with pytest.raises(AssertionError, match="torch path"):
+        sk.token_divergence(d, t, kind=kind, backend="torch")
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=needs_cpp) for k in KINDS])
+def test_auto_takes_cpp_on_the_cpu(kind, monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.select("token_divergence", "auto", torch.device("cpu")) == "cpp"
+    calls = []
+    real = backends.cpp_op
+    monkeypatch.setattr(backends, "cpp_op", lambda name: calls.append(name) or real(name))
+    d, t = make_logits(N=4, V=50, special=False)
+    x = d.clone().requires_grad_(True)
+    sk.token_divergence(x, t, kind=kind).backward()
+    assert calls[0] == "token_divergence"
+
+
+def test_select_names_the_op_when_cpp_is_missing(monkeypatch):
+    monkeypatch.setattr(backends, "load_cpp_extension", lambda: (None, "ImportError: pretend _C was not built"))
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    cpu = torch.device("cpu")
+    assert backends.select("token_divergence", "auto", cpu) == "torch"
+    assert backends.available("cpu", "token_divergence")["cpp"] is not None
+    with pytest.raises(RuntimeError, match=r"backend='cpp' was requested for token_divergence.*pretend"):
+        backends.select("token_divergence", "cpp", cpu)
+    d, t = make_logits(N=2, V=20, special=False)
+    with pytest.raises(RuntimeError, match="token_divergence"):
+        sk.token_divergence(d, t, backend="cpp")
+    with pytest.raises(ValueError, match="op must be one of"):
+        backends.select("sample", "auto", cpu)
+
+
+@needs_cpp[0]
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_cpp_isa_variants_match_float64_reference(isa, monkeypatch):
+    """Every compiled variant of the row kernel (SPECFAIR_CPU_ISA caps the choice)."""
+    monkeypatch.setenv("SPECFAIR_CPU_ISA", isa)
+    if torch.ops.specfair_kernels.cpu_isa() != isa:
+        pytest.skip(f"this CPU does not run {isa}")
+    for dtype in DTYPES:
+        d, t = make_logits(N=6, V=1000, dtype=dtype, seed=4)
+        for kind in KINDS:
+            vals, grad, w = run_rows("cpp", d, t, kind, 1.3)
+            check_against_reference(vals, grad, w, d, t, kind, 1.3)
+
+
+@needs_cpp[0]
+def test_cpp_thread_count_and_float64():
+    d, t = make_logits(N=9, V=700, seed=5)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(run_rows("cpp", d, t, "alpha", 0.9))
+    finally:
+        torch.set_num_threads(old)
+    for o in outs[1:]:
+        assert torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1])
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        D.token_divergence_rows("cpp", d.double(), t.double(), "ce", 1.0)
+
+
 # --- public API: reductions, shapes, mask, per_task ------------------------------------------
 
 def api_backends():
     out = []
     for name in ("torch", "cpp", "triton"):
         dev = dev_for(name)
-        why = backends.unavailable_reason(name, torch.device(dev))
+        why = backends.unavailable_reason(name, torch.device(dev), "token_divergence")
         marks = [pytest.mark.skipif(why is not None, reason=str(why))]
         if name == "triton" and dev == "cpu":
             marks.append(pytest.mark.slow)
@@ -294,10 +402,10 @@ def test_api_reductions(backend, dtype, small_tiles):
         ref = torch.where(mask, ref, 0.0)
         n_keep = mask.sum().double()
 
-        def expect_grad(row_w):  # masked rows: exactly 0 (their reference may be NaN)
+        def expect_grad(row_w, gref_rows=gref_rows):  # masked rows: exactly 0 (their reference may be NaN)
             return torch.where(row_w[..., None] != 0, gref_rows * row_w[..., None], 0.0)
 
-        def run(reduction, **kw):
+        def run(reduction, kind=kind, **kw):
             x = d.clone().requires_grad_(True)
             out = sk.token_divergence(x, t, kind=kind, temperature=T, reduction=reduction, mask=mask,
                                       backend=backend, **kw)
@@ -362,10 +470,10 @@ def test_torch_path_chunks_bound_temporaries(monkeypatch):
     temporaries (TEMPS_PER_ELEMENT fp32 [rows, V]) fit in CHUNK_BYTES.  (tracemalloc does
     not see torch's allocator, so the bound is checked on the op outputs instead.)"""
     N, V = 64, 50_000
-    rows = D.chunk_rows(N, V)
+    rows = reference.chunk_rows(N, V)
     assert 1 <= rows < N
-    assert D.TEMPS_PER_ELEMENT * rows * V * 4 <= D.CHUNK_BYTES
-    assert D.chunk_rows(3, 10_000_000) == 1 and D.chunk_rows(5, 10) == 5
+    assert reference.TEMPS_PER_ELEMENT * rows * V * 4 <= reference.CHUNK_BYTES
+    assert reference.chunk_rows(3, 10_000_000) == 1 and reference.chunk_rows(5, 10) == 5
     d = torch.randn(N, V, dtype=torch.bfloat16)
     t = torch.randn(N, V, dtype=torch.bfloat16)
     x = d.clone().requires_grad_(True)
@@ -377,8 +485,8 @@ def test_torch_path_chunks_bound_temporaries(monkeypatch):
     # Chunking does not change results: 7 rows in chunks of 2 vs all at once.
     d, t = make_logits(N=7, V=300)
     whole = run_rows("torch", d, t, "alpha", 1.0)
-    monkeypatch.setattr(D, "CHUNK_BYTES", D.TEMPS_PER_ELEMENT * 4 * 300 * 2)
-    assert D.chunk_rows(7, 300) == 2
+    monkeypatch.setattr(reference, "CHUNK_BYTES", reference.TEMPS_PER_ELEMENT * 4 * 300 * 2)
+    assert reference.chunk_rows(7, 300) == 2
     parts = run_rows("torch", d, t, "alpha", 1.0)
     torch.testing.assert_close(parts[0], whole[0], rtol=0, atol=0)
     torch.testing.assert_close(parts[1], whole[1], rtol=0, atol=0)

@@ -12,13 +12,11 @@ def _usable():
 
 @pytest.mark.parametrize("backend", _usable())
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_verify_divergence_equals_token_divergence(backend, temperature):
-    g = torch.Generator().manual_seed(3)
-    B, K, V = 3, 3, 57
-    target = torch.randn(B, K + 1, V, generator=g) * 2
-    draft = target[:, :K] + torch.randn(B, K, V, generator=g)
+def test_verify_divergence_equals_token_divergence(backend, temperature, verify_case):
+    K = 3
+    case = verify_case(3, B=3, K=K, V=57, scale=2.0, draft="correlated", ragged=False)
+    target, draft, tokens = case["target_logits"], case["draft_logits"], case["draft_tokens"]
     draft[0, 1, :5] = float("-inf")  # masked drafter entries
-    tokens = torch.randint(0, V, (B, K), generator=g)
     out = sk.verify(target, draft, tokens, temperature=temperature, seed=1, return_divergence=True,
                     backend=backend)
     for kind, got in (("alpha", out.alpha), ("kl", out.kl), ("ce", out.ce)):

@@ -10,35 +10,18 @@ import torch
 import specfair_kernels as sk
 from specfair_kernels import stats as S
 
-DIV_FIELDS = ("alpha", "kl", "ce", "entropy")
 SUM_COLS = {"alpha": S.SUM_ALPHA, "kl": S.SUM_KL, "ce": S.SUM_CE, "entropy": S.SUM_ENTROPY}
+# verify_case options of these tests: drafts sampled from a drafter correlated with the target.
+CASE = dict(scale=1.5, draft="correlated", tokens="from_q", temps=(0.0, 0.5, 1.0, 1.5))
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def _batch(seed, B, K, V, T, device="cpu", invalid_rows=(), greedy_frac=0.25):
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(B, K + 1, V, generator=g) * 1.5
-    draft = target[:, :K] * 0.5 + torch.randn(B, K, V, generator=g)
-    num_draft = torch.randint(0, K + 1, (B,), generator=g)
-    q = torch.softmax(draft, -1).reshape(-1, V) if K else None
-    tokens = torch.multinomial(q, 1, generator=g).reshape(B, K) if K else torch.zeros(B, 0, dtype=torch.int64)
-    tokens = torch.where(torch.arange(K)[None, :] < num_draft[:, None], tokens, -1)
-    temps = torch.rand(B, generator=g) + 0.5
-    temps[torch.rand(B, generator=g) < greedy_frac] = 0.0
-    for b in invalid_rows:
-        target[b, 0, 0] = float("nan")
-    return dict(target_logits=target.to(device), draft_logits=draft.to(device), draft_tokens=tokens.to(device),
-                num_draft=num_draft.to(device), temperature=temps.to(device),
-                task_ids=torch.randint(0, T, (B,), generator=g).to(device),
-                seed=torch.randint(0, 2**62, (B,), generator=g).to(device), step=seed)
-
 
 def _expected_from_outputs(outs, batches, T, max_draft):
     """counts/hist/sums recomputed from verify's own outputs (return_divergence=True)."""
     counts = {name: torch.zeros(T, dtype=torch.int64) for name in S.COUNT_NAMES}
     hist = torch.zeros(T, max_draft + 1, dtype=torch.int64)
-    sums = torch.zeros(T, len(S.SUM_NAMES), dtype=torch.float64)
+    sums = torch.zeros(T, len(S.DIVERGENCE_FIELDS), dtype=torch.float64)
     for out, kw in zip(outs, batches):
         t = kw["task_ids"].cpu()
         nd = kw["num_draft"].cpu().long()
@@ -74,13 +57,14 @@ def _assert_stats_equal(a: sk.TaskStats, b: sk.TaskStats, exact_sums=False):
 
 # --- accumulation --------------------------------------------------------------------------
 
-def test_accumulation_equals_sum_of_per_call_outputs(any_backend):
+def test_accumulation_equals_sum_of_per_call_outputs(any_backend, verify_case):
     bk = any_backend
     T, K = 3, 3
     B, calls = (4, 2) if bk.interpreted else (24, 3)
     stats = sk.TaskStats(T, K + 1, device=bk.device)  # max_draft > K is fine
     assert stats.counts.shape == (T, len(S.COUNT_NAMES)) and stats.hist.shape == (T, K + 2)
-    batches = [_batch(10 + i, B, K, 12, T, bk.device, invalid_rows=(1,) if i == 1 else ()) for i in range(calls)]
+    batches = [verify_case(10 + i, B=B, K=K, V=12, num_tasks=T, device=bk.device, **CASE) for i in range(calls)]
+    batches[1]["target_logits"][1, 0, 0] = float("nan")  # one invalid row
     outs = [_run(stats, kw, bk.name, return_divergence=True) for kw in batches]
     counts, hist, sums = _expected_from_outputs(outs, batches, T, K + 1)
     assert torch.equal(stats.counts.cpu(), counts)
@@ -95,9 +79,9 @@ def test_accumulation_equals_sum_of_per_call_outputs(any_backend):
     _assert_stats_equal(stats, again)
 
 
-def test_default_task_and_no_drafts():
+def test_default_task_and_no_drafts(verify_case):
     stats = sk.TaskStats(2, 0)
-    kw = _batch(3, 8, 0, 10, 2)
+    kw = verify_case(3, B=8, K=0, V=10, num_tasks=2, **CASE)
     del kw["task_ids"]  # default: task 0
     sk.verify(**kw, stats=stats)
     assert stats.counts[0].tolist() == [{"steps": 8, "emitted": 8}.get(n, 0) for n in S.COUNT_NAMES]
@@ -107,9 +91,9 @@ def test_default_task_and_no_drafts():
     assert math.isnan(float(stats.acceptance_rate()[0])) and math.isnan(float(stats.expected_acceptance()[0]))
 
 
-def test_merge_equals_accumulating_both():
+def test_merge_equals_accumulating_both(verify_case):
     T, K = 4, 3
-    batches = [_batch(20 + i, 32, K, 16, T) for i in range(3)]
+    batches = [verify_case(20 + i, B=32, K=K, V=16, num_tasks=T, **CASE) for i in range(3)]
     a, b, both = sk.TaskStats(T, K), sk.TaskStats(T, K), sk.TaskStats(T, K)
     for i, kw in enumerate(batches):
         _run(a if i < 2 else b, kw)
@@ -130,18 +114,18 @@ def test_merge_equals_accumulating_both():
         a.merge({"counts": a.counts})
 
 
-def test_reset():
+def test_reset(verify_case):
     stats = sk.TaskStats(3, 2)
-    _run(stats, _batch(1, 16, 2, 8, 3))
+    _run(stats, verify_case(1, B=16, K=2, V=8, num_tasks=3, **CASE))
     assert int(stats.counts.sum()) > 0
     assert stats.reset() is stats
     for x in (stats.counts, stats.hist, stats.sums):
         assert bool((x == 0).all())
     assert stats.counts.dtype == torch.int64 and stats.sums.dtype == torch.float64
     assert all(math.isnan(v) for v in stats.acceptance_rate().tolist())
-    _run(stats, _batch(1, 16, 2, 8, 3))  # usable again, same result as a fresh one
+    _run(stats, verify_case(1, B=16, K=2, V=8, num_tasks=3, **CASE))  # usable again, same result as a fresh one
     fresh = sk.TaskStats(3, 2)
-    _run(fresh, _batch(1, 16, 2, 8, 3))
+    _run(fresh, verify_case(1, B=16, K=2, V=8, num_tasks=3, **CASE))
     _assert_stats_equal(stats, fresh, exact_sums=True)
 
 
@@ -159,11 +143,11 @@ def test_constructor_validation():
         s.expected_speedup(-0.5)
 
 
-def test_thousands_of_tasks(cheap_backend):
+def test_thousands_of_tasks(cheap_backend, verify_case):
     bk = cheap_backend
     T, B, K = 5000, 64, 4
     stats = sk.TaskStats(T, K, device=bk.device)
-    batches = [_batch(100 + i, B, K, 32, T, bk.device) for i in range(4)]
+    batches = [verify_case(100 + i, B=B, K=K, V=32, num_tasks=T, device=bk.device, **CASE) for i in range(4)]
     outs = [_run(stats, kw, bk.name, return_divergence=True) for kw in batches]
     counts, hist, sums = _expected_from_outputs(outs, batches, T, K)
     assert torch.equal(stats.counts.cpu(), counts)
@@ -230,9 +214,9 @@ def test_realised_acceptance_converges_identical_positions(cheap_backend):
 
 # --- derived views -------------------------------------------------------------------------
 
-def _filled(T=4, K=3, empty=(1,), seed=30):
+def _filled(verify_case, T=4, K=3, empty=(1,), seed=30):
     stats = sk.TaskStats(T, K)
-    kw = _batch(seed, 200, K, 16, T, greedy_frac=0.0)
+    kw = verify_case(seed, B=200, K=K, V=16, num_tasks=T, **{**CASE, "temps": (0.5, 1.0, 1.5)})
     ids = kw["task_ids"]
     for e in empty:
         ids[ids == e] = (e + 1) % T
@@ -240,8 +224,8 @@ def _filled(T=4, K=3, empty=(1,), seed=30):
     return stats
 
 
-def test_derived_views_match_their_formulas():
-    stats = _filled()
+def test_derived_views_match_their_formulas(verify_case):
+    stats = _filled(verify_case)
     c, s = stats.counts.double(), stats.sums
     col = lambda i: c[:, i]  # noqa: E731
 
@@ -293,8 +277,8 @@ def test_speedup_formula_edge_cases():
     assert float(sp[1]) == pytest.approx(sk.speedup(0.5, g, c))
 
 
-def test_views_with_empty_tasks_are_nan_and_excluded_from_unfairness():
-    stats = _filled(T=5, empty=(1, 4))
+def test_views_with_empty_tasks_are_nan_and_excluded_from_unfairness(verify_case):
+    stats = _filled(verify_case, T=5, empty=(1, 4))
     have = [0, 2, 3]
     for name in ("acceptance_rate", "expected_acceptance", "mean_kl", "mean_ce", "mean_entropy", "tokens_per_step"):
         v = getattr(stats, name)()
@@ -315,8 +299,8 @@ def test_views_with_empty_tasks_are_nan_and_excluded_from_unfairness():
                       "speedup_variance", "speedup_max_min_ratio"}
 
 
-def test_speedup_of_empty_tasks_is_nan_and_excluded():
-    stats = _filled(T=5, empty=(1, 4))
+def test_speedup_of_empty_tasks_is_nan_and_excluded(verify_case):
+    stats = _filled(verify_case, T=5, empty=(1, 4))
     have = [0, 2, 3]
     sp = stats.expected_speedup(0.1)
     assert bool(sp[[1, 4]].isnan().all())
@@ -325,9 +309,9 @@ def test_speedup_of_empty_tasks_is_nan_and_excluded():
     assert u["speedup_max_min_ratio"] == pytest.approx(float(sp[have].max() / sp[have].min()), rel=1e-12)
 
 
-def test_single_task():
+def test_single_task(verify_case):
     stats = sk.TaskStats(1, 3)
-    _run(stats, _batch(40, 64, 3, 16, 1))
+    _run(stats, verify_case(40, B=64, K=3, V=16, num_tasks=1, **CASE))
     u = stats.unfairness(0.2)
     assert u["U_ce"] == 0.0 and u["U_kl"] == 0.0 and u["acceptance_variance"] == 0.0
     assert u["acceptance_max_min_ratio"] == 1.0 and u["speedup_max_min_ratio"] == 1.0
@@ -340,8 +324,8 @@ def test_no_data_at_all():
     json.dumps(stats.to_dict(), allow_nan=True)
 
 
-def test_to_dict_is_json_serialisable():
-    stats = _filled(T=4, empty=(1,))
+def test_to_dict_is_json_serialisable(verify_case):
+    stats = _filled(verify_case, T=4, empty=(1,))
     d = stats.to_dict(cost_ratio=0.25)
     text = json.dumps(d, allow_nan=True)
     back = json.loads(text)
@@ -360,10 +344,10 @@ def test_to_dict_is_json_serialisable():
 
 # --- determinism and distribution -----------------------------------------------------------
 
-def test_deterministic_sums_are_bitwise_reproducible(cheap_backend):
+def test_deterministic_sums_are_bitwise_reproducible(cheap_backend, verify_case):
     bk = cheap_backend
     T, K = 7, 3
-    batches = [_batch(50 + i, 48, K, 24, T, bk.device) for i in range(3)]
+    batches = [verify_case(50 + i, B=48, K=K, V=24, num_tasks=T, device=bk.device, **CASE) for i in range(3)]
     runs = []
     for _ in range(2):
         stats = sk.TaskStats(T, K, device=bk.device, deterministic=True)
@@ -378,13 +362,13 @@ def test_deterministic_sums_are_bitwise_reproducible(cheap_backend):
     _assert_stats_equal(runs[0], loose)
 
 
-def _allreduce_worker(rank, world, init_file, out_dir):
+def _allreduce_worker(rank, world, init_file, out_dir, batches):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         stats = sk.TaskStats(4, 3)
-        _run(stats, _batch(60 + rank, 16 + 8 * rank, 3, 16, 4))
+        _run(stats, batches[rank])
         before = stats.clone()
         assert stats.all_reduce() is stats
         torch.save({"before": (before.counts, before.hist, before.sums),
@@ -393,14 +377,15 @@ def _allreduce_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def test_all_reduce_over_two_gloo_processes(tmp_path):
+def test_all_reduce_over_two_gloo_processes(tmp_path, verify_case):
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is unavailable")
     world = 2
-    mp.spawn(_allreduce_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
+    batches = [verify_case(60 + rank, B=16 + 8 * rank, K=3, V=16, num_tasks=4, **CASE) for rank in range(world)]
+    mp.spawn(_allreduce_worker, args=(world, str(tmp_path / "store"), str(tmp_path), batches), nprocs=world, join=True)
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for i in range(3):
         total = res[0]["before"][i] + res[1]["before"][i]
@@ -410,10 +395,10 @@ def test_all_reduce_over_two_gloo_processes(tmp_path):
 
 
 @pytest.mark.cuda
-def test_cuda_stats_match_cpu():
+def test_cuda_stats_match_cpu(verify_case):
     """The GPU accumulator (Triton path) equals the CPU one."""
     T, K = 5, 3
-    batches = [_batch(70 + i, 32, K, 64, T) for i in range(2)]
+    batches = [verify_case(70 + i, B=32, K=K, V=64, num_tasks=T, **CASE) for i in range(2)]
     cpu, gpu = sk.TaskStats(T, K), sk.TaskStats(T, K, device="cuda", deterministic=True)
     for kw in batches:
         _run(cpu, kw, "torch")

@@ -4,49 +4,46 @@ import pytest
 import torch
 
 import specfair_kernels as sk
+from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 pytestmark = pytest.mark.cuda
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _case(B, K, V, dtype, seed=0, onehot=False):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    target = (torch.randn(B, K + 1, V, device="cuda", generator=g) * 3).to(dtype)
-    draft = None if onehot else (target[:, :K].float() + torch.randn(B, K, V, device="cuda", generator=g)).to(dtype)
-    q = torch.softmax((target[:, :K] if onehot else draft).float(), -1)
-    tokens = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
-    num_draft = torch.randint(0, K + 1, (B,), device="cuda", generator=g)
-    temp = torch.tensor([0.0, 0.7, 1.0, 1.3], device="cuda")[torch.arange(B, device="cuda") % 4]
-    return target, draft, tokens, num_draft, temp
+def _case(verify_case, B, K, V, dtype, seed=0, onehot=False):
+    """(target, draft | None, tokens, num_draft, temperature) on the GPU; drafts sampled from q."""
+    c = verify_case(seed, B=B, K=K, V=V, tdtype=dtype, ddtype=dtype, draft="onehot" if onehot else "correlated",
+                    tokens="from_q", temps=(0.0, 0.7, 1.0, 1.3), device="cuda")
+    return c["target_logits"], c["draft_logits"], c["draft_tokens"], c["num_draft"], c["temperature"]
 
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,K,V", [(1, 4, 151936), (16, 4, 32000), (64, 8, 128256)])
-def test_triton_equals_reference_on_gpu(B, K, V, dtype):
-    target, draft, tokens, num_draft, temp = _case(B, K, V, dtype)
+def test_triton_equals_reference_on_gpu(B, K, V, dtype, verify_case):
+    target, draft, tokens, num_draft, temp = _case(verify_case, B, K, V, dtype)
     seed = torch.arange(B, device="cuda") * 7 + 1
     outs = {be: sk.verify(target, draft, tokens, num_draft=num_draft, temperature=temp, seed=seed, step=3,
                           return_divergence=True, backend=be) for be in ("triton", "torch")}
     a, b = outs["triton"], outs["torch"]
     assert torch.equal(a.tokens, b.tokens)
     assert torch.equal(a.num_accepted, b.num_accepted)
-    for k in ("alpha", "kl", "ce", "entropy"):
+    for k in DIVERGENCE_FIELDS:
         torch.testing.assert_close(getattr(a, k), getattr(b, k), rtol=1e-4, atol=2e-4)
 
 
 @cuda
-def test_one_hot_drafts_on_gpu():
-    target, draft, tokens, num_draft, temp = _case(8, 4, 50000, torch.bfloat16, onehot=True)
+def test_one_hot_drafts_on_gpu(verify_case):
+    target, draft, tokens, num_draft, temp = _case(verify_case, 8, 4, 50000, torch.bfloat16, onehot=True)
     outs = [sk.verify(target, None, tokens, num_draft=num_draft, temperature=temp, seed=5, backend=be)
             for be in ("triton", "torch")]
     assert torch.equal(outs[0].tokens, outs[1].tokens)
 
 
 @cuda
-def test_cuda_graph_capture_and_replay():
+def test_cuda_graph_capture_and_replay(verify_case):
     B, K, V = 4, 4, 151936
-    target, draft, tokens, num_draft, temp = _case(B, K, V, torch.bfloat16)
+    target, draft, tokens, num_draft, temp = _case(verify_case, B, K, V, torch.bfloat16)
     seed = torch.arange(B, device="cuda") + 11
     step = torch.zeros(B, dtype=torch.int64, device="cuda")
     stats = sk.TaskStats(2, K, device="cuda")
@@ -75,9 +72,9 @@ def test_cuda_graph_capture_and_replay():
 
 
 @cuda
-def test_deterministic_stats_are_bitwise_reproducible():
+def test_deterministic_stats_are_bitwise_reproducible(verify_case):
     B, K, V, T = 64, 4, 32000, 7
-    target, draft, tokens, num_draft, temp = _case(B, K, V, torch.bfloat16)
+    target, draft, tokens, num_draft, temp = _case(verify_case, B, K, V, torch.bfloat16)
     task_ids = torch.randint(0, T, (B,), device="cuda")
     sums = []
     for _ in range(2):

@@ -17,22 +17,20 @@ import torch
 import specfair_kernels as sk
 from specfair_kernels import backends as sk_backends
 from specfair_kernels import stats as sk_stats
+from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 B, K, V = 3, 2, 8
 NAN, INF = float("nan"), float("inf")
 
 
-def _inputs(device="cpu", seed=0, B=B, K=K, V=V):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        target_logits=torch.randn(B, K + 1, V, generator=g).to(device),
-        draft_logits=torch.randn(B, K, V, generator=g).to(device),
-        draft_tokens=torch.randint(0, V, (B, K), generator=g).to(device),
-    )
+def _inputs(verify_case, device="cpu"):
+    """target_logits [B, K+1, V], draft_logits [B, K, V] and in-range draft_tokens [B, K]."""
+    case = verify_case(0, B=B, K=K, V=V, scale=1.0, ragged=False, device=device)
+    return {k: case[k] for k in ("target_logits", "draft_logits", "draft_tokens")}
 
 
-def _error(backend, device="cpu", **overrides):
-    kw = _inputs(device)
+def _error(verify_case, backend, device="cpu", **overrides):
+    kw = _inputs(verify_case, device)
     kw.update(overrides)
     kw.setdefault("seed", 1)
     try:
@@ -42,109 +40,122 @@ def _error(backend, device="cpu", **overrides):
     raise AssertionError(f"no error for {sorted(overrides)}")
 
 
-# Each case: (id, expected exception, regex the message must match, overrides builder).
-def _bad_cases(dev):
-    t = _inputs(dev)
-    tgt, drf, tok = t["target_logits"], t["draft_logits"], t["draft_tokens"]
-    on = lambda x: x.to(dev)  # noqa: E731
-    stats_small = sk.TaskStats(2, K - 1, device=dev)
-    stats = sk.TaskStats(2, K, device=dev)
-    return [
-        # shapes
-        ("target_2d", ValueError, "target_logits", dict(target_logits=tgt[:, 0])),
-        ("target_no_positions", ValueError, "target_logits", dict(target_logits=tgt[:, :0], draft_logits=drf[:, :0],
-                                                                 draft_tokens=tok[:, :0])),
-        ("target_empty_vocab", ValueError, "target_logits", dict(target_logits=tgt[..., :0])),
-        ("draft_tokens_K_plus_1", ValueError, "draft_tokens", dict(draft_tokens=torch.cat([tok, tok[:, :1]], 1))),
-        ("draft_tokens_batch", ValueError, "draft_tokens", dict(draft_tokens=tok[:2])),
-        ("draft_tokens_1d", ValueError, "draft_tokens", dict(draft_tokens=tok[0])),
-        ("draft_logits_K_plus_1", ValueError, "draft_logits", dict(draft_logits=tgt)),
-        ("draft_logits_K_minus_1", ValueError, "draft_logits", dict(draft_logits=drf[:, :1])),
-        ("draft_logits_vocab", ValueError, "draft_logits.*vocabulary", dict(draft_logits=drf[..., :V - 1])),
-        ("draft_logits_batch", ValueError, "draft_logits.*batch", dict(draft_logits=drf[:2])),
-        ("draft_logits_2d", ValueError, "draft_logits", dict(draft_logits=drf[:, 0])),
-        ("num_draft_shape", ValueError, "num_draft", dict(num_draft=on(torch.tensor([1, 1])))),
-        ("temperature_shape", ValueError, "temperature", dict(temperature=on(torch.ones(B + 1)))),
-        ("seed_shape", ValueError, "seed", dict(seed=on(torch.zeros(2, B, dtype=torch.int64)))),
-        # dtypes
-        ("target_int", TypeError, "target_logits", dict(target_logits=tgt.long())),
-        ("target_float64", TypeError, "target_logits", dict(target_logits=tgt.double())),
-        ("target_not_tensor", TypeError, "target_logits", dict(target_logits=tgt.tolist())),
-        ("draft_logits_int", TypeError, "draft_logits", dict(draft_logits=drf.int())),
-        ("draft_logits_float64", TypeError, "draft_logits", dict(draft_logits=drf.double())),
-        ("draft_tokens_float", TypeError, "draft_tokens", dict(draft_tokens=tok.float())),
-        ("draft_tokens_int16", TypeError, "draft_tokens", dict(draft_tokens=tok.short())),
-        ("draft_tokens_list", TypeError, "draft_tokens", dict(draft_tokens=tok.tolist())),
-        ("num_draft_float", TypeError, "num_draft", dict(num_draft=1.0)),
-        ("num_draft_float_tensor", TypeError, "num_draft", dict(num_draft=on(torch.ones(B)))),
-        ("num_draft_bool", TypeError, "num_draft", dict(num_draft=True)),
-        ("temperature_str", TypeError, "temperature", dict(temperature="1")),
-        ("temperature_int_tensor", TypeError, "temperature", dict(temperature=on(torch.ones(B, dtype=torch.int64)))),
-        ("seed_float", TypeError, "seed", dict(seed=1.5)),
-        ("seed_float_tensor", TypeError, "seed", dict(seed=on(torch.ones(B)))),
-        ("step_float", TypeError, "step", dict(step=0.5)),
-        ("task_ids_float", TypeError, "task_ids", dict(task_ids=on(torch.zeros(B)), stats=stats)),
-        ("return_divergence_int", TypeError, "return_divergence", dict(return_divergence=1)),
-        ("stats_wrong_type", TypeError, "stats", dict(stats={"counts": 0})),
-        # devices ("meta" is always another device)
-        ("draft_tokens_meta", ValueError, "draft_tokens.*meta", dict(draft_tokens=tok.to("meta"))),
-        ("draft_logits_meta", ValueError, "draft_logits.*meta", dict(draft_logits=drf.to("meta"))),
-        ("num_draft_meta", ValueError, "num_draft.*meta", dict(num_draft=torch.ones(B, dtype=torch.int64, device="meta"))),
-        ("temperature_meta", ValueError, "temperature.*meta", dict(temperature=torch.ones(B, device="meta"))),
-        ("seed_meta", ValueError, "seed.*meta", dict(seed=torch.ones(B, dtype=torch.int64, device="meta"))),
-        ("stats_meta", ValueError, "stats.*meta", dict(stats=sk.TaskStats(2, K, device="meta"))),
-        ("task_ids_meta", ValueError, "task_ids.*meta", dict(stats=stats, task_ids=torch.zeros(B, dtype=torch.int64,
-                                                                                             device="meta"))),
-        # values
-        ("draft_token_too_big", ValueError, "draft_tokens", dict(draft_tokens=on(torch.full((B, K), V)))),
-        ("draft_token_negative", ValueError, "draft_tokens", dict(draft_tokens=on(torch.tensor([[0, 1], [-1, 0], [2, 3]])))),
-        ("draft_token_negative_at_valid_pos", ValueError, "draft_tokens",
-         dict(draft_tokens=on(torch.tensor([[0, -1], [1, 1], [2, 2]])), num_draft=on(torch.tensor([2, 0, 1])))),
-        ("num_draft_negative", ValueError, "num_draft", dict(num_draft=-1)),
-        ("num_draft_above_K", ValueError, "num_draft", dict(num_draft=on(torch.tensor([0, K + 1, 1])))),
-        ("temperature_negative", ValueError, "temperature", dict(temperature=-0.5)),
-        ("temperature_nan", ValueError, "temperature", dict(temperature=NAN)),
-        ("temperature_inf", ValueError, "temperature", dict(temperature=INF)),
-        ("temperature_row_nan", ValueError, "temperature", dict(temperature=on(torch.tensor([1.0, NAN, 0.0])))),
-        ("temperature_row_negative", ValueError, "temperature", dict(temperature=on(torch.tensor([1.0, 0.5, -1e-3])))),
-        ("step_negative", ValueError, "step", dict(step=-1)),
-        ("task_ids_above_T", ValueError, "task_ids", dict(stats=stats, task_ids=on(torch.tensor([0, 2, 1])))),
-        ("task_ids_negative", ValueError, "task_ids", dict(stats=stats, task_ids=on(torch.tensor([0, -1, 1])))),
-        ("task_ids_without_stats", ValueError, "task_ids", dict(task_ids=on(torch.zeros(B, dtype=torch.int64)))),
-        ("stats_max_draft_too_small", ValueError, "max_draft", dict(stats=stats_small)),
-        # backend argument
-        ("backend_unknown", ValueError, "backend.*'nope'", dict(backend_override="nope")),
-        ("backend_not_str", TypeError, "backend", dict(backend_override=3)),
-    ]
+class _Inputs:
+    """What a bad case is built from: the good inputs and two TaskStats on `dev`."""
+
+    def __init__(self, verify_case, dev):
+        t = _inputs(verify_case, dev)
+        self.tgt, self.drf, self.tok = t["target_logits"], t["draft_logits"], t["draft_tokens"]
+        self.dev = dev
+        self.stats_small = sk.TaskStats(2, K - 1, device=dev)
+        self.stats = sk.TaskStats(2, K, device=dev)
+
+    def on(self, x):
+        return x.to(self.dev)
 
 
-_CASE_IDS = [c[0] for c in _bad_cases("cpu")]
+# Each case: (id, expected exception, regex the message must match, overrides(_Inputs)).
+BAD_CASES = [
+    # shapes
+    ("target_2d", ValueError, "target_logits", lambda c: dict(target_logits=c.tgt[:, 0])),
+    ("target_no_positions", ValueError, "target_logits",
+     lambda c: dict(target_logits=c.tgt[:, :0], draft_logits=c.drf[:, :0], draft_tokens=c.tok[:, :0])),
+    ("target_empty_vocab", ValueError, "target_logits", lambda c: dict(target_logits=c.tgt[..., :0])),
+    ("draft_tokens_K_plus_1", ValueError, "draft_tokens",
+     lambda c: dict(draft_tokens=torch.cat([c.tok, c.tok[:, :1]], 1))),
+    ("draft_tokens_batch", ValueError, "draft_tokens", lambda c: dict(draft_tokens=c.tok[:2])),
+    ("draft_tokens_1d", ValueError, "draft_tokens", lambda c: dict(draft_tokens=c.tok[0])),
+    ("draft_logits_K_plus_1", ValueError, "draft_logits", lambda c: dict(draft_logits=c.tgt)),
+    ("draft_logits_K_minus_1", ValueError, "draft_logits", lambda c: dict(draft_logits=c.drf[:, :1])),
+    ("draft_logits_vocab", ValueError, "draft_logits.*vocabulary", lambda c: dict(draft_logits=c.drf[..., :V - 1])),
+    ("draft_logits_batch", ValueError, "draft_logits.*batch", lambda c: dict(draft_logits=c.drf[:2])),
+    ("draft_logits_2d", ValueError, "draft_logits", lambda c: dict(draft_logits=c.drf[:, 0])),
+    ("num_draft_shape", ValueError, "num_draft", lambda c: dict(num_draft=c.on(torch.tensor([1, 1])))),
+    ("temperature_shape", ValueError, "temperature", lambda c: dict(temperature=c.on(torch.ones(B + 1)))),
+    ("seed_shape", ValueError, "seed", lambda c: dict(seed=c.on(torch.zeros(2, B, dtype=torch.int64)))),
+    # dtypes
+    ("target_int", TypeError, "target_logits", lambda c: dict(target_logits=c.tgt.long())),
+    ("target_float64", TypeError, "target_logits", lambda c: dict(target_logits=c.tgt.double())),
+    ("target_not_tensor", TypeError, "target_logits", lambda c: dict(target_logits=c.tgt.tolist())),
+    ("draft_logits_int", TypeError, "draft_logits", lambda c: dict(draft_logits=c.drf.int())),
+    ("draft_logits_float64", TypeError, "draft_logits", lambda c: dict(draft_logits=c.drf.double())),
+    ("draft_tokens_float", TypeError, "draft_tokens", lambda c: dict(draft_tokens=c.tok.float())),
+    ("draft_tokens_int16", TypeError, "draft_tokens", lambda c: dict(draft_tokens=c.tok.short())),
+    ("draft_tokens_list", TypeError, "draft_tokens", lambda c: dict(draft_tokens=c.tok.tolist())),
+    ("num_draft_float", TypeError, "num_draft", lambda c: dict(num_draft=1.0)),
+    ("num_draft_float_tensor", TypeError, "num_draft", lambda c: dict(num_draft=c.on(torch.ones(B)))),
+    ("num_draft_bool", TypeError, "num_draft", lambda c: dict(num_draft=True)),
+    ("temperature_str", TypeError, "temperature", lambda c: dict(temperature="1")),
+    ("temperature_int_tensor", TypeError, "temperature",
+     lambda c: dict(temperature=c.on(torch.ones(B, dtype=torch.int64)))),
+    ("seed_float", TypeError, "seed", lambda c: dict(seed=1.5)),
+    ("seed_float_tensor", TypeError, "seed", lambda c: dict(seed=c.on(torch.ones(B)))),
+    ("step_float", TypeError, "step", lambda c: dict(step=0.5)),
+    ("task_ids_float", TypeError, "task_ids", lambda c: dict(task_ids=c.on(torch.zeros(B)), stats=c.stats)),
+    ("return_divergence_int", TypeError, "return_divergence", lambda c: dict(return_divergence=1)),
+    ("stats_wrong_type", TypeError, "stats", lambda c: dict(stats={"counts": 0})),
+    # devices ("meta" is always another device)
+    ("draft_tokens_meta", ValueError, "draft_tokens.*meta", lambda c: dict(draft_tokens=c.tok.to("meta"))),
+    ("draft_logits_meta", ValueError, "draft_logits.*meta", lambda c: dict(draft_logits=c.drf.to("meta"))),
+    ("num_draft_meta", ValueError, "num_draft.*meta",
+     lambda c: dict(num_draft=torch.ones(B, dtype=torch.int64, device="meta"))),
+    ("temperature_meta", ValueError, "temperature.*meta", lambda c: dict(temperature=torch.ones(B, device="meta"))),
+    ("seed_meta", ValueError, "seed.*meta", lambda c: dict(seed=torch.ones(B, dtype=torch.int64, device="meta"))),
+    ("stats_meta", ValueError, "stats.*meta", lambda c: dict(stats=sk.TaskStats(2, K, device="meta"))),
+    ("task_ids_meta", ValueError, "task_ids.*meta",
+     lambda c: dict(stats=c.stats, task_ids=torch.zeros(B, dtype=torch.int64, device="meta"))),
+    # values
+    ("draft_token_too_big", ValueError, "draft_tokens", lambda c: dict(draft_tokens=c.on(torch.full((B, K), V)))),
+    ("draft_token_negative", ValueError, "draft_tokens",
+     lambda c: dict(draft_tokens=c.on(torch.tensor([[0, 1], [-1, 0], [2, 3]])))),
+    ("draft_token_negative_at_valid_pos", ValueError, "draft_tokens",
+     lambda c: dict(draft_tokens=c.on(torch.tensor([[0, -1], [1, 1], [2, 2]])),
+                    num_draft=c.on(torch.tensor([2, 0, 1])))),
+    ("num_draft_negative", ValueError, "num_draft", lambda c: dict(num_draft=-1)),
+    ("num_draft_above_K", ValueError, "num_draft", lambda c: dict(num_draft=c.on(torch.tensor([0, K + 1, 1])))),
+    ("temperature_negative", ValueError, "temperature", lambda c: dict(temperature=-0.5)),
+    ("temperature_nan", ValueError, "temperature", lambda c: dict(temperature=NAN)),
+    ("temperature_inf", ValueError, "temperature", lambda c: dict(temperature=INF)),
+    ("temperature_row_nan", ValueError, "temperature", lambda c: dict(temperature=c.on(torch.tensor([1.0, NAN, 0.0])))),
+    ("temperature_row_negative", ValueError, "temperature",
+     lambda c: dict(temperature=c.on(torch.tensor([1.0, 0.5, -1e-3])))),
+    ("step_negative", ValueError, "step", lambda c: dict(step=-1)),
+    ("task_ids_above_T", ValueError, "task_ids", lambda c: dict(stats=c.stats, task_ids=c.on(torch.tensor([0, 2, 1])))),
+    ("task_ids_negative", ValueError, "task_ids",
+     lambda c: dict(stats=c.stats, task_ids=c.on(torch.tensor([0, -1, 1])))),
+    ("task_ids_without_stats", ValueError, "task_ids",
+     lambda c: dict(task_ids=c.on(torch.zeros(B, dtype=torch.int64)))),
+    ("stats_max_draft_too_small", ValueError, "max_draft", lambda c: dict(stats=c.stats_small)),
+    # backend argument
+    ("backend_unknown", ValueError, "backend.*'nope'", lambda c: dict(backend_override="nope")),
+    ("backend_not_str", TypeError, "backend", lambda c: dict(backend_override=3)),
+]
 
 
-@pytest.mark.parametrize("case_id", _CASE_IDS)
-def test_bad_input_raises_naming_the_argument(any_backend, case_id):
-    (_, exc_type, pattern, overrides), = [c for c in _bad_cases(any_backend.device) if c[0] == case_id]
-    overrides = dict(overrides)
+@pytest.mark.parametrize("case", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_input_raises_naming_the_argument(any_backend, case, verify_case):
+    _, exc_type, pattern, build = case
+    overrides = build(_Inputs(verify_case, any_backend.device))
     own_backend = "backend_override" in overrides
     backend = overrides.pop("backend_override", any_backend.name)
-    err = _error(backend, any_backend.device, **overrides)
+    err = _error(verify_case, backend, any_backend.device, **overrides)
     assert type(err) is exc_type, f"{type(err).__name__}: {err}"
     assert re.search(pattern, str(err)), str(err)
     # Identical to the reference backend's message (validation precedes dispatch).
     if not own_backend:
-        ref = _error("torch", any_backend.device, **overrides)
+        ref = _error(verify_case, "torch", any_backend.device, **overrides)
         assert type(ref) is type(err) and str(ref) == str(err)
 
 
 @pytest.mark.parametrize("name", ["seed", "step", "num_draft"])
-def test_python_ints_outside_int64_name_the_argument(name):
+def test_python_ints_outside_int64_name_the_argument(name, verify_case):
     with pytest.raises((ValueError, TypeError), match=name):
-        sk.verify(**_inputs(), **{"seed": 0, name: 2**64}, backend="torch")
+        sk.verify(**_inputs(verify_case), **{"seed": 0, name: 2**64}, backend="torch")
 
 
-def test_padded_positions_may_hold_anything(any_backend):
+def test_padded_positions_may_hold_anything(any_backend, verify_case):
     """Out-of-range draft tokens after num_draft (e.g. -1 or V) are ignored."""
-    kw = _inputs(any_backend.device)
+    kw = _inputs(verify_case, any_backend.device)
     tok = kw["draft_tokens"].clone()
     num_draft = torch.tensor([2, 1, 0], device=any_backend.device)
     tok[1, 1] = -1
@@ -161,10 +172,10 @@ def test_padded_positions_may_hold_anything(any_backend):
     assert torch.equal(out.tokens, out2.tokens)
 
 
-def test_failed_validation_leaves_stats_untouched(any_backend):
+def test_failed_validation_leaves_stats_untouched(any_backend, verify_case):
     dev = any_backend.device
     stats = sk.TaskStats(3, K, device=dev)
-    kw = _inputs(dev)
+    kw = _inputs(verify_case, dev)
     sk.verify(**kw, stats=stats, task_ids=torch.tensor([0, 1, 2], device=dev), seed=0, backend=any_backend.name)
     before = [x.clone() for x in (stats.counts, stats.hist, stats.sums)]
     assert int(stats.counts[:, sk_stats.COUNT_STEPS].sum()) == B
@@ -187,25 +198,25 @@ def test_failed_validation_leaves_stats_untouched(any_backend):
 # --- backend selection -------------------------------------------------------------------
 
 def _pretend_cpp_missing(monkeypatch):
-    monkeypatch.setattr(sk_backends, "_cpp_module", lambda: (None, "ImportError: pretend _C was not built"))
+    monkeypatch.setattr(sk_backends, "load_cpp_extension", lambda: (None, "ImportError: pretend _C was not built"))
 
 
-def test_unavailable_backend_raises_runtime_error(monkeypatch):
+def test_unavailable_backend_raises_runtime_error(monkeypatch, verify_case):
     _pretend_cpp_missing(monkeypatch)
     assert sk.available_backends("cpu")["cpp"] is not None
     with pytest.raises(RuntimeError, match=r"backend='cpp'.*unavailable.*pretend"):
-        sk.verify(**_inputs(), seed=0, backend="cpp")
+        sk.verify(**_inputs(verify_case), seed=0, backend="cpp")
     # 'auto' falls back to torch instead.
-    out = sk.verify(**_inputs(), seed=0, backend="auto")
-    ref = sk.verify(**_inputs(), seed=0, backend="torch")
+    out = sk.verify(**_inputs(verify_case), seed=0, backend="auto")
+    ref = sk.verify(**_inputs(verify_case), seed=0, backend="torch")
     assert torch.equal(out.tokens, ref.tokens)
 
 
-def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch, verify_case):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert sk.available_backends("cpu")["triton"] is not None
     with pytest.raises(RuntimeError, match="triton"):
-        sk.verify(**_inputs(), seed=0, backend="triton")
+        sk.verify(**_inputs(verify_case), seed=0, backend="triton")
 
 
 def test_cpp_rejects_gpu_tensors():
@@ -213,7 +224,7 @@ def test_cpp_rejects_gpu_tensors():
     assert why is not None and "CPU" in why
 
 
-def test_env_var_selects_the_backend(monkeypatch):
+def test_env_var_selects_the_backend(monkeypatch, verify_case):
     from specfair_kernels import reference
 
     calls = []
@@ -225,22 +236,22 @@ def test_env_var_selects_the_backend(monkeypatch):
 
     monkeypatch.setattr(reference, "verify", spy)
     monkeypatch.setenv(sk_backends.ENV_VAR, "torch")
-    sk.verify(**_inputs(), seed=0)  # backend="auto" honours SPECFAIR_BACKEND
+    sk.verify(**_inputs(verify_case), seed=0)  # backend="auto" honours SPECFAIR_BACKEND
     assert len(calls) == 1
     # An explicit backend overrides the variable.
     if "cpp" in [n for n, w in sk.available_backends("cpu").items() if w is None]:
-        sk.verify(**_inputs(), seed=0, backend="cpp")
+        sk.verify(**_inputs(verify_case), seed=0, backend="cpp")
         assert len(calls) == 1
     # The variable naming an unavailable backend is an error that names the variable.
     _pretend_cpp_missing(monkeypatch)
     monkeypatch.setenv(sk_backends.ENV_VAR, "cpp")
     with pytest.raises(RuntimeError, match="SPECFAIR_BACKEND='cpp'"):
-        sk.verify(**_inputs(), seed=0)
+        sk.verify(**_inputs(verify_case), seed=0)
     monkeypatch.setenv(sk_backends.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="bogus"):
-        sk.verify(**_inputs(), seed=0)
+        sk.verify(**_inputs(verify_case), seed=0)
     monkeypatch.setenv(sk_backends.ENV_VAR, "")  # empty means auto
-    sk.verify(**_inputs(), seed=0)
+    sk.verify(**_inputs(verify_case), seed=0)
 
 
 def test_import_without_triton_in_a_subprocess():
@@ -277,12 +288,11 @@ def test_import_without_triton_in_a_subprocess():
 
 # --- NaN / inf: a defined result ---------------------------------------------------------
 
-def _nan_batch(dev, one_hot=False):
+def _nan_batch(verify_case, dev, one_hot=False):
     """6 rows, K=3, V=8: rows 1-4 are invalid, 0 and 5 fine, some garbage at padded positions."""
-    g = torch.Generator().manual_seed(11)
     Bn, Kn, Vn = 6, 3, 8
-    target = torch.randn(Bn, Kn + 1, Vn, generator=g)
-    draft = torch.randn(Bn, Kn, Vn, generator=g)
+    case = verify_case(11, B=Bn, K=Kn, V=Vn, scale=1.0, ragged=False)
+    target, draft, tokens = case["target_logits"], case["draft_logits"], case["draft_tokens"]
     num_draft = torch.tensor([3, 3, 2, 3, 1, 1])
     target[1, 0, 3] = NAN  # NaN at a used target position
     if one_hot:
@@ -302,7 +312,6 @@ def _nan_batch(dev, one_hot=False):
     target[5, 3, 0] = INF
     draft[5, 1:] = NAN
     draft[5, 2] = -INF
-    tokens = torch.randint(0, Vn, (Bn, Kn), generator=g)
     tokens[0] = torch.tensor([1, 2, 4])  # p > 0 at row 0's drafts
     tokens[5, 1:] = -1
     return dict(target_logits=target.to(dev), draft_logits=None if one_hot else draft.to(dev),
@@ -312,9 +321,9 @@ def _nan_batch(dev, one_hot=False):
 
 
 @pytest.mark.parametrize("one_hot", [False, True], ids=["dense", "one_hot"])
-def test_nan_and_inf_rows_emit_nothing(any_backend, one_hot):
+def test_nan_and_inf_rows_emit_nothing(any_backend, one_hot, verify_case):
     dev = any_backend.device
-    kw = _nan_batch(dev, one_hot)
+    kw = _nan_batch(verify_case, dev, one_hot)
     stats = sk.TaskStats(3, 3, device=dev)
     task_ids = torch.tensor([0, 1, 1, 1, 1, 2], device=dev)  # task 1 holds only invalid rows
     out = sk.verify(**kw, return_divergence=True, stats=stats, task_ids=task_ids, backend=any_backend.name)
@@ -324,7 +333,7 @@ def test_nan_and_inf_rows_emit_nothing(any_backend, one_hot):
     assert torch.equal(n_acc[invalid], torch.zeros(4, dtype=torch.int32))
     assert bool((tokens[invalid] == -1).all())
     used = torch.arange(3)[None, :] < kw["num_draft"].cpu()[:, None]
-    for f in ("alpha", "kl", "ce", "entropy"):
+    for f in DIVERGENCE_FIELDS:
         v = getattr(out, f).cpu()
         assert bool(v[invalid][used[invalid]].isnan().all()), f
         assert bool((v[invalid][~used[invalid]] == 0).all()), f
@@ -370,9 +379,9 @@ def test_nan_and_inf_rows_emit_nothing(any_backend, one_hot):
     torch.testing.assert_close(sums, ref.sums.cpu())
 
 
-def test_all_neg_inf_at_unused_position_is_fine(any_backend):
+def test_all_neg_inf_at_unused_position_is_fine(any_backend, verify_case):
     dev = any_backend.device
-    kw = _inputs(dev)
+    kw = _inputs(verify_case, dev)
     kw["target_logits"][0, 2] = -INF  # K=2: position 2 is the bonus, unused when num_draft=1
     kw["draft_logits"][0, 1] = -INF
     num_draft = torch.tensor([1, 2, 2], device=dev)
@@ -385,23 +394,23 @@ def test_all_neg_inf_at_unused_position_is_fine(any_backend):
     assert out.num_emitted.cpu().tolist()[1:] == (out.num_accepted.cpu()[1:] + 1).tolist()
 
 
-def test_64_bit_seeds_wrap_to_int64():
+def test_64_bit_seeds_wrap_to_int64(verify_case):
     """A seed in [2**63, 2**64) (e.g. random.getrandbits(64)) has the bits of an int64 seed."""
-    kw = _inputs()
+    kw = _inputs(verify_case)
     a = sk.verify(**kw, seed=2**64 - 1, backend="torch")
     b = sk.verify(**kw, seed=-1, backend="torch")
     assert torch.equal(a.tokens, b.tokens)
 
 
-def test_tiny_temperatures_are_greedy():
+def test_tiny_temperatures_are_greedy(verify_case):
     """Below 1e-5 a temperature is greedy (logits / tau would overflow and void the row)."""
-    kw = _inputs()
+    kw = _inputs(verify_case)
     a = sk.verify(**kw, temperature=1e-39, seed=3, backend="torch")
     b = sk.verify(**kw, temperature=0.0, seed=3, backend="torch")
     assert torch.equal(a.tokens, b.tokens) and bool((a.num_emitted > 0).all())
 
 
-def test_bogus_env_backend_names_the_variable(monkeypatch):
+def test_bogus_env_backend_names_the_variable(monkeypatch, verify_case):
     monkeypatch.setenv(sk_backends.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="SPECFAIR_BACKEND"):
-        sk.verify(**_inputs(), seed=0)
+        sk.verify(**_inputs(verify_case), seed=0)

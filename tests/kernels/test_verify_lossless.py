@@ -18,6 +18,7 @@ import torch
 from scipy import stats as sps
 
 import specfair_kernels as sk
+from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 N = 24_000  # rows per statistical call
 P_MIN = 1e-3  # a correct implementation fails a chi-square test with this probability
@@ -58,7 +59,7 @@ def _verify_rows(bk, target, draft, tokens, temperature=1.0, seed0=0, step=0, nu
 
 
 def _cpu(out):
-    for f in ("tokens", "num_accepted", "num_emitted", "alpha", "kl", "ce", "entropy"):
+    for f in ("tokens", "num_accepted", "num_emitted", *DIVERGENCE_FIELDS):
         v = getattr(out, f)
         if v is not None:
             setattr(out, f, v.cpu())
@@ -220,22 +221,6 @@ def test_acceptance_per_position_and_histogram(cheap_backend, temperature):
 
 # --- determinism: batch invariance, greedy, seeds and steps ----------------------------------
 
-def _random_batch(seed, B, K, V, one_hot=False):
-    """Random logits, drafts (some padded), per-row seeds, steps and temperatures."""
-    g = torch.Generator().manual_seed(seed)
-    target = torch.randn(B, K + 1, V, generator=g) * 2
-    draft = None if one_hot else torch.randn(B, K, V, generator=g) * 2
-    num_draft = torch.randint(0, K + 1, (B,), generator=g)
-    drafts = torch.randint(0, V, (B, K), generator=g)
-    drafts = torch.where(torch.arange(K)[None, :] < num_draft[:, None], drafts, -1)
-    seeds = torch.randint(-2**62, 2**62, (B,), generator=g)
-    steps = torch.randint(0, 1000, (B,), generator=g)
-    temps = torch.rand(B, generator=g) * 2 + 0.2
-    temps[torch.rand(B, generator=g) < 0.25] = 0.0  # some greedy rows
-    return dict(target_logits=target, draft_logits=draft, draft_tokens=drafts, num_draft=num_draft,
-                temperature=temps, seed=seeds, step=steps)
-
-
 def _take(batch, rows):
     return {k: (None if v is None else v[rows]) for k, v in batch.items()}
 
@@ -264,11 +249,12 @@ def _run(bk, batch, **kw):
 
 
 @pytest.mark.parametrize("one_hot", [False, True], ids=["dense", "one_hot"])
-def test_batch_invariance(any_backend, one_hot):
+def test_batch_invariance(any_backend, one_hot, verify_case):
     bk = any_backend
     K, V = 3, 32
     R = 2 if bk.interpreted else 3  # request rows: rejection-prone sampling rows and a greedy row
-    req = _random_batch(5, R, K, V, one_hot)
+    draft = "onehot" if one_hot else "logits"
+    req = verify_case(5, B=R, K=K, V=V, scale=2.0, draft=draft)
     req["num_draft"][:] = K
     req["temperature"][:] = torch.tensor([0.9, 0.0, 1.7])[:R]
     req["draft_tokens"] = torch.randint(0, V, (R, K), generator=torch.Generator().manual_seed(6))
@@ -283,13 +269,14 @@ def test_batch_invariance(any_backend, one_hot):
         layouts = layouts[:1]
     for size, slots in layouts:
         slots = slots[:R]
-        batch = _place(_random_batch(1000 + size + slots[0], size, K, V, one_hot), req, slots)
+        filler = verify_case(1000 + size + slots[0], B=size, K=K, V=V, scale=2.0, draft=draft)
+        batch = _place(filler, req, slots)
         out = _run(bk, batch, return_divergence=True)
         for i, s in enumerate(slots):
             assert torch.equal(out.tokens[s], alone[i].tokens[0]), (size, s)
             assert torch.equal(out.num_accepted[s], alone[i].num_accepted[0])
             assert torch.equal(out.num_emitted[s], alone[i].num_emitted[0])
-            for f in ("alpha", "kl", "ce", "entropy"):  # tokens are exact; sums may be reordered
+            for f in DIVERGENCE_FIELDS:  # tokens are exact; sums may be reordered
                 torch.testing.assert_close(getattr(out, f)[s], getattr(alone[i], f)[0], rtol=1e-5, atol=1e-5)
 
 
@@ -338,10 +325,10 @@ def test_greedy_is_argmax_decoding(any_backend, one_hot):
     assert torch.equal(out2.tokens, exp_tokens)
 
 
-def test_mixed_greedy_and_sampling_rows(any_backend):
+def test_mixed_greedy_and_sampling_rows(any_backend, verify_case):
     bk = any_backend
     B, K, V = (3, 3, 16) if bk.interpreted else (16, 4, 40)
-    batch = _random_batch(21, B, K, V)
+    batch = verify_case(21, B=B, K=K, V=V, scale=2.0)
     batch["temperature"] = torch.where(torch.arange(B) % 2 == 0, 0.0, 0.5 + torch.arange(B) / B)
     out = _run(bk, batch)
     greedy_rows = (batch["temperature"] == 0).nonzero().flatten()

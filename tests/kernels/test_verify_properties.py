@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import specfair_kernels as sk
+from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TOL = 1e-5
@@ -52,18 +53,9 @@ class Case:
         return dict(num_draft=self.num_draft, temperature=self.temperature, seed=self.seed, step=self.step)
 
 
-def _mask_some(x: torch.Tensor, frac: float, g: torch.Generator) -> torch.Tensor:
-    """Set about `frac` of the entries to -inf, keeping >= 1 finite entry per distribution."""
-    if frac == 0 or x.shape[-1] < 2:
-        return x
-    mask = torch.rand(x.shape, generator=g) < frac
-    keep = torch.rand(x.shape, generator=g).argmax(-1, keepdim=True)
-    mask.scatter_(-1, keep, False)
-    return x.masked_fill(mask, float("-inf"))
-
-
 @st.composite
-def cases(draw, max_b=8, max_k=5, max_v=50):
+def cases(draw, verify_case, max_b=8, max_k=5, max_v=50):
+    """A `Case`: shapes, dtypes, masks and scales drawn by hypothesis, tensors by `verify_case`."""
     B = draw(st.integers(1, max_b))
     K = draw(st.integers(0, max_k))
     V = draw(st.integers(1, max_v))
@@ -81,24 +73,13 @@ def cases(draw, max_b=8, max_k=5, max_v=50):
             if draw(st.booleans()) else draw(st.integers(0, 2**62)))
     step = draw(st.one_of(st.integers(0, 50), st.integers(0, 2**40)))
 
-    g = torch.Generator().manual_seed(data_seed)
-    target = torch.clamp(torch.randn(B, K + 1, V, generator=g) * scale, -4, 4)
-    target = _mask_some(target, frac, g).to(tdtype)
-    draft = None
-    if not one_hot:
-        draft = torch.clamp(torch.randn(B, K, V, generator=g) * scale, -4, 4)
-        draft = _mask_some(draft, frac, g).to(ddtype)
-    num_draft = torch.randint(0, K + 1, (B,), generator=g) if ragged else None
-    if draft is not None and drafts_from_q and K > 0:
-        q = torch.softmax(draft.float(), -1).reshape(B * K, V)
-        tokens = torch.multinomial(q, 1, generator=g).reshape(B, K)
-    else:
-        tokens = torch.randint(0, V, (B, K), generator=g)
-    if num_draft is not None:
-        tokens = torch.where(torch.arange(K)[None, :] < num_draft[:, None], tokens, -1)
+    c = verify_case(data_seed, B=B, K=K, V=V, tdtype=tdtype, ddtype=ddtype, draft="onehot" if one_hot else "logits",
+                    scale=scale, clamp=4.0, mask_frac=frac,
+                    tokens="from_q" if drafts_from_q and not one_hot else "uniform", ragged=ragged)
     temperature = torch.tensor(temps, dtype=torch.float32) if per_row_temp else temps
     seed_t = torch.tensor(seed, dtype=torch.int64) if isinstance(seed, list) else seed
-    return Case(target, draft, tokens, num_draft, temperature, seed_t, step)
+    num_draft = c["num_draft"] if ragged else None  # None: the API's default, K
+    return Case(c["target_logits"], c["draft_logits"], c["draft_tokens"], num_draft, temperature, seed_t, step)
 
 
 def _tau(case: Case) -> torch.Tensor:
@@ -141,14 +122,13 @@ def _reference_divergences(case: Case):
 def _call(case: Case, backend="torch", device="cpu"):
     c = case.to(device)
     out = sk.verify(c.target, c.draft, c.tokens, return_divergence=True, backend=backend, **c.kwargs())
-    for f in ("tokens", "num_accepted", "num_emitted", "alpha", "kl", "ce", "entropy"):
+    for f in ("tokens", "num_accepted", "num_emitted", *DIVERGENCE_FIELDS):
         setattr(out, f, getattr(out, f).cpu())
     return out
 
 
 def check_invariants(case: Case, out) -> None:
     B, K1, V = case.shape
-    K = K1 - 1
     nd = case.nd()
     temps = case.temps()
     assert out.tokens.dtype == torch.int64 and out.tokens.shape == (B, K1)
@@ -186,7 +166,7 @@ def check_divergences(case: Case, out) -> None:
     K = K1 - 1
     ref, p = _reference_divergences(case)
     used = torch.arange(K)[None, :] < case.nd()[:, None]
-    for f in ("alpha", "kl", "ce", "entropy"):
+    for f in DIVERGENCE_FIELDS:
         v = getattr(out, f)
         assert v.dtype == torch.float32 and v.shape == (B, K), f
         assert bool((v[~used] == 0).all()), f"{f} is not 0 at padded positions"
@@ -215,8 +195,9 @@ def check_divergences(case: Case, out) -> None:
 
 
 @settings(deadline=None, max_examples=150)
-@given(case=cases())
-def test_invariants_and_divergences_torch(case):
+@given(data=st.data())
+def test_invariants_and_divergences_torch(verify_case, data):
+    case = data.draw(cases(verify_case))
     out = _call(case)
     check_invariants(case, out)
     check_divergences(case, out)
@@ -225,9 +206,9 @@ def test_invariants_and_divergences_torch(case):
 
 
 @settings(deadline=None, max_examples=40)
-@given(case=cases(max_b=6, max_k=4, max_v=40))
-def test_return_divergence_does_not_change_tokens(case):
-    c = case
+@given(data=st.data())
+def test_return_divergence_does_not_change_tokens(verify_case, data):
+    case = c = data.draw(cases(verify_case, max_b=6, max_k=4, max_v=40))
     a = sk.verify(c.target, c.draft, c.tokens, backend="torch", **c.kwargs())
     b = _call(case)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.num_accepted, b.num_accepted)
@@ -239,7 +220,7 @@ def _compare(case: Case, bk) -> None:
     assert torch.equal(out.tokens, ref.tokens)
     assert torch.equal(out.num_accepted, ref.num_accepted)
     assert torch.equal(out.num_emitted, ref.num_emitted)
-    for f in ("alpha", "kl", "ce", "entropy"):
+    for f in DIVERGENCE_FIELDS:
         torch.testing.assert_close(getattr(out, f), getattr(ref, f), rtol=1e-5, atol=2e-5, equal_nan=True,
                                    msg=lambda m, f=f: f"{f}: {m}")
     check_invariants(case, out)
@@ -247,14 +228,14 @@ def _compare(case: Case, bk) -> None:
 
 @settings(deadline=None, max_examples=60)
 @given(data=st.data())
-def test_backends_agree_with_torch(compiled_backend, data):
+def test_backends_agree_with_torch(compiled_backend, verify_case, data):
     """Every available backend gives the reference's tokens and (nearly) its divergences."""
-    _compare(data.draw(cases()), compiled_backend)
+    _compare(data.draw(cases(verify_case)), compiled_backend)
 
 
 @pytest.mark.slow
 @settings(deadline=None, max_examples=8)
 @given(data=st.data())
-def test_triton_interpreter_agrees_with_torch(interpreted_backend, data):
+def test_triton_interpreter_agrees_with_torch(interpreted_backend, verify_case, data):
     """The same on tiny shapes and few examples for the (slow) Triton interpreter."""
-    _compare(data.draw(cases(max_b=4, max_k=3, max_v=48)), interpreted_backend)
+    _compare(data.draw(cases(verify_case, max_b=4, max_k=3, max_v=48)), interpreted_backend)
