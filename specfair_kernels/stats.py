@@ -13,6 +13,7 @@ COUNT_DRAFTED, COUNT_ACCEPTED, COUNT_EMITTED, COUNT_STEPS, COUNT_INVALID, COUNT_
 COUNT_NAMES = ("drafted", "accepted", "emitted", "steps", "invalid_rows", "tested")
 SUM_ALPHA, SUM_KL, SUM_CE, SUM_ENTROPY = range(4)
 SUM_NAMES = ("alpha", "kl", "ce", "entropy")
+DIVERGENCE_FIELDS = ("alpha", "kl", "ce", "entropy")
 
 
 def speedup(alpha, num_draft: int, cost_ratio: float):
