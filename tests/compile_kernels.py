@@ -44,15 +44,11 @@ def compile_kernel(module, name, signature, constexprs, num_warps=4):
     return re.findall(r"Used \d+ registers", out)[-1]
 
 
-# verify call modes: (NEED_DIV, HAS_STATS, DETERMINISTIC); TaskStats imply divergences
-VERIFY_MODES = {"tokens": (False, False, False), "divergence": (True, False, False),
-                "stats": (True, True, False), "stats_deterministic": (True, True, True)}
-
-
 def verify_variant(dtype, has_draft, mode):
     """(signature, constexprs, num_warps) of `_verify_kernel` as the launcher compiles it for a
-    large batch on the GPU (8 warps, 128-bit aligned rows)."""
-    need_div, has_stats, det = VERIFY_MODES[mode]
+    large batch on the GPU (8 warps, 128-bit aligned rows); mode as in ops.verify.MODES."""
+    from specfair_kernels.ops import verify as ov
+
     sig = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype), xtok_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32",
                seed_ptr="*i64", step_ptr="*i64", part_ptr="*fp32", pidx_ptr="*i32", posf_ptr="*fp32",
                posi_ptr="*i32", row_ptr="*i32", q2_ptr="*fp32", race_f_ptr="*fp32", race_i_ptr="*i32",
@@ -60,16 +56,13 @@ def verify_variant(dtype, has_draft, mode):
                out_tokens_ptr="*i64", out_nacc_ptr="*i32", out_nemit_ptr="*i32", div_ptr="*fp32",
                task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64", sums_ptr="*fp64", rowsum_ptr="*fp64",
                B="i32", K="i32", V="i32", NT="i32", CHUNK="i32", WAVE="i32", HIST_W="i32")
-    vec = 4 if dtype == "fp32" else 8
-    const = dict(HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det, ALIGNED=True,
-                 VEC=vec, ROWS=512, RACE_ROWS=256, NT_P2=64, KP=8)
-    return sig, const, 8
+    return sig, ov.variant_constexprs(4 if dtype == "fp32" else 2, has_draft, mode), 8
 
 
 def variants():
     for dtype in ("fp32", "bf16", "fp16"):
         for has_draft in (True, False):
-            for mode in VERIFY_MODES:
+            for mode in ("tokens", "divergence", "stats", "stats_deterministic"):
                 sig, const, warps = verify_variant(dtype, has_draft, mode)
                 yield VERIFY, "_verify_kernel", sig, const, warps
     yield (VERIFY, "_task_reduce_kernel", dict(task_ptr="*i64", rowsum_ptr="*fp64", sums_ptr="*fp64", B="i32"),

@@ -321,37 +321,41 @@ def _merge_position(target_ptr, draft_ptr, xtok_ptr, part_ptr, pidx_ptr, posf_pt
 
 
 @triton.jit
-def _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K,
+def _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K, V,
             KP: tl.constexpr):
-    """The accept chain of request b, from its merged positions; writes row[b]."""
+    """The accept chain of request b, from its merged positions; writes row[b].
+
+    Unrolled over the KP >= K+1 positions as scalar code: the loads are independent, so
+    they go out in one round (B=1 is latency-bound), and nothing is reduced across threads.
+    """
     r0 = b.to(tl.int64) * (K + 1)
-    jj = tl.arange(0, KP)
-    bad = tl.max(tl.load(posi_ptr + (r0 + jj) * NPOSI + POSI_BAD, mask=jj <= n, other=0,
-                         cache_modifier=".cg"), 0)
     greedy = tl.load(temp_ptr + b) == 0
     seed = tl.load(seed_ptr + b)
     step = tl.load(step_ptr + b)
+    bad = tl.zeros([], tl.int32)
     n_acc = tl.zeros([], tl.int32)
-    going = tl.full([], 1, tl.int32)
-    for j in range(0, K):
-        if (j < n) & (going == 1):
-            if greedy:
-                x = tl.load(xtok_ptr + b.to(tl.int64) * K + j)
-                acc = x == tl.load(posi_ptr + (r0 + j) * NPOSI + POSI_ARGMAX, cache_modifier=".cg")
-            else:
-                u = uniform_accept(philox_word0(seed, 0, j, step, STREAM_ACCEPT))
-                logp = tl.load(posf_ptr + (r0 + j) * NPOS + POS_LOGP_X, cache_modifier=".cg")
-                logq = tl.load(posf_ptr + (r0 + j) * NPOS + POS_LOGQ_X, cache_modifier=".cg")
-                acc = (logp > float("-inf")) & (tl.log(u) + logq <= logp)
-            if acc:
-                n_acc += 1
-            else:
-                going = 0
+    gtok = tl.zeros([], tl.int32)
+    going = n >= 0  # true: every position so far was accepted
+    for j in tl.static_range(KP):
+        used = j <= n
+        drafted = j < n
+        pi = posi_ptr + (r0 + j) * NPOSI
+        pf = posf_ptr + (r0 + j) * NPOS
+        bad = bad | tl.load(pi + POSI_BAD, mask=used, other=0, cache_modifier=".cg")
+        amax = tl.load(pi + POSI_ARGMAX, mask=used, other=0, cache_modifier=".cg")
+        gtok = tl.where(going, amax, gtok)  # the argmax at the first position not accepted
+        x = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j, mask=drafted, other=0), 0), V - 1)
+        logp = tl.load(pf + POS_LOGP_X, mask=drafted, other=float("-inf"), cache_modifier=".cg")
+        logq = tl.load(pf + POS_LOGQ_X, mask=drafted, other=0.0, cache_modifier=".cg")
+        u = uniform_accept(philox_word0(seed, 0, j, step, STREAM_ACCEPT))
+        acc = tl.where(greedy, x == amax, (logp > float("-inf")) & (tl.log(u) + logq <= logp))
+        going = going & drafted & acc
+        n_acc += going.to(tl.int32)
     mode = tl.where(greedy, MODE_GREEDY, tl.where(n_acc < n, MODE_RESIDUAL, MODE_BONUS))
     rp = row_ptr + b * NROW
     tl.store(rp + ROW_NACC, n_acc)
     tl.store(rp + ROW_MODE, mode)
-    tl.store(rp + ROW_GTOK, tl.load(posi_ptr + (r0 + n_acc) * NPOSI + POSI_ARGMAX, cache_modifier=".cg"))
+    tl.store(rp + ROW_GTOK, gtok)
     tl.store(rp + ROW_BAD, bad)
 
 
@@ -390,7 +394,7 @@ def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_p
                             s, K, V, NT, HAS_DRAFT, NT_P2)
             tl.debug_barrier()
             if tl.atomic_add(reqcnt_ptr + b, 1, sem="acq_rel") == n:  # n + 1 used positions
-                _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K, KP)
+                _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K, V, KP)
                 tl.debug_barrier()
                 tl.atomic_xchg(ready_ptr + b, 1, sem="release")
 
@@ -494,7 +498,7 @@ def _finish(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, 
         sc = tl.where(inside, tl.math.div_rn(w, e), -1.0)
         tok = tl.min(tl.where(sc == tl.max(sc, 0), idx, BIG_INDEX), 0).to(tl.int64)
     jj = tl.arange(0, KP)
-    drafted = tl.load(xtok_ptr + b64 * K + jj, mask=jj < K, other=-1)
+    drafted = tl.minimum(tl.maximum(tl.load(xtok_ptr + b64 * K + jj, mask=jj < K, other=0), 0), V - 1)
     out = tl.where(jj < n_acc, drafted, tl.where(jj == n_acc, tok, -1))
     out = tl.where(bad, -1, out)
     tl.store(out_tokens_ptr + b64 * (K + 1) + jj, out, mask=jj < K + 1)
@@ -739,6 +743,77 @@ def launch_config(R: int, V: int, device: torch.device, block: int | None = None
     plan = _plan(max(1, R // (K + 1)), K, V, elem_bytes, device.type == "cuda", _sm_count(device),
                  _l2_bytes(device), block, chunk, num_warps)
     return plan["ROWS"] * plan["VEC"], plan["CHUNK"], plan["NT"], plan["num_warps"]
+
+
+MODES = {"tokens": (False, False, False), "divergence": (True, False, False),
+         "stats": (True, True, False), "stats_deterministic": (True, True, True)}
+"""Call modes -> (NEED_DIV, HAS_STATS, DETERMINISTIC): TaskStats imply divergences."""
+GPU_VARIANT = dict(ROWS=512, RACE_ROWS=256, NT_P2=64, KP=8)
+"""Tile constexprs of the variants tests/compile_kernels.py compiles (8 warps, large batch).
+With 4 warps the launcher halves ROWS and RACE_ROWS: the same code per thread."""
+
+
+def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str) -> dict:
+    """The constexprs of the compiled `_verify_kernel` variant for a mode (tests/compile_kernels.py)."""
+    need_div, has_stats, det = MODES[mode]
+    return dict(HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det, ALIGNED=True,
+                VEC=_vec(elem_bytes), **GPU_VARIANT)
+
+
+def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_draft=True,
+               residual_fraction=1.0) -> list[dict]:
+    """One dict per launch for a verify call of this shape, in launch order:
+    {"kernel": kernel function name, "constexprs": the variant's constexpr dict (as listed in
+     tests/compile_kernels.py), "num_warps": int, "programs": grid size,
+     "loops": [{"elements": logits this hot loop processes over the whole grid}, ...] in the order the
+     loops appear in the kernel source, "dram_bytes": bytes that must come from/go to DRAM (re-reads
+     that should hit L2 are not counted; say so in "l2_bytes")}
+    mode: "tokens" | "divergence" | "stats" | "stats_deterministic"; elem_bytes: 2 for bf16, 4 for fp32.
+
+    Assumes every request drafts K tokens and samples (no greedy rows); ``residual_fraction``
+    of the requests reject a draft and race the residual of a drafted row (target and draft
+    logits), the others race the bonus row (target only).  Loops of `_verify_kernel`, in
+    source order: stats of target+draft rows (HAS_DRAFT), stats of target-only rows, the
+    residual race, the bonus race, the divergence sums (divergence modes).  The one memset
+    of the sync words (a few bytes per row) precedes the kernel: "memset_bytes".  Re-reads
+    count as L2 traffic when a wave of requests fits in ``l2_bytes / L2_FRACTION``, else as
+    DRAM.
+    """
+    need_div, has_stats, det = MODES[mode]
+    has_draft = has_draft and K > 0
+    rf = residual_fraction if K > 0 else 0.0
+    K1 = K + 1
+    plan = _plan(B, K, V, elem_bytes, True, num_sms, l2_bytes)
+    NT, WAVE = plan["NT"], plan["WAVE"]
+    P2 = K1 if need_div else 1
+    programs = triton.cdiv(B, WAVE) * WAVE * NT * (K1 + P2)
+    BV = B * V
+    tensors = 2 if has_draft else 1
+    if has_draft:
+        loops = [2 * K * BV, BV, round(2 * rf * BV), round((1 - rf) * BV)]
+    else:
+        loops = [K1 * BV, round(rf * BV), round((1 - rf) * BV)]
+    rereads = round(((1 + (1 if has_draft else 0)) * rf + (1 - rf)) * BV)  # the sampling row
+    if need_div:
+        div_rows = round((K - rf) * BV)  # drafted rows other than the residual race row
+        loops.append(tensors * div_rows)
+        rereads += tensors * div_rows
+    logits = (K1 + (K if has_draft else 0)) * BV
+    R = B * K1
+    npart, npos, nrow, nrace, nq, ndiv, nsum = (int(c) for c in (NPART, NPOS + NPOSI, NROW, NRACE, NQ, NDIV, NSUM))
+    scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + B * NT * 2 * nrace + (R * NT * nq if need_div else 0))
+    outputs = B * K1 * 8 + 2 * B * 4 + (ndiv * B * K * 4 if need_div else 0) + (B * nsum * 8 if det else 0)
+    reread_bytes = rereads * elem_bytes
+    fits = (2 * K + 1) * V * elem_bytes * WAVE <= l2_bytes // L2_FRACTION
+    dram = logits * elem_bytes + 2 * scratch + outputs + (0 if fits else reread_bytes)
+    out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode),
+            "num_warps": plan["num_warps"], "programs": programs, "loops": [{"elements": e} for e in loops],
+            "dram_bytes": dram, "l2_bytes": reread_bytes if fits else 0, "memset_bytes": 4 * (1 + R + 3 * B)}]
+    if det:
+        T = 1  # TaskStats.num_tasks is not part of the shape; one program per task
+        out.append({"kernel": "_task_reduce_kernel", "constexprs": dict(BLOCK_B=min(triton.next_power_of_2(B), 256)),
+                    "num_warps": 4, "programs": T, "loops": [], "dram_bytes": B * (nsum * 8 + 8), "l2_bytes": 0})
+    return out
 
 
 def _aligned(t: torch.Tensor | None, vec: int) -> bool:
