@@ -4,7 +4,6 @@ Run with TRITON_INTERPRET unset (tests/kernels/test_triton_compile.py does, in a
 ``python tests/compile_kernels.py`` prints one line per variant and exits non-zero on a
 compile error or a register spill.
 """
-import itertools
 import os
 import re
 import subprocess

@@ -34,8 +34,7 @@ import triton
 import triton.language as tl
 
 from .. import stats as _stats
-from .rng import (RACE_GROUP, STREAM_ACCEPT, STREAM_GROUP, STREAM_RACE, exponential, philox_word0,
-                  uniform_accept)
+from .rng import RACE_GROUP, STREAM_ACCEPT, STREAM_GROUP, STREAM_RACE, exponential, philox_word0, uniform_accept
 
 # Globals read inside kernels must be tl.constexpr objects (they also work as ints on the host).
 C = tl.constexpr
@@ -48,10 +47,9 @@ BIG_INDEX = C(2**30)
 NPART = C(4)
 P_MAX_A, P_SUM_A, P_MAX_D, P_SUM_D = C(0), C(1), C(2), C(3)
 # per position: posf [B*(K+1), NPOS] fp32, posi [B*(K+1), NPOSI] int32
-NPOS = C(6)
-POS_L2_A, POS_L2_D = C(0), C(1)  # log2-domain lse: exp2(x * s - POS_L2_A) = p
-POS_LSE_A, POS_LSE_D = C(2), C(3)  # natural lse of a = target / tau, d = draft / tau
-POS_LOGP_X, POS_LOGQ_X = C(4), C(5)  # log p(x_j), log q(x_j) at the drafted token
+NPOS = C(4)
+POS_L2_A, POS_L2_D = C(0), C(1)  # log2-domain lse: p = exp2(target * s - POS_L2_A), likewise q
+POS_LOGP_X, POS_LOGQ_X = C(2), C(3)  # log p(x_j), log q(x_j) at the drafted token (natural log)
 NPOSI = C(2)
 POSI_ARGMAX, POSI_BAD = C(0), C(1)
 # per request: row [B, NROW] int32
@@ -270,8 +268,8 @@ def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2,
 # --- per-position and per-request steps ----------------------------------------------------
 
 @triton.jit
-def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, tt, tmask, s, tau):
-    """Merge NT chunk partials: (max m, log2-domain lse, natural lse, bad)."""
+def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, tmask, s, tau):
+    """Merge NT chunk partials: (chunk maxima, max, log2-domain lse, natural lse, invalid)."""
     m = tl.load(part + F_MAX, mask=tmask, other=float("-inf"), cache_modifier=".cg")
     z = tl.load(part + F_SUM, mask=tmask, other=0.0, cache_modifier=".cg")
     M = tl.max(m, 0)
@@ -282,7 +280,7 @@ def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, tt, tmask, s, tau
     # +inf, or all -inf.  A finite a_max above FLT_MAX / log2(e) overflows M * s: invalid too.
     bad = (Z != Z) | (M != M) | (a_max == float("inf")) | (M * s == float("inf")) | (M == float("-inf"))
     lz = tl.log2(Z)
-    return M, MS + lz, a_max + LN2 * lz, bad
+    return m, M, MS + lz, a_max + LN2 * lz, bad
 
 
 @triton.jit
@@ -293,27 +291,23 @@ def _merge_position(target_ptr, draft_ptr, xtok_ptr, part_ptr, pidx_ptr, posf_pt
     tt = tl.arange(0, NT_P2)
     tmask = tt < NT
     part = part_ptr + (r * NT + tt) * NPART
-    M, l2a, lse_a, bad = _merge_lse(part, P_MAX_A, P_SUM_A, tt, tmask, s, tau)
+    m, M, l2a, lse_a, bad = _merge_lse(part, P_MAX_A, P_SUM_A, tmask, s, tau)
     pid = tl.load(pidx_ptr + r * NT + tt, mask=tmask, other=BIG_INDEX, cache_modifier=".cg")
-    amax = tl.min(tl.where(tl.load(part + P_MAX_A, mask=tmask, other=float("-inf"), cache_modifier=".cg") == M,
-                           pid, BIG_INDEX), 0)
+    amax = tl.min(tl.where(m == M, pid, BIG_INDEX), 0)  # the first chunk holding the max
     l2d = 0.0
-    lse_d = 0.0
     logp_x = 0.0
     logq_x = 0.0
     if j < n:
         x = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j), 0), V - 1)
         logp_x = tl.math.div_rn(tl.load(target_ptr + r * V + x).to(tl.float32), tau) - lse_a
         if HAS_DRAFT:
-            _, l2d, lse_d, bad_d = _merge_lse(part, P_MAX_D, P_SUM_D, tt, tmask, s, tau)
+            _, _, l2d, lse_d, bad_d = _merge_lse(part, P_MAX_D, P_SUM_D, tmask, s, tau)
             bad = bad | bad_d
             d = tl.load(draft_ptr + (b.to(tl.int64) * K + j) * V + x).to(tl.float32)
             logq_x = tl.math.div_rn(d, tau) - lse_d
     pf = posf_ptr + r * NPOS
     tl.store(pf + POS_L2_A, l2a)
     tl.store(pf + POS_L2_D, l2d)
-    tl.store(pf + POS_LSE_A, lse_a)
-    tl.store(pf + POS_LSE_D, lse_d)
     tl.store(pf + POS_LOGP_X, logp_x)
     tl.store(pf + POS_LOGQ_X, logq_x)
     tl.store(posi_ptr + r * NPOSI + POSI_ARGMAX, amax)
@@ -400,7 +394,7 @@ def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_p
 
 
 @triton.jit
-def _pass2_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
+def _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
                 q2_ptr, race_f_ptr, race_i_ptr, b, jj, t, n, K, V, NT, CHUNK,
                 HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr,
                 ROWS: tl.constexpr, RACE_ROWS: tl.constexpr):
@@ -451,7 +445,7 @@ def _pass2_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_p
 
 
 @triton.jit
-def _finish(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
+def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
             q2_ptr, race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr, div_ptr, task_ptr,
             counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
             HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, HAS_STATS: tl.constexpr,
@@ -637,14 +631,14 @@ def _verify_kernel(
             while tl.atomic_add(ready_ptr + b, 0, sem="acquire") == 0:
                 pass
             n = tl.load(num_draft_ptr + b)
-            _pass2_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr,
-                        row_ptr, q2_ptr, race_f_ptr, race_i_ptr, b, rr // NT, rr % NT, n, K, V, NT, CHUNK,
+            _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, q2_ptr,
+                        race_f_ptr, race_i_ptr, b, rr // NT, rr % NT, n, K, V, NT, CHUNK,
                         HAS_DRAFT, NEED_DIV, ALIGNED, VEC, ROWS, RACE_ROWS)
             tl.debug_barrier()
             if tl.atomic_add(fincnt_ptr + b, 1, sem="acq_rel") == P2 * NT - 1:
-                _finish(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr,
-                        row_ptr, q2_ptr, race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr,
-                        div_ptr, task_ptr, counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
+                _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, q2_ptr,
+                        race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr, div_ptr, task_ptr,
+                        counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
                         HAS_DRAFT, NEED_DIV, HAS_STATS, DETERMINISTIC, NT_P2, KP)
 
 
