@@ -50,8 +50,8 @@ def verify_variant(dtype, has_draft, mode):
 
     sig = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype), xtok_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32",
                seed_ptr="*i64", step_ptr="*i64", part_ptr="*fp32", pidx_ptr="*i32", posf_ptr="*fp32",
-               posi_ptr="*i32", row_ptr="*i32", q2_ptr="*fp32", race_f_ptr="*fp32", race_i_ptr="*i32",
-               ticket_ptr="*i32", poscnt_ptr="*i32", reqcnt_ptr="*i32", ready_ptr="*i32", fincnt_ptr="*i32",
+               row_ptr="*i32", q2_ptr="*fp32", race_f_ptr="*fp32", race_i_ptr="*i32",
+               ticket_ptr="*i32", reqcnt_ptr="*i32", ready_ptr="*i32", fincnt_ptr="*i32",
                out_tokens_ptr="*i64", out_nacc_ptr="*i32", out_nemit_ptr="*i32", div_ptr="*fp32",
                task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64", sums_ptr="*fp64", rowsum_ptr="*fp64",
                B="i32", K="i32", V="i32", NT="i32", CHUNK="i32", WAVE="i32", HIST_W="i32")

@@ -8,9 +8,8 @@ started before it, so the waits always end (the decoupled look-back argument).  
 * stats ``(b, j, t)``: one vocabulary chunk of used position j of request b.  Per
   thread, a running max and sum of ``2^(x*s - m*s)`` (``s = log2(e) / tau``) of the
   target and, at drafted positions, the draft; first argmax of the target.  The last
-  chunk of a position merges its chunks (lse, argmax, NaN/inf checks, log p(x),
-  log q(x)); the last position of a request runs the accept chain and publishes the
-  request (``ready``).
+  stats item of a request merges all its chunks (lse, argmax, NaN/inf checks, log p(x),
+  log q(x)), runs the accept chain and publishes the request (``ready``).
 * pass 2 ``(b, j, t)``: waits for ``ready[b]``.  At the sampling position j* it streams
   the weights w = max(0, p - q) (or p) of its chunk with the normalisers known, sums
   them per group of ``RACE_GROUP`` entries and races the groups (`reference.race`, one
@@ -46,12 +45,10 @@ BIG_INDEX = C(2**30)
 # stats item partials: part [B*(K+1), NT, NPART] fp32; pidx [B*(K+1), NT] int32 (first argmax)
 NPART = C(4)
 P_MAX_A, P_SUM_A, P_MAX_D, P_SUM_D = C(0), C(1), C(2), C(3)
-# per position: posf [B*(K+1), NPOS] fp32, posi [B*(K+1), NPOSI] int32
-NPOS = C(4)
+# per position: posf [B*(K+1), NPOS] fp32
+NPOS = C(3)
 POS_L2_A, POS_L2_D = C(0), C(1)  # log2-domain lse: p = exp2(target * s - POS_L2_A), likewise q
-POS_LOGP_X, POS_LOGQ_X = C(2), C(3)  # log p(x_j), log q(x_j) at the drafted token (natural log)
-NPOSI = C(2)
-POSI_ARGMAX, POSI_BAD = C(0), C(1)
+POS_LOGP_X = C(2)  # log p(x_j) at the drafted token (natural log)
 # per request: row [B, NROW] int32
 NROW = C(4)
 ROW_NACC, ROW_MODE, ROW_GTOK, ROW_BAD = C(0), C(1), C(2), C(3)
@@ -268,94 +265,71 @@ def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2,
 # --- per-position and per-request steps ----------------------------------------------------
 
 @triton.jit
-def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, tmask, s, tau):
-    """Merge NT chunk partials: (chunk maxima, max, log2-domain lse, natural lse, invalid)."""
-    m = tl.load(part + F_MAX, mask=tmask, other=float("-inf"), cache_modifier=".cg")
-    z = tl.load(part + F_SUM, mask=tmask, other=0.0, cache_modifier=".cg")
-    M = tl.max(m, 0)
+def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, mask, s, tau):
+    """Merge chunk partials [positions, chunks] along the chunks: per position the chunk
+    maxima, max, log2-domain lse, natural lse and the invalid flag."""
+    m = tl.load(part + F_MAX, mask=mask, other=float("-inf"), cache_modifier=".cg")
+    z = tl.load(part + F_SUM, mask=mask, other=0.0, cache_modifier=".cg")
+    M = tl.max(m, 1)
     MS = tl.maximum(M * s, -FLT_MAX)
-    Z = tl.sum(z * tl.exp2(tl.maximum(m * s, -FLT_MAX) - MS), 0)
+    Z = tl.sum(z * tl.exp2(tl.maximum(m * s, -FLT_MAX) - MS[:, None]), 1)
     a_max = tl.math.div_rn(M, tau)  # the reference's max of logits / tau
     # Invalid: NaN (z is NaN then; the interpreter's max also propagates it), a tempered
     # +inf, or all -inf.  A finite a_max above FLT_MAX / log2(e) overflows M * s: invalid too.
     bad = (Z != Z) | (M != M) | (a_max == float("inf")) | (M * s == float("inf")) | (M == float("-inf"))
-    lz = tl.log2(Z)
+    lz = tl.log2(tl.where(Z > 0, Z, 1.0))  # Z = 0 only with M = -inf: invalid anyway
     return m, M, MS + lz, a_max + LN2 * lz, bad
 
 
 @triton.jit
-def _merge_position(target_ptr, draft_ptr, xtok_ptr, part_ptr, pidx_ptr, posf_ptr, posi_ptr, b, j, n, tau, s,
-                    K, V, NT, HAS_DRAFT: tl.constexpr, NT_P2: tl.constexpr):
-    """Last chunk of used position (b, j): lse, first argmax, validity, log p(x_j), log q(x_j)."""
-    r = b.to(tl.int64) * (K + 1) + j
+def _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr, posf_ptr,
+                  row_ptr, b, n, K, V, NT, HAS_DRAFT: tl.constexpr, NT_P2: tl.constexpr, KP: tl.constexpr):
+    """Last stats item of request b: merge every used position's chunks (lse, first argmax,
+    validity, log p(x_j), log q(x_j)) and run the accept chain, all as [KP] vectors: one
+    round of loads and no loop (B=1 is latency-bound).  Writes posf and row[b]."""
+    b64 = b.to(tl.int64)
+    r0 = b64 * (K + 1)
+    jj = tl.arange(0, KP)
     tt = tl.arange(0, NT_P2)
-    tmask = tt < NT
-    part = part_ptr + (r * NT + tt) * NPART
-    m, M, l2a, lse_a, bad = _merge_lse(part, P_MAX_A, P_SUM_A, tmask, s, tau)
-    pid = tl.load(pidx_ptr + r * NT + tt, mask=tmask, other=BIG_INDEX, cache_modifier=".cg")
-    amax = tl.min(tl.where(m == M, pid, BIG_INDEX), 0)  # the first chunk holding the max
-    l2d = 0.0
-    logp_x = 0.0
-    logq_x = 0.0
-    if j < n:
-        x = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j), 0), V - 1)
-        logp_x = tl.math.div_rn(tl.load(target_ptr + r * V + x).to(tl.float32), tau) - lse_a
-        if HAS_DRAFT:
-            _, _, l2d, lse_d, bad_d = _merge_lse(part, P_MAX_D, P_SUM_D, tmask, s, tau)
-            bad = bad | bad_d
-            d = tl.load(draft_ptr + (b.to(tl.int64) * K + j) * V + x).to(tl.float32)
-            logq_x = tl.math.div_rn(d, tau) - lse_d
-    pf = posf_ptr + r * NPOS
-    tl.store(pf + POS_L2_A, l2a)
-    tl.store(pf + POS_L2_D, l2d)
-    tl.store(pf + POS_LOGP_X, logp_x)
-    tl.store(pf + POS_LOGQ_X, logq_x)
-    tl.store(posi_ptr + r * NPOSI + POSI_ARGMAX, amax)
-    tl.store(posi_ptr + r * NPOSI + POSI_BAD, bad.to(tl.int32))
-
-
-@triton.jit
-def _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K, V,
-            KP: tl.constexpr):
-    """The accept chain of request b, from its merged positions; writes row[b].
-
-    Unrolled over the KP >= K+1 positions as scalar code: the loads are independent, so
-    they go out in one round (B=1 is latency-bound), and nothing is reduced across threads.
-    """
-    r0 = b.to(tl.int64) * (K + 1)
-    greedy = tl.load(temp_ptr + b) == 0
-    seed = tl.load(seed_ptr + b)
-    step = tl.load(step_ptr + b)
-    bad = tl.zeros([], tl.int32)
-    n_acc = tl.zeros([], tl.int32)
-    gtok = tl.zeros([], tl.int32)
-    going = n >= 0  # true: every position so far was accepted
-    for j in tl.static_range(KP):
-        used = j <= n
-        drafted = j < n
-        pi = posi_ptr + (r0 + j) * NPOSI
-        pf = posf_ptr + (r0 + j) * NPOS
-        bad = bad | tl.load(pi + POSI_BAD, mask=used, other=0, cache_modifier=".cg")
-        amax = tl.load(pi + POSI_ARGMAX, mask=used, other=0, cache_modifier=".cg")
-        gtok = tl.where(going, amax, gtok)  # the argmax at the first position not accepted
-        x = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j, mask=drafted, other=0), 0), V - 1)
-        logp = tl.load(pf + POS_LOGP_X, mask=drafted, other=float("-inf"), cache_modifier=".cg")
-        logq = tl.load(pf + POS_LOGQ_X, mask=drafted, other=0.0, cache_modifier=".cg")
-        u = uniform_accept(philox_word0(seed, 0, j, step, STREAM_ACCEPT))
-        acc = tl.where(greedy, x == amax, (logp > float("-inf")) & (tl.log(u) + logq <= logp))
-        going = going & drafted & acc
-        n_acc += going.to(tl.int32)
-    mode = tl.where(greedy, MODE_GREEDY, tl.where(n_acc < n, MODE_RESIDUAL, MODE_BONUS))
+    used = jj <= n
+    drafted = jj < n
+    temp = tl.load(temp_ptr + b)
+    greedy = temp == 0
+    tau = tl.where(greedy, 1.0, temp)
+    s = LOG2E / tau
+    tmask = tt[None, :] < NT
+    part = part_ptr + ((r0 + jj)[:, None] * NT + tt[None, :]) * NPART
+    m, M, l2a, lse_a, bad = _merge_lse(part, P_MAX_A, P_SUM_A, used[:, None] & tmask, s, tau)
+    pid = tl.load(pidx_ptr + (r0 + jj)[:, None] * NT + tt[None, :], mask=used[:, None] & tmask, other=BIG_INDEX,
+                  cache_modifier=".cg")
+    amax = tl.min(tl.where(m == M[:, None], pid, BIG_INDEX), 1)  # the first chunk holding the max
+    x = tl.minimum(tl.maximum(tl.load(xtok_ptr + b64 * K + jj, mask=drafted, other=0), 0), V - 1)
+    xt = tl.load(target_ptr + (r0 + jj) * V + x, mask=drafted, other=0.0).to(tl.float32)
+    logp = tl.math.div_rn(xt, tau) - lse_a
+    l2d = tl.zeros([KP], tl.float32)
+    logq = tl.zeros([KP], tl.float32)
+    if HAS_DRAFT:
+        _, _, l2d, lse_d, bad_d = _merge_lse(part, P_MAX_D, P_SUM_D, drafted[:, None] & tmask, s, tau)
+        bad = bad | (bad_d & drafted)
+        xd = tl.load(draft_ptr + (b64 * K + jj) * V + x, mask=drafted, other=0.0).to(tl.float32)
+        logq = tl.math.div_rn(xd, tau) - lse_d
+    u = uniform_accept(philox_word0(tl.load(seed_ptr + b), 0, jj, tl.load(step_ptr + b), STREAM_ACCEPT))
+    acc = tl.where(greedy, x == amax, (logp > float("-inf")) & (tl.log(u) + logq <= logp)) & drafted
+    n_acc = tl.min(tl.where(acc, KP, jj), 0)  # the first position not accepted
+    pf = posf_ptr + (r0 + jj) * NPOS
+    tl.store(pf + POS_L2_A, l2a, mask=used)
+    tl.store(pf + POS_L2_D, l2d, mask=used)
+    tl.store(pf + POS_LOGP_X, logp, mask=used)
     rp = row_ptr + b * NROW
     tl.store(rp + ROW_NACC, n_acc)
-    tl.store(rp + ROW_MODE, mode)
-    tl.store(rp + ROW_GTOK, gtok)
-    tl.store(rp + ROW_BAD, bad)
+    tl.store(rp + ROW_MODE, tl.where(greedy, MODE_GREEDY, tl.where(n_acc < n, MODE_RESIDUAL, MODE_BONUS)))
+    tl.store(rp + ROW_GTOK, tl.sum(tl.where(jj == n_acc, amax, 0), 0))
+    tl.store(rp + ROW_BAD, tl.max(tl.where(used & bad, 1, 0), 0))
 
 
 @triton.jit
 def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr,
-                posf_ptr, posi_ptr, row_ptr, poscnt_ptr, reqcnt_ptr, ready_ptr, b, j, t, K, V, NT, CHUNK,
+                posf_ptr, row_ptr, reqcnt_ptr, ready_ptr, b, j, t, K, V, NT, CHUNK,
                 HAS_DRAFT: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
                 NT_P2: tl.constexpr, KP: tl.constexpr):
     n = tl.load(num_draft_ptr + b)
@@ -380,17 +354,14 @@ def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_p
                 _stream_stats(tc, dc, c0, L, s, part, pidx, False, ROWS, VEC)
         else:
             _stream_stats(tc, dc, c0, L, s, part, pidx, False, ROWS, VEC)
-        # Publish the partials; the last chunk of the position merges them (release/acquire
+        # Publish the partials; the last stats item of the request merges them (release/acquire
         # through the counter; the barrier orders every thread's stores before it).
         tl.debug_barrier()
-        if tl.atomic_add(poscnt_ptr + r, 1, sem="acq_rel") == NT - 1:
-            _merge_position(target_ptr, draft_ptr, xtok_ptr, part_ptr, pidx_ptr, posf_ptr, posi_ptr, b, j, n, tau,
-                            s, K, V, NT, HAS_DRAFT, NT_P2)
+        if tl.atomic_add(reqcnt_ptr + b, 1, sem="acq_rel") == (n + 1) * NT - 1:
+            _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr,
+                          posf_ptr, row_ptr, b, n, K, V, NT, HAS_DRAFT, NT_P2, KP)
             tl.debug_barrier()
-            if tl.atomic_add(reqcnt_ptr + b, 1, sem="acq_rel") == n:  # n + 1 used positions
-                _accept(xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, posi_ptr, row_ptr, b, n, K, V, KP)
-                tl.debug_barrier()
-                tl.atomic_xchg(ready_ptr + b, 1, sem="release")
+            tl.atomic_xchg(ready_ptr + b, 1, sem="release")
 
 
 @triton.jit
@@ -574,14 +545,12 @@ def _verify_kernel(
     part_ptr,        # [B*(K+1), NT, NPART] fp32 scratch: chunk partials
     pidx_ptr,        # [B*(K+1), NT] int32 scratch: chunk first argmax
     posf_ptr,        # [B*(K+1), NPOS] fp32 scratch: per-position normalisers
-    posi_ptr,        # [B*(K+1), NPOSI] int32 scratch: per-position argmax, invalid flag
     row_ptr,         # [B, NROW] int32 scratch: accept result
     q2_ptr,          # [B*(K+1), NT, NQ] fp32 scratch: divergence chunk sums (NEED_DIV)
     race_f_ptr,      # [B, NT, NRACE] fp32 scratch: best group score per chunk
     race_i_ptr,      # [B, NT, NRACE] int32 scratch: its group
     ticket_ptr,      # [1] int32, zero: next ticket
-    poscnt_ptr,      # [B*(K+1)] int32, zero: finished chunks per position
-    reqcnt_ptr,      # [B] int32, zero: merged positions per request
+    reqcnt_ptr,      # [B] int32, zero: finished stats items per request
     ready_ptr,       # [B] int32, zero: accept chain done
     fincnt_ptr,      # [B] int32, zero: finished pass-2 items per request
     out_tokens_ptr,  # [B, K+1] int64 out
@@ -622,8 +591,8 @@ def _verify_kernel(
         rr = r % ((K + 1) * NT)
         if b < B:
             _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr,
-                        pidx_ptr, posf_ptr, posi_ptr, row_ptr, poscnt_ptr, reqcnt_ptr, ready_ptr, b, rr // NT,
-                        rr % NT, K, V, NT, CHUNK, HAS_DRAFT, ALIGNED, VEC, ROWS, NT_P2, KP)
+                        pidx_ptr, posf_ptr, row_ptr, reqcnt_ptr, ready_ptr, b, rr // NT, rr % NT, K, V, NT, CHUNK,
+                        HAS_DRAFT, ALIGNED, VEC, ROWS, NT_P2, KP)
     else:
         b = wave * WAVE + r // (P2 * NT)
         rr = r % (P2 * NT)
@@ -794,7 +763,7 @@ def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_
         rereads += tensors * div_rows
     logits = (K1 + (K if has_draft else 0)) * BV
     R = B * K1
-    npart, npos, nrow, nrace, nq, ndiv, nsum = (int(c) for c in (NPART, NPOS + NPOSI, NROW, NRACE, NQ, NDIV, NSUM))
+    npart, npos, nrow, nrace, nq, ndiv, nsum = (int(c) for c in (NPART, NPOS, NROW, NRACE, NQ, NDIV, NSUM))
     scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + B * NT * 2 * nrace + (R * NT * nq if need_div else 0))
     outputs = B * K1 * 8 + 2 * B * 4 + (ndiv * B * K * 4 if need_div else 0) + (B * nsum * 8 if det else 0)
     reread_bytes = rereads * elem_bytes
@@ -802,7 +771,7 @@ def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_
     dram = logits * elem_bytes + 2 * scratch + outputs + (0 if fits else reread_bytes)
     out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode),
             "num_warps": plan["num_warps"], "programs": programs, "loops": [{"elements": e} for e in loops],
-            "dram_bytes": dram, "l2_bytes": reread_bytes if fits else 0, "memset_bytes": 4 * (1 + R + 3 * B)}]
+            "dram_bytes": dram, "l2_bytes": reread_bytes if fits else 0, "memset_bytes": 4 * (1 + 3 * B)}]
     if det:
         T = 1  # TaskStats.num_tasks is not part of the shape; one program per task
         out.append({"kernel": "_task_reduce_kernel", "constexprs": dict(BLOCK_B=min(triton.next_power_of_2(B), 256)),
@@ -835,13 +804,12 @@ def verify(target, draft, draft_tokens, num_draft, temperature, seed, step, need
     part = torch.empty(R, NT, NPART, dtype=f32, device=dev)
     pidx = torch.empty(R, NT, dtype=i32, device=dev)
     posf = torch.empty(R, NPOS, dtype=f32, device=dev)
-    posi = torch.empty(R, NPOSI, dtype=i32, device=dev)
     row = torch.empty(B, NROW, dtype=i32, device=dev)
     q2 = torch.empty(R if need_div else 1, NT, NQ, dtype=f32, device=dev)
     race_f = torch.empty(B, NT, NRACE, dtype=f32, device=dev)
     race_i = torch.empty(B, NT, NRACE, dtype=i32, device=dev)
-    sync = torch.zeros(1 + R + 3 * B, dtype=i32, device=dev)  # the one memset of the call
-    ticket, poscnt, reqcnt, ready, fincnt = sync.split([1, R, B, B, B])
+    sync = torch.zeros(1 + 3 * B, dtype=i32, device=dev)  # the one memset of the call
+    ticket, reqcnt, ready, fincnt = sync.split([1, B, B, B])
     tokens = torch.empty(B, K1, dtype=torch.int64, device=dev)
     n_acc = torch.empty(B, dtype=i32, device=dev)
     n_emit = torch.empty(B, dtype=i32, device=dev)
@@ -857,8 +825,8 @@ def verify(target, draft, draft_tokens, num_draft, temperature, seed, step, need
     nw = triton.cdiv(B, WAVE)
     grid = (nw * WAVE * NT * (K1 + (K1 if need_div else 1)),)
     _verify_kernel[grid](
-        target, draft_arg, draft_tokens, num_draft, temperature, seed, step, part, pidx, posf, posi, row, q2,
-        race_f, race_i, ticket, poscnt, reqcnt, ready, fincnt, tokens, n_acc, n_emit, div,
+        target, draft_arg, draft_tokens, num_draft, temperature, seed, step, part, pidx, posf, row, q2,
+        race_f, race_i, ticket, reqcnt, ready, fincnt, tokens, n_acc, n_emit, div,
         s_task, s_counts, s_hist, s_sums, rowsum, B, K, V, NT, plan["CHUNK"], WAVE, hist_w,
         HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=deterministic,
         ALIGNED=aligned, VEC=plan["VEC"], ROWS=plan["ROWS"], RACE_ROWS=plan["RACE_ROWS"],
