@@ -25,6 +25,13 @@ Streaming loops hold per-thread accumulators over tiles ``[ROWS, VEC]`` (VEC log
 16 bytes per thread and row, so loads are 128-bit), one exp2 per logit with the
 temperature and log2(e) folded into one multiply-add, and reduce across threads once
 after the loop.  Chunks are whole tiles but for one masked tail tile.
+
+Numerics: decisions use the reference's formulas where they are scalars (a[x] = x / tau
+by IEEE division, log u + log q <= log p, W / F and w / E by IEEE division); lse, p and
+the group sums differ from torch in the last bits (summation order, exp2), which flips a
+token only on an fp32 near-tie.  On the GPU exp2 flushes results below 2^-126 to 0, so a
+p that small counts as 0 (the reference keeps fp32 denormals); a tempered logit above
+FLT_MAX / log2(e) (~2.4e38) makes its row invalid here while the reference accepts it.
 """
 from __future__ import annotations
 
