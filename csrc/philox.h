@@ -1,7 +1,10 @@
 // Philox-4x32-10 and its fp32 conversions, bit for bit as specfair_kernels/rng.py.
 //
 //   key     = (seed & 0xffffffff, (seed >> 32) & 0xffffffff)
-//   counter = (vocab index i, draft position j, step & 0xffffffff, stream)
+//   counter = (index i, draft position j, step & 0xffffffff, stream)
+//
+// i is 0 for the accept uniform, the group index for the group exponentials of the
+// two-level race, the vocabulary index for the entries of the group that won.
 //
 // Only word 0 of the output block is used.  All arithmetic is uint32 with uint64
 // products, so every compiler and vector width gives the same words.
@@ -26,6 +29,8 @@ constexpr int kPhiloxRounds = 10;
 
 constexpr uint32_t kStreamAccept = 0;
 constexpr uint32_t kStreamRace = 1;
+constexpr uint32_t kStreamGroup = 2;
+constexpr int64_t kRaceGroup = 32;  // vocabulary entries per group (rng.RACE_GROUP)
 
 constexpr float kTwoM24 = 0x1p-24f;
 constexpr float kTwoM32 = 0x1p-32f;

@@ -8,12 +8,10 @@
 //      sampling rows need log p(x_j) and log q(x_j), i.e. one exp pass per position
 //      (sum exp(a - max) with the max of step 1).  Without divergences the positions
 //      after the first rejection are never exponentiated.
-//   3. the token at j* = num_accepted: argmax (greedy), else the exponential race.  The
-//      race is exact but cheap: a vectorised pass computes the Philox words and a
-//      rigorous upper bound of every score from the exponent of v (E >= v, so
-//      -log E <= -floor(log2 v) * ln 2); only entries whose bound reaches the best score
-//      so far are evaluated exactly (log E, exp p, exp q, log r), in index order, so the
-//      first maximal index wins exactly as torch.argmax.
+//   3. the token at j* = num_accepted: argmax (greedy), else the two-level exponential
+//      race of reference.race: the weights w = max(0, p - q) (or p) of the sampling row
+//      in one vectorised pass, then one exponential per group of kRaceGroup entries and
+//      one per entry of the winning group (V / 32 + 32 Philox words, not V).
 //   4. divergences (need_div) at every used drafted position, from the exp pass's
 //      buffers: p = exp(a - max) / S, log p = a - lse (likewise q), fp32 partial sums
 //      per chunk accumulated in double.  One-hot drafts: alpha = p(x), H as usual, and
@@ -21,10 +19,10 @@
 //
 // Random words and their fp32 conversions are bit-identical to rng.py (philox.h).  The
 // decisions use the reference's fp32 formulas (a = logit / tau by true division,
-// log p(x) = a[x] - lse, log u + log q <= log p, scores a - log E and
-// log(max(0, p - q)) - log E with p = exp(a - lse)); what may differ from torch in the
-// last bit is lse (summation order) and log/exp (glibc vs torch's SLEEF), which flips a
-// token only on an fp32 near-tie.  exp and log are std::exp / std::log (no fast-math).
+// log p(x) = a[x] - lse, log u + log q <= log p, race weights max(0, p - q) with
+// p = exp(a - lse), scores W / F and w / E); what may differ from torch in the last bit
+// is lse and the group sums (summation order) and log/exp (glibc vs torch's SLEEF),
+// which flips a token only on an fp32 near-tie.  exp and log are std::exp / std::log (no fast-math).
 //
 // Inner loops are plain float arrays written to auto-vectorise at the baseline ISA
 // (-O3, no -march): bf16/fp16 -> fp32 conversions are exact and branch-free, selects
@@ -55,9 +53,6 @@ using namespace specfair;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kChunk = 256;
-constexpr float kLn2 = 0.6931472f;
-// Slack of the race's score bound; any value well above fp32 rounding (1e-5) is exact.
-constexpr float kBoundMargin = 0.01f;
 
 inline float f32_from_bits(uint32_t b) {
   float f;
@@ -226,75 +221,68 @@ Div div_pass(const float* __restrict A, const float* __restrict EA, float SA, fl
   return {static_cast<float>(al), static_cast<float>(kl), -static_cast<float>(ce), -static_cast<float>(ent)};
 }
 
-enum RaceMode { kBonus = 0, kResidualDraft = 1, kResidualOneHot = 2 };
-
-struct RaceResult {
-  float best;
-  int64_t index;
-};
-
-// Exponential race at one position (counter c1 = j*, c2 = step):
-//   kBonus:    argmax_i  a_i - log E_i                  (a_i = -inf -> -inf)
-//   residual:  argmax_i  log r_i - log E_i,  r = max(0, exp(a - la) - q)   (r = 0 -> -inf)
-// with q = exp(d - lb) (draft) or one-hot at xq.  First maximal index, as torch.argmax.
-template <int Mode, typename TT, typename TD>
-RaceResult race(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la,
-                float lb, int64_t xq, uint32_t k0, uint32_t k1, uint32_t c1, uint32_t c2) {
-  alignas(64) uint32_t w[kChunk];
-  alignas(64) float z[kChunk];
-  alignas(64) float ub[kChunk];
-  float best = -kInf;
-  int64_t idx = 0;
-  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, V - c0);
-    // Vectorisable: Philox words and the score bound U >= score.
-    //   E >= v (both branches of rng.exponential), v >= 2^e with e the exponent of v, so
-    //   -fl(log E) <= -e ln 2 + 2e-6 <= c.  Bonus: score = fl(a - fl(log E)) <= fl(a + c).
-    //   Residual: r <= p = fl(exp(z)), z = fl(a - la) <= 0, so fl(log r) <= z + |z| 2^-23
-    //   + 2e-7, hence score <= fl(z * (1 - 1e-5) + c).  Rounding is monotone.
-    for (int64_t k = 0; k < n; ++k) {
-      const uint32_t wv = philox_w0(k0, k1, static_cast<uint32_t>(c0 + k), c1, c2, kStreamRace);
-      w[k] = wv;
-      const float v = race_v(wv);
-      uint32_t bits;
-      std::memcpy(&bits, &v, sizeof(bits));
-      const int neg_e = 127 - static_cast<int>((bits >> 23) & 0xffu);
-      const float c = static_cast<float>(neg_e) * kLn2 + kBoundMargin;
-      const float a = f32(tgt[c0 + k]) / tau;
-      const float zz = Mode == kBonus ? a : a - la;
-      z[k] = zz;
-      ub[k] = Mode == kBonus ? zz + c : zz * (1.0f - 1e-5f) + c;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      if (ub[k] < best) continue;  // cannot reach (nor tie) the best score so far
-      const int64_t i = c0 + k;
-      const float log_e = std::log(exponential(w[k]));
-      float s;
-      if constexpr (Mode == kBonus) {
-        s = z[k] > -kInf ? z[k] - log_e : -kInf;
+// Race weights of the sampling row: p = exp(a - la) into w; with Residual, w = max(0, p - q)
+// (q = exp(d - lb), or one-hot at xq when drf is null).  Returns whether any weight is
+// positive (the residual has mass).
+template <bool Residual, typename TT, typename TD>
+bool race_weights(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la, float lb,
+                  int64_t xq, float* __restrict w) {
+  int any = 0;
+  if (tau == 1.0f) {
+#pragma omp simd
+    for (int64_t i = 0; i < V; ++i) w[i] = f32(tgt[i]);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < V; ++i) w[i] = f32(tgt[i]) / tau;
+  }
+  for (int64_t i = 0; i < V; ++i) w[i] = std::exp(w[i] - la);
+  if constexpr (Residual) {
+    for (int64_t i = 0; i < V; ++i) {
+      float q;
+      if (drf != nullptr) {
+        q = std::exp((tau == 1.0f ? f32(drf[i]) : f32(drf[i]) / tau) - lb);
       } else {
-        const float p = std::exp(z[k]);
-        float q;
-        if constexpr (Mode == kResidualDraft) {
-          q = std::exp(f32(drf[i]) / tau - lb);
-        } else {
-          q = i == xq ? 1.0f : 0.0f;
-        }
-        float r = p - q;
-        r = r < 0.0f ? 0.0f : r;
-        s = r > 0.0f ? std::log(r) - log_e : -kInf;
+        q = i == xq ? 1.0f : 0.0f;
       }
-      if (s > best) {
-        best = s;
-        idx = i;
-      }
+      float r = w[i] - q;
+      r = r > 0.0f ? r : 0.0f;
+      w[i] = r;
+      any |= static_cast<int>(r > 0.0f);
     }
   }
-  return {best, idx};
+  return any != 0;
+}
+
+// reference.race for one row: group sums (sequential fp32), group race W / F, then the
+// entries of the winning group race w / E.  Strict > keeps the first maximal index.
+int64_t race(const float* __restrict w, int64_t V, uint32_t k0, uint32_t k1, uint32_t c1, uint32_t c2) {
+  float best = -1.0f;  // every score is >= 0, so group 0 is taken first
+  int64_t group = 0;
+  for (int64_t g = 0, c0 = 0; c0 < V; ++g, c0 += kRaceGroup) {
+    const int64_t n = std::min(kRaceGroup, V - c0);
+    float W = 0.0f;
+    for (int64_t k = 0; k < n; ++k) W += w[c0 + k];
+    const float s = W / exponential(philox_w0(k0, k1, low32(g), c1, c2, kStreamGroup));
+    if (s > best) {
+      best = s;
+      group = g;
+    }
+  }
+  const int64_t lo = group * kRaceGroup, hi = std::min(lo + kRaceGroup, V);
+  best = -1.0f;
+  int64_t tok = lo;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float s = w[i] / exponential(philox_w0(k0, k1, low32(i), c1, c2, kStreamRace));
+    if (s > best) {
+      best = s;
+      tok = i;
+    }
+  }
+  return tok;
 }
 
 struct Workspace {
-  std::vector<float> A, EA, D, ED;
+  std::vector<float> A, EA, D, ED, W;
   std::vector<Scan> sa, sd;
   void reserve(int64_t V, int64_t K) {
     if (static_cast<int64_t>(A.size()) < V) {
@@ -302,6 +290,7 @@ struct Workspace {
       EA.resize(V);
       D.resize(V);
       ED.resize(V);
+      W.resize(V);
     }
     sa.resize(K + 1);
     sd.resize(K + 1);
@@ -406,21 +395,20 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
 
   // 3. the token at j* = n_acc.
   int64_t tok;
-  const TT* ts = tgt + n_acc * V;
-  const uint32_t c1 = static_cast<uint32_t>(n_acc);
   if (greedy) {
     tok = ws.sa[n_acc].argmax;
   } else {
-    RaceResult r{-kInf, 0};
+    const TT* ts = tgt + n_acc * V;
+    float* w = ws.W.data();
+    bool residual = false;
     if (n_acc < nd) {
-      if constexpr (OneHot) {
-        r = race<kResidualOneHot, TT, TD>(ts, nullptr, V, tau, la_star, 0.0f, tok_at(n_acc), k0, k1, c1, c2);
-      } else {
-        r = race<kResidualDraft, TT, TD>(ts, drf + n_acc * V, V, tau, la_star, lb_star, 0, k0, k1, c1, c2);
-      }
+      residual = race_weights<true, TT, TD>(ts, OneHot ? nullptr : drf + n_acc * V, V, tau, la_star, lb_star,
+                                            tok_at(n_acc), w);
+    } else {  // all drafts accepted: the bonus row's lse was not needed so far
+      la_star = lse_from(exp_pass(ts, V, tau, ws.sa[n_acc].max, A, EA), ws.sa[n_acc].max);
     }
-    if (!(r.best > -kInf)) r = race<kBonus, TT, TD>(ts, nullptr, V, tau, 0.0f, 0.0f, 0, k0, k1, c1, c2);
-    tok = r.index;
+    if (!residual) race_weights<false, TT, TD>(ts, nullptr, V, tau, la_star, 0.0f, 0, w);
+    tok = race(w, V, k0, k1, static_cast<uint32_t>(n_acc), c2);
   }
   for (int64_t j = 0; j < n_acc; ++j) out.tokens[j] = tok_at(j);
   out.tokens[n_acc] = tok;

@@ -21,12 +21,12 @@ Per row b (p = verifier/target, q = drafter):
    greedy: ``x_j == argmax(a_j)`` (first maximal index);
    sampling: ``log p(x_j) > -inf and log(u_j) + log q(x_j) <= log p(x_j)`` with
    ``u_j = uniform_accept(philox(seed, 0, j, step, STREAM_ACCEPT))`` in (0, 1].
-5. At ``j* = num_accepted``: greedy rows emit ``argmax(a_j*)``.  Sampling rows race
-   ``E_i = exponential(philox(seed, i, j*, step, STREAM_RACE))``: after a rejection
-   (``j* < num_draft``) the token is ``argmax_i log(max(0, p_i - q_i)) - log E_i``,
-   a sample of normalise(max(0, p - q)); after all drafts were accepted it is the
-   bonus ``argmax_i a_i - log E_i``, a sample of p.  If rounding leaves no residual
-   mass the bonus race decides (p and q agree to fp32 precision there).
+5. At ``j* = num_accepted``: greedy rows emit ``argmax(a_j*)``.  Sampling rows draw
+   from the weights ``w = max(0, p - q)`` after a rejection (``j* < num_draft``), a
+   sample of normalise(max(0, p - q)), or ``w = p`` after all drafts were accepted (the
+   bonus, a sample of p), with ``p = exp(a_j* - lse)``; if rounding leaves no residual
+   mass (p and q agree to fp32 precision there) the bonus weights decide.  The draw is
+   `race`, a two-level exponential race keyed by ``(seed, j*, step)``.
 6. Divergences at every used drafted position, on the tempered distributions:
    alpha = sum min(p, q), KL(p||q), CE(p, q) = -sum p log q, H(p) = -sum p log p.
    One-hot drafts: alpha = p(x_j), and CE = KL = +inf unless p(x_j) is 1 in fp32.
@@ -51,6 +51,33 @@ def _log_softmax_parts(x: torch.Tensor) -> torch.Tensor:
 def _bad(x: torch.Tensor) -> torch.Tensor:
     """[..., V] -> [...]: holds NaN or +inf, or is all -inf."""
     return (torch.isnan(x) | (x == float("inf"))).any(-1) | (x == NEG_INF).all(-1)
+
+
+def race(w: torch.Tensor, seed: torch.Tensor, j: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """A sample of normalise(w) per row: [B, V] weights >= 0 -> [B] int64 vocabulary index.
+
+    Two exponential races (Philox words from `rng`).  The vocabulary is cut into groups of
+    ``rng.RACE_GROUP`` consecutive entries; group g has weight ``W_g = sum of its w_i``
+    (fp32) and draws ``F_g = exponential(philox(seed, g, j, step, STREAM_GROUP))``; the
+    winner is ``argmax_g W_g / F_g``.  Within it, entry i draws ``E_i =
+    exponential(philox(seed, i, j, step, STREAM_RACE))`` and the token is ``argmax_i
+    w_i / E_i``.  argmax is the first maximal index.  min_g F_g / W_g is Exp(sum W)
+    and attained at g with probability W_g / sum W, and likewise inside the group, so
+    entry i is drawn with probability w_i / sum w, exactly; a zero weight never wins.
+    """
+    B, V = w.shape
+    G = rng.RACE_GROUP
+    n_groups = -(-V // G)
+    dev = w.device
+    wg = torch.nn.functional.pad(w, (0, n_groups * G - V)).view(B, n_groups, G).sum(-1)
+    groups = torch.arange(n_groups, device=dev)
+    f = rng.exponential(rng.philox(seed[:, None], groups[None, :], j[:, None], step[:, None], rng.STREAM_GROUP))
+    g = (wg / f).argmax(-1)
+    idx = g[:, None] * G + torch.arange(G, device=dev)[None, :]  # [B, G]
+    inside = idx < V
+    e = rng.exponential(rng.philox(seed[:, None], idx, j[:, None], step[:, None], rng.STREAM_RACE))
+    score = torch.where(inside, w.gather(1, idx.clamp(max=V - 1)) / e, -1.0)  # -1: never wins
+    return idx.gather(1, score.argmax(-1, keepdim=True)).squeeze(1)
 
 
 def divergences(logp: torch.Tensor, logq: torch.Tensor, fields, support: torch.Tensor | None = None,
@@ -129,24 +156,21 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
     rows = torch.arange(B, device=dev)
     a_s = a[rows, n_acc]  # [B, V] target at the sampling position
     vocab = torch.arange(V, device=dev)
-    e = rng.exponential(rng.philox(seed[:, None], vocab[None, :], n_acc[:, None], step[:, None], rng.STREAM_RACE))
-    log_e = torch.log(e)
-    score_p = torch.where(a_s > NEG_INF, a_s - log_e, NEG_INF)
-    tok = score_p.argmax(-1)
+    p_s = torch.exp(a_s - la[rows, n_acc][:, None])
+    w = p_s
     # No host synchronisation anywhere (no .any()/.item(), no boolean indexing), so this
     # backend can be captured in a CUDA graph like the Triton one.
     if K > 0:
         residual = n_acc < num_draft
-        p_s = torch.exp(a_s - la[rows, n_acc][:, None])
         js = n_acc.clamp(max=K - 1)
         if d is not None:
             q_s = torch.exp(d[rows, js] - lb[rows, js][:, None])
         else:
             q_s = (vocab[None, :] == x[rows, js][:, None]).float()
         r = torch.clamp(p_s - q_s, min=0.0)
-        score_r = torch.where(r > 0, torch.log(r) - log_e, NEG_INF)
-        use_r = residual & (score_r.amax(-1) > NEG_INF)
-        tok = torch.where(use_r, score_r.argmax(-1), tok)  # argmax: the first maximum
+        use_r = residual & (r > 0).any(-1)
+        w = torch.where(use_r[:, None], r, p_s)
+    tok = race(w, seed, n_acc, step)
     tok = torch.where(greedy, argmax_a[rows, n_acc], tok)
 
     tokens = torch.full((B, K1), -1, dtype=torch.int64, device=dev)

@@ -6,15 +6,25 @@ The generator is Philox-4x32-10 (Salmon et al., SC'11), keyed by the request's
 64-bit seed and addressed by a counter built from what the number is *for*:
 
     key     = (seed & 0xffffffff, (seed >> 32) & 0xffffffff)
-    counter = (vocab index i, draft position j, verification step, stream)
+    counter = (index i, draft position j, verification step, stream)
 
-`stream` separates the two uses: ``STREAM_ACCEPT`` (one uniform per drafted
-position, counter i = 0) and ``STREAM_RACE`` (one exponential per vocabulary entry
-at the position where a token is sampled).  Because nothing in the key or counter
-depends on the batch slot or batch size, a seeded request is batch-invariant.
+`stream` separates the uses:
+
+* ``STREAM_ACCEPT``: one uniform per drafted position j, counter i = 0.
+* ``STREAM_GROUP``: one exponential per group of ``RACE_GROUP`` consecutive vocabulary
+  entries at the position where a token is sampled, counter i = group index.
+* ``STREAM_RACE``: one exponential per vocabulary entry of the group that won, counter
+  i = vocabulary index.
+
+A token is sampled by a two-level exponential race (`reference.race`): the groups race
+with their summed weights, then the entries of the winning group race with their own.
+Both levels are exact exponential races, so the token is an exact sample, and only
+``V / RACE_GROUP + RACE_GROUP`` numbers are drawn per sampled token instead of V.
+Because nothing in the key or counter depends on the batch slot or batch size, a seeded
+request is batch-invariant.
 
 Only word 0 of each Philox output block is used: a kernel evaluates one counter per
-vocabulary element, and throwing three words away keeps the indexing trivial.
+group or entry, and throwing three words away keeps the indexing trivial.
 
 Conversions (fp32, identical in every backend):
 
@@ -37,6 +47,8 @@ PHILOX_ROUNDS = 10
 
 STREAM_ACCEPT = 0
 STREAM_RACE = 1
+STREAM_GROUP = 2
+RACE_GROUP = 32  # vocabulary entries per group of the two-level race
 
 MASK32 = 0xFFFFFFFF
 TWO_M24 = 2.0**-24

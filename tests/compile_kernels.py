@@ -4,7 +4,6 @@ Run with TRITON_INTERPRET unset (tests/kernels/test_triton_compile.py does, in a
 ``python tests/compile_kernels.py`` prints one line per variant and exits non-zero on a
 compile error or a register spill.
 """
-import itertools
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 64)
 VERIFY = "specfair_kernels.ops.verify"
 DIVERGENCE = "specfair_kernels.ops.divergence"
-STREAMING_KERNELS = {"_tile_stats_kernel", "_pass2_kernel", "_divergence_rows_kernel"}
+STREAMING_KERNELS = {"_verify_kernel", "_divergence_rows_kernel"}
 """Kernels whose loops stream the vocabulary: benchmarks/roofline.py (and any SASS budget tool)
 holds their hot loops to the per-logit instruction budget.  The other kernels merge partials
 or finish rows.  Rename here, and only here, when a kernel is renamed or replaced."""
@@ -48,30 +47,27 @@ def compile_kernel(module, name, signature, constexprs, num_warps=4):
     return re.findall(r"Used \d+ registers", out)[-1]
 
 
+def verify_variant(dtype, has_draft, mode):
+    """(signature, constexprs, num_warps) of `_verify_kernel` as the launcher compiles it for a
+    large batch on the GPU (8 warps, 128-bit aligned rows); mode as in ops.verify.MODES."""
+    from specfair_kernels.ops import verify as ov
+
+    sig = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype), xtok_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32",
+               seed_ptr="*i64", step_ptr="*i64", part_ptr="*fp32", pidx_ptr="*i32", posf_ptr="*fp32",
+               row_ptr="*i32", q2_ptr="*fp32", race_f_ptr="*fp32", race_i_ptr="*i32",
+               ticket_ptr="*i32", reqcnt_ptr="*i32", ready_ptr="*i32", fincnt_ptr="*i32",
+               out_tokens_ptr="*i64", out_nacc_ptr="*i32", out_nemit_ptr="*i32", div_ptr="*fp32",
+               task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64", sums_ptr="*fp64", rowsum_ptr="*fp64",
+               B="i32", K="i32", V="i32", NT="i32", CHUNK="i32", WAVE="i32", HIST_W="i32")
+    return sig, ov.variant_constexprs(4 if dtype == "fp32" else 2, has_draft, mode), 8
+
+
 def variants():
     for dtype in ("fp32", "bf16", "fp16"):
-        common = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype))
-        for has_draft, need_div in itertools.product([True, False], repeat=2):
-            flags = dict(HAS_DRAFT=has_draft, NEED_DIV=need_div)
-            yield (VERIFY, "_tile_stats_kernel",
-                   dict(**common, num_draft_ptr="*i64", temp_ptr="*fp32", part_ptr="*fp32", pidx_ptr="*i32",
-                        K="i32", V="i32", NT="i32", CHUNK="i32"), dict(**flags, BLOCK=1024), 8)
-            yield (VERIFY, "_row_accept_kernel",
-                   dict(**common, tokens_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32", seed_ptr="*i64",
-                        step_ptr="*i64", part_ptr="*fp32", pidx_ptr="*i32", posf_ptr="*fp32", row_ptr="*i32",
-                        K="i32", V="i32", NT="i32"), dict(**flags, NT_P2=64, KP=8), 4)
-            yield (VERIFY, "_pass2_kernel",
-                   dict(**common, tokens_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32", seed_ptr="*i64",
-                        step_ptr="*i64", posf_ptr="*fp32", row_ptr="*i32", alpha_ptr="*fp32", race_f_ptr="*fp32",
-                        race_i_ptr="*i32", K="i32", V="i32", NT="i32", CHUNK="i32"), dict(**flags, BLOCK=1024), 8)
-    for need_div, has_stats, det in itertools.product([True, False], repeat=3):
-        yield (VERIFY, "_finish_kernel",
-               dict(tokens_ptr="*i64", num_draft_ptr="*i64", row_ptr="*i32", posf_ptr="*fp32", alpha_ptr="*fp32",
-                    race_f_ptr="*fp32", race_i_ptr="*i32", out_tokens_ptr="*i64", out_nacc_ptr="*i32",
-                    out_nemit_ptr="*i32", div_ptr="*fp32", task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64",
-                    sums_ptr="*fp64", rowsum_ptr="*fp64", B="i32", K="i32", NT="i32", HIST_W="i32"),
-               dict(NEED_DIV=need_div, RETURN_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det,
-                    NT_P2=64, KP=8), 4)
+        for has_draft in (True, False):
+            for mode in ("tokens", "divergence", "stats", "stats_deterministic"):
+                sig, const, warps = verify_variant(dtype, has_draft, mode)
+                yield VERIFY, "_verify_kernel", sig, const, warps
     yield (VERIFY, "_task_reduce_kernel", dict(task_ptr="*i64", rowsum_ptr="*fp64", sums_ptr="*fp64", B="i32"),
            dict(BLOCK_B=256), 4)
     from specfair_kernels.ops import divergence as od
@@ -85,7 +81,7 @@ def variants():
                        dict(V=128256, KIND=kind, NEED_GRAD=need_grad, BLOCK=od.MAX_BLOCK), 8)
 
 
-ONES = ("B", "K", "NT")
+ONES = ("B", "K", "V", "NT", "WAVE", "HIST_W")
 """Integer arguments that can be 1 at run time.  Triton specialises an integer argument
 equal to 1 into a compile-time constant, so kernel code must not call methods such as
 ``.to()`` on them (B=1 broke ``_finish_kernel`` on the GPU while every B > 1 compiled)."""

@@ -8,6 +8,8 @@ PHILOX_W0 = tl.constexpr(0x9E3779B9)
 PHILOX_W1 = tl.constexpr(0xBB67AE85)
 STREAM_ACCEPT = tl.constexpr(0)
 STREAM_RACE = tl.constexpr(1)
+STREAM_GROUP = tl.constexpr(2)
+RACE_GROUP = tl.constexpr(32)  # vocabulary entries per group of the two-level race (rng.RACE_GROUP)
 
 
 @triton.jit

@@ -1,0 +1,123 @@
+"""The Triton verify kernel's own machinery: its work schedule (chunks, masked tails, waves,
+every call mode) against the reference, its random words against `rng`, its launch plan
+and its work model.  Runs in the interpreter without a GPU (tiny shapes)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specfair_kernels import reference, rng
+from specfair_kernels.stats import DIVERGENCE_FIELDS, TaskStats
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+ov = pytest.importorskip("specfair_kernels.ops.verify")
+orng = pytest.importorskip("specfair_kernels.ops.rng")
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(B, K, V, one_hot, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(B, K + 1, V, generator=g) * 2
+    t[:, :, 5] = float("-inf")
+    d = None if one_hot else (t[:, :K] + torch.randn(B, K, V, generator=g)).to(dtype)
+    q = torch.softmax((t[:, :K] if one_hot else d).float(), -1)
+    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
+    nd = torch.tensor([K, K, 1, 0, K, K - 1][:B])
+    temp = torch.tensor([1.0, 0.0, 0.7, 1.0, 1.3, 1.0][:B])
+    args = (t.to(dtype), d, torch.where(torch.arange(K) < nd[:, None], x, -1), nd, temp,
+            torch.arange(B, dtype=torch.int64) * 3 + 1, torch.full((B,), 5, dtype=torch.int64))
+    return tuple(a.to(DEV) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("mode", ["tokens", "divergence", "stats", "stats_deterministic"])
+def test_chunks_tails_and_waves_match_the_reference(one_hot, mode):
+    """6 requests in waves of 2 (pass 2 of a wave after the stats of the next), rows in 4
+    chunks of 64 with a masked 8-logit tail, greedy, ragged and K=0-like (num_draft 0) rows."""
+    B, K, V = 6, 3, 200
+    args = _inputs(B, K, V, one_hot, torch.float32 if one_hot else torch.bfloat16)
+    need_div, has_stats, det = ov.MODES[mode]
+    stats = TaskStats(2, K, device=DEV, deterministic=det) if has_stats else None
+    task = torch.tensor([0, 1, 1, 0, 1, 0], device=DEV) if has_stats else None
+    tokens, n_acc, n_emit, div = ov.verify(*args, need_div, task_ids=task, stats=stats, chunk=64, wave=2)
+    canonical = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
+    r_tok, r_acc, r_emit, r_div = reference.verify(*canonical, need_div)
+    assert torch.equal(tokens.cpu(), r_tok) and torch.equal(n_acc.cpu(), r_acc) and torch.equal(n_emit.cpu(), r_emit)
+    assert (r_acc < args[3].cpu()).any() and (r_acc[args[4].cpu() > 0] == args[3].cpu()[args[4].cpu() > 0]).any()
+    if not need_div:
+        assert div is None
+        return
+    for f in DIVERGENCE_FIELDS:
+        torch.testing.assert_close(div[f].cpu(), r_div[f], rtol=1e-4, atol=1e-4, equal_nan=True, msg=f)
+    if has_stats:
+        want = torch.zeros(2, 4, dtype=torch.float64)
+        for b in range(B):
+            want[int(task[b])] += torch.stack([r_div[f][b].double().sum() for f in DIVERGENCE_FIELDS])
+        torch.testing.assert_close(stats.sums.cpu(), want, rtol=1e-5, atol=1e-5)
+        assert int(stats.counts[:, 3].sum()) == B
+
+
+@triton.jit
+def _rng_kernel(seed_ptr, out_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    seed = tl.load(seed_ptr)
+    w = orng.philox_word0(seed, i * 977, i % 5, i * 31 + 7, orng.STREAM_GROUP)
+    tl.store(out_ptr + i, w.to(tl.int64))
+    tl.store(out_ptr + N + i, orng.exponential(w).to(tl.int32, bitcast=True).to(tl.int64))
+    tl.store(out_ptr + 2 * N + i, orng.uniform_accept(w).to(tl.int32, bitcast=True).to(tl.int64))
+
+
+def test_triton_random_words_match_the_spec():
+    assert (int(orng.STREAM_ACCEPT), int(orng.STREAM_RACE), int(orng.STREAM_GROUP), int(orng.RACE_GROUP)) == (
+        rng.STREAM_ACCEPT, rng.STREAM_RACE, rng.STREAM_GROUP, rng.RACE_GROUP)
+    N = 256
+    seed = torch.tensor([-(2**62) + 12345], dtype=torch.int64, device=DEV)
+    out = torch.empty(3 * N, dtype=torch.int64, device=DEV)
+    _rng_kernel[(1,)](seed, out, N=N)
+    out = out.cpu()
+    i = torch.arange(N)
+    want = rng.philox(seed.cpu(), i * 977, i % 5, i * 31 + 7, rng.STREAM_GROUP)
+    assert torch.equal(out[:N] & rng.MASK32, want)
+    e = out[N:2 * N].to(torch.int32).view(torch.float32)
+    e_ref = rng.exponential(want)
+    ulps = (e.view(torch.int32).long() - e_ref.view(torch.int32).long()).abs()
+    assert ulps.max() <= 2  # log (Triton libdevice vs torch) and FMA contraction in the series
+    u = out[2 * N:].to(torch.int32).view(torch.float32)
+    assert torch.equal(u, rng.uniform_accept(want))
+
+
+def test_launch_plan():
+    plan = ov._plan(64, 4, 128256, 2, True, 132, 50 * 2**20)
+    assert plan["CHUNK"] % (plan["RACE_ROWS"] * rng.RACE_GROUP) == 0 and plan["CHUNK"] % (plan["ROWS"] * 8) == 0
+    assert (plan["NT"] - 1) * plan["CHUNK"] < 128256 <= plan["NT"] * plan["CHUNK"]
+    assert plan["VEC"] == 8 and plan["num_warps"] == 8
+    assert plan["WAVE"] * 9 * 128256 * 2 <= 50 * 2**20 // ov.L2_FRACTION
+    small = ov._plan(1, 4, 151936, 2, True, 132, 50 * 2**20)
+    assert small["num_warps"] == 4 and small["NT"] * 5 >= 132  # B=1 spreads over the SMs
+    with pytest.raises(ValueError, match="block"):
+        ov._plan(64, 4, 128256, 2, True, 132, 50 * 2**20, block=1000)
+    assert ov.launch_config(320, 128256, "cpu")[1] % rng.RACE_GROUP == 0
+
+
+@pytest.mark.parametrize("mode", ["tokens", "divergence", "stats", "stats_deterministic"])
+def test_work_model(mode):
+    B, K, V, eb = 64, 4, 128256, 2
+    launches = ov.work_model(B, K, V, eb, mode)
+    need_div, _, det = ov.MODES[mode]
+    assert [d["kernel"] for d in launches] == ["_verify_kernel"] + (["_task_reduce_kernel"] if det else [])
+    main = launches[0]
+    assert main["constexprs"] == ov.variant_constexprs(eb, True, mode)
+    assert len(main["loops"]) == (5 if need_div else 4)
+    logits = B * (2 * K + 1) * V
+    stats_loops = main["loops"][0]["elements"] + main["loops"][1]["elements"]
+    assert stats_loops == logits  # every used logit once
+    # DRAM: the logits once, plus small per-chunk scratch and outputs; re-reads hit L2.
+    assert logits * eb <= main["dram_bytes"] < logits * eb * 1.01
+    race = main["loops"][2]["elements"] + main["loops"][3]["elements"]
+    rereads = race + (main["loops"][4]["elements"] if need_div else 0)
+    assert main["l2_bytes"] == rereads * eb
+    assert race == 2 * B * V  # residual races: target and draft of one row per request
+    if need_div:
+        assert rereads == 2 * B * K * V  # the drafted rows, once more
