@@ -1,10 +1,11 @@
 """Triton kernels for `specfair_kernels.divergence` (semantics and docs: that module).
 
-Everything is computed in base 2 with the temperature folded in: with c = log2(e) / T the
-tempered logits are a = c t (target, p) and b = c d (draft, q), so every exponential is one
-``exp2(c x - m)`` (one FFMA and one MUFU per element), and the 1/T of the gradient goes
-into the normaliser (q / T = 2^(b - L_b - log2 T)).  fp32 accumulation for every dtype,
-int64 row offsets.
+Exponentials are base 2 with the temperature folded in: with c = log2(e) / T and m the
+running (raw) maximum, p is proportional to 2^((t - m) c): one FADD, one FMUL and one MUFU
+per element, and exactly 2^0 = 1 at the maximum (a one-entry row gives p = q = 1 exactly).
+The 1/T of the CE/KL gradient goes into the normaliser: (q - p) / T is
+2^((d - m_b) c - log2 s_b - log2 T) - 2^((t - m_a) c - log2 s_a - log2 T).  fp32
+accumulation for every dtype, int64 row offsets.
 
 Tiles
 -----
@@ -16,13 +17,13 @@ a multiple of EPT) and the tail are masked tiles outside the loops.
 
 Passes (per row)
 ----------------
-* pass 1 (forward): per thread, running maxima m_a, m_b and sums s_a = sum 2^(a - m_a),
-  s_b.  The tile maximum comes first, so each element costs one exp2 and the sums are
-  rescaled once per tile.  CE also sums w = sum 2^(a - m_a) (b - m_b), KL
-  w = sum 2^(a - m_a) ((a - m_a) - (b - m_b)), and both keep the largest exponent gap
-  (a - m_a) - max(b - m_b, NEG_BIG): above FLAG_MIN exactly where the target is finite
-  and the draft -inf (CE = KL = +inf).  alpha/tv record whether the two rows differ.  One
-  block reduction after the loop merges the threads:
+* pass 1 (forward): per thread, running maxima m_a (target t), m_b (draft d) and sums
+  s_a = sum 2^(a), s_b = sum 2^(b) of the exponents a = (t - m_a) c, b = (d - m_b) c.  The
+  tile maximum comes first, so each element costs one exp2 and the sums are rescaled once
+  per tile.  CE also sums w = sum 2^a b, KL w = sum 2^a (a - b), and both keep the largest
+  gap a - max(b, NEG_BIG): above FLAG_MIN exactly where the target is finite and the
+  draft -inf (CE = KL = +inf).  alpha/tv record whether the two rows differ.  One block
+  reduction after the loop merges the threads:
       CE = ln2 (log2 s_b - w / s_a)        KL = ln2 (w / s_a - log2 s_a + log2 s_b)
 * pass 2 (backward, from the last tile to the first, so that its first tiles are still
   in L2): CE/KL write the gradient (q - p) / T; alpha/tv sum min(p, q) or |p - q|, and
@@ -45,6 +46,13 @@ floats), `_split_sweep_kernel` merges a row's partials, then runs pass 2 on its 
 `_split_finish_kernel` merges those sums, writes the value and runs pass 3.  The rows are
 few, so their re-reads come from L2.
 
+Tile size and warps: BLOCK = TILE_BYTES / element size (4096 bf16 logits, 16 warps, two
+programs per SM at the CE/KL variants' 64 registers).  The launcher's ``block`` argument
+chooses another (2048: 8 warps; 8192: 32 warps, one program per SM, half the rows in
+flight and so about twice the L2 hits of the re-read; see `work_model`).  Loads get the
+16-byte alignment hint only when the launcher found every base pointer 16-byte aligned
+(ALIGNED).
+
 Special values
 --------------
 Masked lanes load -inf, neutral everywhere.  A NaN or +inf logit makes its sum NaN (the
@@ -53,7 +61,7 @@ NaN value, and NaN normalisers so that its gradient row is NaN.  Running maxima 
 NEG_BIG (finite), so masked entries never produce inf - inf.  Identical rows (p = q, the
 optimum of alpha and tv) reuse the target normaliser for the draft, so q = p bit for bit
 and the subgradient is exactly 0 (two normalisers computed apart were seen to differ in
-the last bit on sm_90).  Tempered logits are assumed below 1e37 in magnitude.
+the last bit on sm_90).  Tempered logit differences are assumed below 1e37 in magnitude.
 
 V is a compile-time constant: the vocabulary is fixed per model, so this costs one
 compilation per vocabulary size, and it keeps every loop bound a Python int under
@@ -75,8 +83,8 @@ LN2 = C(0.6931471805599453)
 NEG_BIG = C(-3.4028234663852886e38)
 """-FLT_MAX: the start of every running maximum and the floor of clamped exponents."""
 FLAG_MIN = C(1.7014118346046923e38)
-"""FLT_MAX / 2.  The gap (a - m_a) - max(b - m_b, NEG_BIG) is FLT_MAX - |a - m_a| where a
-is finite and b = -inf, and |a - b| (far below this) where both are finite."""
+"""FLT_MAX / 2.  The exponent gap a - max(b, NEG_BIG) is about FLT_MAX - |a| where the
+target is finite and the draft -inf, and far below this where both are finite."""
 NPART = C(8)
 """fp32 fields of a segment partial (split path); the eighth is padding."""
 P_MA, P_SA, P_MB, P_SB, P_W, P_GAP, P_DIF = (C(i) for i in range(7))
@@ -643,29 +651,28 @@ def work_model(N, V, elem_bytes, kind, need_grad, num_sms=132) -> list[dict]:
     Gradient writes and segment partials are DRAM traffic; partial re-reads hit L2.
     """
     launches = _launches(N, V, elem_bytes, elem_bytes, kind, need_grad, num_sms)
-    cx0 = launches[0]["constexprs"]
-    BLOCK = cx0["BLOCK"]
-    pairwise = kind in ("tv", "alpha")  # need both normalisers before any sum: a second pass
+    cx = launches[0]["constexprs"]
+    BLOCK = cx["BLOCK"]
+    nf = _full_tiles(V, BLOCK, _elems_per_thread(8 * elem_bytes, 8 * elem_bytes))
+    pairwise = kind in ("tv", "alpha")  # their sums need both normalisers: one more pass
     row_bytes = 2 * V * elem_bytes  # both inputs
     grad_bytes = N * V * elem_bytes if need_grad else 0
-    sweeps = int(bool(need_grad) or pairwise) + int(bool(need_grad) and pairwise)
     if len(launches) == 1:
-        resident = min(N, num_sms * max(1, RESIDENT_THREADS_PER_SM // (WARP * launches[0]["num_warps"])))
-        hit = min(1.0, L2_BYTES / (2 * resident * row_bytes))
-        nf = _full_tiles(V, BLOCK, _elems_per_thread(8 * elem_bytes, 8 * elem_bytes))
         launch = launches[0]
-        launch["loops"] = [{"elements": 2 * N * nf * BLOCK} for _ in range(1 + sweeps)]
+        sweeps = int(bool(need_grad) or pairwise) + int(bool(need_grad) and pairwise)
+        resident = min(N, num_sms * max(1, RESIDENT_THREADS_PER_SM // (WARP * launch["num_warps"])))
         reread = sweeps * N * row_bytes
-        launch["l2_bytes"] = round(hit * reread)
-        launch["dram_bytes"] = N * row_bytes + reread - launch["l2_bytes"] + grad_bytes + 4 * N
+        l2 = round(min(1.0, L2_BYTES / (2 * resident * row_bytes)) * reread)
+        launch.update(loops=[{"elements": 2 * N * nf * BLOCK} for _ in range(1 + sweeps)], l2_bytes=l2,
+                      dram_bytes=N * row_bytes + reread - l2 + grad_bytes + 4 * N)
         return launches
-    SEG, NSEG = cx0["SEG"], cx0["NSEG"]
-    nf = _full_tiles(V, BLOCK, _elems_per_thread(8 * elem_bytes, 8 * elem_bytes))
-    seg_loops = [{"elements": 2 * N * (NSEG - 1) * SEG * BLOCK}, {"elements": 2 * N * (nf - (NSEG - 1) * SEG) * BLOCK}]
+    SEG, NSEG = cx["SEG"], cx["NSEG"]
+    seg_loops = [{"elements": 2 * N * (NSEG - 1) * SEG * BLOCK},
+                 {"elements": 2 * N * (nf - (NSEG - 1) * SEG) * BLOCK}]
     hit = min(1.0, L2_BYTES / (N * row_bytes))
     part_bytes = 4 * N * NSEG * int(NPART)
     sums_bytes = 4 * N * NSEG * int(NSUM)
-    for i, launch in enumerate(launches):
+    for launch in launches:
         name = launch["kernel"]
         if name == "_split_stats_kernel":
             launch.update(loops=seg_loops, dram_bytes=N * row_bytes + part_bytes, l2_bytes=0)
