@@ -46,8 +46,8 @@ floats), `_split_sweep_kernel` merges a row's partials, then runs pass 2 on its 
 `_split_finish_kernel` merges those sums, writes the value and runs pass 3.  The rows are
 few, so their re-reads come from L2.
 
-Tile size and warps: BLOCK = TILE_BYTES / element size (4096 bf16 logits, 16 warps, two
-programs per SM at the CE/KL variants' 64 registers).  The launcher's ``block`` argument
+Tile size and warps: BLOCK = TILE_BYTES / element size (4096 bf16 logits, 16 warps; at
+<= 64 registers two programs fit per SM: 32 KiB of loads in flight).  The launcher's ``block`` argument
 chooses another (2048: 8 warps; 8192: 32 warps, one program per SM, half the rows in
 flight and so about twice the L2 hits of the re-read; see `work_model`).  Loads get the
 16-byte alignment hint only when the launcher found every base pointer 16-byte aligned
@@ -191,13 +191,20 @@ def _row_pointers(draft_ptr, target_ptr, grad_ptr, row, V: tl.constexpr, EPT: tl
 
 @triton.jit
 def _edge(i, k0, offs, V: tl.constexpr, BLOCK: tl.constexpr, EPT: tl.constexpr):
-    """Row positions and mask of edge tile i: 0 is the head [0, k0), 1.. the tail."""
+    """Positions and mask of edge tile i.  0 is the head [0, k0), relative to the row start;
+    1.. the tail, relative to the aligned start (the row start plus k0)."""
     if i == 0:
         pos = offs
         mask = (offs < k0) & (offs < V)
     else:
-        pos = k0 + (_full_tiles(V, BLOCK, EPT) + i - 1) * BLOCK + offs
-        mask = pos < V
+        start = (_full_tiles(V, BLOCK, EPT) + i - 1) * BLOCK
+        pos = start + offs
+        if V % EPT == 0:
+            # Whole 16-byte vectors are in or out: a per-vector mask keeps the loads vectorised.
+            vec = start + tl.arange(0, BLOCK // EPT)[:, None] * EPT
+            mask = tl.broadcast_to(vec < V, (BLOCK // EPT, EPT))
+        else:
+            mask = pos < V - k0
     return pos, mask
 
 
@@ -264,7 +271,10 @@ def _stats_pass(acc, t_row, d_row, t_al, d_al, k0, j0, offs, c, V: tl.constexpr,
     if EDGES:
         for i in tl.static_range(_first_edge(V, EPT), _end_edge(V, BLOCK, EPT)):
             pos, mask = _edge(i, k0, offs, V, BLOCK, EPT)
-            acc = _stats_tile(acc, _load(t_row + pos, mask, ""), _load(d_row + pos, mask, ""), c, KIND)
+            if i == 0:
+                acc = _stats_tile(acc, _load(t_row + pos, mask, ""), _load(d_row + pos, mask, ""), c, KIND)
+            else:
+                acc = _stats_tile(acc, _load(t_al + pos, mask, ""), _load(d_al + pos, mask, ""), c, KIND)
     return acc
 
 
@@ -335,13 +345,17 @@ def _sweep_tile(sums, g_ptr, ta, db, c, norms, mask, PASS: tl.constexpr, KIND: t
 
 
 @triton.jit
-def _sweep_edges(sums, t_row, d_row, g_row, k0, offs, c, norms, V: tl.constexpr,
-                 BLOCK: tl.constexpr, EPT: tl.constexpr, PASS: tl.constexpr, KIND: tl.constexpr,
-                 NEED_GRAD: tl.constexpr):
+def _sweep_edges(sums, ptrs, k0, offs, c, norms, V: tl.constexpr, BLOCK: tl.constexpr,
+                 EPT: tl.constexpr, PASS: tl.constexpr, KIND: tl.constexpr, NEED_GRAD: tl.constexpr):
+    t_row, d_row, g_row, t_al, d_al, g_al = ptrs
     for i in tl.static_range(_first_edge(V, EPT), _end_edge(V, BLOCK, EPT)):
         pos, mask = _edge(i, k0, offs, V, BLOCK, EPT)
-        sums = _sweep_tile(sums, g_row + pos, _load(t_row + pos, mask, ""), _load(d_row + pos, mask, ""),
-                           c, norms, mask, PASS, KIND, NEED_GRAD)
+        if i == 0:
+            sums = _sweep_tile(sums, g_row + pos, _load(t_row + pos, mask, ""), _load(d_row + pos, mask, ""),
+                               c, norms, mask, PASS, KIND, NEED_GRAD)
+        else:
+            sums = _sweep_tile(sums, g_al + pos, _load(t_al + pos, mask, ""), _load(d_al + pos, mask, ""),
+                               c, norms, mask, PASS, KIND, NEED_GRAD)
     return sums
 
 
@@ -356,7 +370,7 @@ def _sweep(ptrs, k0, j0, offs, c, norms, V: tl.constexpr, BLOCK: tl.constexpr,
     R: tl.constexpr = BLOCK // EPT
     sums = tl.zeros((R,), tl.float32), tl.zeros((R,), tl.float32)
     if PASS == 2 and EDGES:
-        sums = _sweep_edges(sums, t_row, d_row, g_row, k0, offs, c, norms, V, BLOCK, EPT, PASS, KIND, NEED_GRAD)
+        sums = _sweep_edges(sums, ptrs, k0, offs, c, norms, V, BLOCK, EPT, PASS, KIND, NEED_GRAD)
     for jj in range(NT):
         if PASS == 2:
             o = (j0 + NT - 1 - jj) * BLOCK + offs
@@ -365,7 +379,7 @@ def _sweep(ptrs, k0, j0, offs, c, norms, V: tl.constexpr, BLOCK: tl.constexpr,
         sums = _sweep_tile(sums, g_al + o, _load(t_al + o, None, EVICT), _load(d_al + o, None, EVICT),
                            c, norms, None, PASS, KIND, NEED_GRAD)
     if PASS == 3 and EDGES:
-        sums = _sweep_edges(sums, t_row, d_row, g_row, k0, offs, c, norms, V, BLOCK, EPT, PASS, KIND, NEED_GRAD)
+        sums = _sweep_edges(sums, ptrs, k0, offs, c, norms, V, BLOCK, EPT, PASS, KIND, NEED_GRAD)
     return sums
 
 
@@ -630,9 +644,9 @@ def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, 
 L2_BYTES = 50 * 2**20
 """L2 capacity assumed by `work_model` (H100 and H200: 50 MB)."""
 RESIDENT_THREADS_PER_SM = 1024
-"""Row-kernel threads assumed resident per SM: 65536 registers at 64 per thread (the CE/KL
-gradient variant; the alpha/tv one uses more, which only helps its L2 hits).  16 warps:
-two programs per SM; 32 warps (block=8192 for bf16): one."""
+"""Row-kernel threads assumed resident per SM: 65536 registers at <= 64 per thread (every
+sm_90 variant, tests/compile_kernels.py).  16 warps: two programs per SM; 32 warps
+(block=8192 for bf16): one."""
 
 
 def work_model(N, V, elem_bytes, kind, need_grad, num_sms=132) -> list[dict]:
