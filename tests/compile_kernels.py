@@ -96,6 +96,11 @@ def variants():
                         seen.add(key)
                         yield (DIVERGENCE, launch["kernel"], sigs[launch["kernel"]], launch["constexprs"],
                                launch["num_warps"])
+    # The backward's row scaling: ptxas unrolls its tile loop completely (no hot loop for
+    # sass_budget to find), so it is compiled for fp32 only.
+    plan = od._plan(8192, 128256, 4, 4, 132)
+    yield (DIVERGENCE, "_scale_rows_kernel", dict(grad_ptr="*fp32", scale_ptr="*fp32"),
+           dict(V=128256, BLOCK=plan["BLOCK"], ALIGNED=True), plan["num_warps"])
 
 ONES = ("B", "K", "NT")
 """Integer arguments that can be 1 at run time.  Triton specialises an integer argument

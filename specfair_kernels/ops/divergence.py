@@ -46,6 +46,10 @@ floats), `_split_sweep_kernel` merges a row's partials, then runs pass 2 on its 
 `_split_finish_kernel` merges those sums, writes the value and runs pass 3.  The rows are
 few, so their re-reads come from L2.
 
+Backward: `scale_rows_` (`_scale_rows_kernel`, one program per row) scales the saved
+gradient by d loss / d value in place, zero rows exactly 0, in one read and one write
+(none for rows scaled by 1, a write only for rows scaled by 0).
+
 Tile size and warps: BLOCK = TILE_BYTES / element size (4096 bf16 logits, 16 warps; at
 <= 64 registers two programs fit per SM: 32 KiB of loads in flight).  The launcher's ``block`` argument
 chooses another (2048: 8 warps; 8192: 32 warps, one program per SM, half the rows in
@@ -553,6 +557,49 @@ def _split_finish_kernel(
                    _last_tiles(V, BLOCK, EPT, SEG, NSEG), True, 3, KIND, NEED_GRAD)
 
 
+@triton.jit
+def _scale_rows_kernel(
+    grad_ptr,     # [N, V] fp32 | bf16 | fp16, contiguous, in place: the saved local gradient
+    scale_ptr,    # [N] fp32: d loss / d value of each row
+    V: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+):
+    """grad[n] *= scale[n], and exactly 0 where scale[n] == 0 (even over NaN): the backward
+    of `token_divergence_rows` in one pass.  A row scaled by 1 is not touched and a row
+    scaled by 0 is only written."""
+    EPT: tl.constexpr = _elems_per_thread(grad_ptr.dtype.element_ty.primitive_bitwidth,
+                                          grad_ptr.dtype.element_ty.primitive_bitwidth)
+    row = tl.program_id(0)
+    s = tl.load(scale_ptr + row)
+    ptrs, k0 = _row_pointers(grad_ptr, grad_ptr, grad_ptr, row, V, EPT, ALIGNED)
+    if s == 0.0:
+        _scale_pass(ptrs[2], ptrs[5], k0, s, V, BLOCK, EPT, True)
+    elif s != 1.0:
+        _scale_pass(ptrs[2], ptrs[5], k0, s, V, BLOCK, EPT, False)
+
+
+@triton.jit
+def _scale_pass(g_row, g_al, k0, s, V: tl.constexpr, BLOCK: tl.constexpr, EPT: tl.constexpr,
+                ZERO: tl.constexpr):
+    offs = _tile_offsets(BLOCK, EPT)
+    for j in range(_full_tiles(V, BLOCK, EPT)):
+        _scale_tile(g_al + j * BLOCK + offs, s, None, ZERO)
+    for i in tl.static_range(_first_edge(V, EPT), _end_edge(V, BLOCK, EPT)):
+        pos, mask = _edge(i, k0, offs, V, BLOCK, EPT)
+        if i == 0:
+            _scale_tile(g_row + pos, s, mask, ZERO)
+        else:
+            _scale_tile(g_al + pos, s, mask, ZERO)
+
+
+@triton.jit
+def _scale_tile(at, s, mask, ZERO: tl.constexpr):
+    if ZERO:
+        g = tl.zeros(at.shape, tl.float32)
+    else:
+        g = tl.load(at, mask=mask).to(tl.float32) * s
+    tl.store(at, g.to(at.dtype.element_ty), mask=mask)
+
+
 # --- launcher ------------------------------------------------------------------------------
 
 def _pow2_floor(x: int) -> int:
@@ -596,7 +643,7 @@ def _launches(N: int, V: int, draft_bytes: int, target_bytes: int, kind: str, ne
 
 
 _KERNELS = {k.fn.__name__: k for k in (_divergence_rows_kernel, _split_stats_kernel, _split_sweep_kernel,
-                                       _split_finish_kernel)}
+                                       _split_finish_kernel, _scale_rows_kernel)}
 
 
 def _num_sms(device: torch.device) -> int:
@@ -637,6 +684,23 @@ def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, 
         _KERNELS[launch["kernel"]][(launch["programs"],)](
             *args[launch["kernel"]], **launch["constexprs"], num_warps=launch["num_warps"])
     return values, grad
+
+
+def scale_rows_(grad: torch.Tensor, scale: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """In place: ``grad[n] *= scale[n]``, rows with ``scale[n] == 0`` set to exactly 0.
+
+    The backward of `token_divergence_rows` (``grad.mul_(go).masked_fill_(go == 0, 0)``, the
+    same bits) in one read and one write of the gradient; rows scaled by 1 cost nothing,
+    rows scaled by 0 only a write.  ``grad``: contiguous [N, V]; ``scale``: [N] float.
+    """
+    N, V = grad.shape
+    if N == 0:
+        return grad
+    plan = _plan(N, V, grad.element_size(), grad.element_size(), 0, block)  # one program per row
+    scale = scale.reshape(N).to(torch.float32).contiguous()
+    _scale_rows_kernel[(N,)](grad, scale, V=V, BLOCK=plan["BLOCK"], ALIGNED=grad.data_ptr() % int(VEC_BYTES) == 0,
+                             num_warps=plan["num_warps"])
+    return grad
 
 
 # --- work model (roofline report) --------------------------------------------------------------

@@ -201,3 +201,27 @@ def test_work_model():
         assert sum(lp["elements"] for lp in x["loops"]) == 2 * 4 * od._full_tiles(V, 4096, 8) * 4096
     assert launches[1]["l2_bytes"] >= 2 * 4 * V * 2  # 4 rows fit in L2: the re-read hits
     assert [len(x["loops"]) for x in od.work_model(4, V, 2, "ce", False)] == [2, 0]
+
+
+# --- backward: rows scaled in place ----------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_scale_rows_is_the_backward(dtype, monkeypatch):
+    """scale_rows_ gives grad.mul_(go).masked_fill_(go == 0, 0) (the in-place backward of
+    specfair_kernels.divergence): rows scaled by 0 are exactly 0 even over NaN, rows scaled by
+    1 untouched, NaN scales NaN.  Bit for bit, except that the interpreter truncates fp32 to
+    bf16 where the GPU (and torch) round to nearest."""
+    monkeypatch.setattr(od, "MAX_BLOCK", 64)
+    for V in (1, 37, 300):
+        g = (torch.randn(6, V, generator=torch.Generator().manual_seed(V)) * 3).to(dtype).to(DEV)
+        g[2, 0] = g[3] = float("nan")
+        go = torch.tensor([0.37, 1.0, 0.0, 0.0, -3.0, float("nan")], device=DEV)
+        ref = g.clone().mul_(go[:, None]).masked_fill_(go[:, None] == 0, 0)
+        out = od.scale_rows_(g.clone(), go)
+        assert torch.equal(out.isnan(), ref.isnan())
+        assert (out[2:4] == 0).all() and torch.equal(out[1], g[1])
+        if dtype == torch.bfloat16 and not HAS_CUDA:
+            torch.testing.assert_close(out, ref, rtol=2**-7, atol=0, equal_nan=True)
+        else:
+            assert torch.equal(out.nan_to_num(), ref.nan_to_num())
