@@ -72,14 +72,35 @@ def variants():
            dict(BLOCK_B=256), 4)
     from specfair_kernels.ops import divergence as od
 
-    for dtype in ("fp32", "bf16"):
-        for kind in range(4):
-            for need_grad in (True, False):
-                yield (DIVERGENCE, "_divergence_rows_kernel",
-                       dict(draft_ptr=_p(dtype), target_ptr=_p(dtype), value_ptr="*fp32", grad_ptr=_p(dtype),
-                            temperature="fp32"),
-                       dict(V=128256, KIND=kind, NEED_GRAD=need_grad, BLOCK=od.MAX_BLOCK), 8)
-
+    # Every launch of token_divergence for one program per row (N=8192) and for the split
+    # path (N=16), as work_model describes them.  Loop-less variants (the CE/KL sweep and
+    # alpha/tv finish without a gradient) are compiled for fp32 only: sass_budget reads the
+    # bf16 variants and expects a vocabulary loop in each.
+    seen = set()
+    for dtype, elem_bytes in (("fp32", 4), ("bf16", 2)):
+        logits = dict(draft_ptr=_p(dtype), target_ptr=_p(dtype))
+        sigs = {
+            "_divergence_rows_kernel": dict(**logits, value_ptr="*fp32", grad_ptr=_p(dtype), temperature="fp32"),
+            "_split_stats_kernel": dict(**logits, part_ptr="*fp32", temperature="fp32"),
+            "_split_sweep_kernel": dict(**logits, part_ptr="*fp32", sums_ptr="*fp32", value_ptr="*fp32",
+                                        grad_ptr=_p(dtype), temperature="fp32"),
+        }
+        sigs["_split_finish_kernel"] = sigs["_split_sweep_kernel"]
+        for N in (8192, 16):
+            for kind in od.KIND_CODES:
+                for need_grad in (True, False):
+                    for launch in od.work_model(N, 128256, elem_bytes, kind, need_grad):
+                        key = (dtype, launch["kernel"], tuple(launch["constexprs"].items()))
+                        if key in seen or (dtype == "bf16" and not launch["loops"]):
+                            continue
+                        seen.add(key)
+                        yield (DIVERGENCE, launch["kernel"], sigs[launch["kernel"]], launch["constexprs"],
+                               launch["num_warps"])
+    # The backward's row scaling: ptxas unrolls its tile loop completely (no hot loop for
+    # sass_budget to find), so it is compiled for fp32 only.
+    plan = od._plan(8192, 128256, 4, 4, 132)
+    yield (DIVERGENCE, "_scale_rows_kernel", dict(grad_ptr="*fp32", scale_ptr="*fp32"),
+           dict(V=128256, BLOCK=plan["BLOCK"], ALIGNED=True), plan["num_warps"])
 
 ONES = ("B", "K", "V", "NT", "WAVE", "HIST_W")
 """Integer arguments that can be 1 at run time.  Triton specialises an integer argument
