@@ -3,7 +3,7 @@
 Providers
   torch          sk.verify(..., backend="torch"): the batched eager reference, with the
                  public API's validation (as a user calls it)
-  torch.compile  torch.compile(specfair_kernels.reference.verify) on the canonical
+  torch.compile  torch.compile(specfair_kernels.reference.verify_ref) on the canonical
                  arguments the API would pass it (no validation)
   triton         sk.verify(..., backend="triton") (CUDA); launch "graph" replays one call
                  captured in a CUDA graph, launch "eager" calls it from Python
@@ -100,7 +100,7 @@ def compiled_reference():
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
-    return torch.compile(reference.verify, dynamic=False)
+    return torch.compile(reference.verify_ref, dynamic=False)
 
 
 def reference_args(target, draft, tokens, seed):
@@ -131,7 +131,7 @@ def test_verify(benchmark, bench_ctx, provider, launch, mode, B, K, V, dtype):
         # Smoke runs still check the argument path the compiled provider uses.
         target, draft, tokens = make_inputs(B, K, V, getattr(torch, dtype), device)
         seed = torch.arange(B, dtype=torch.int64, device=device)
-        _check(reference.verify(*reference_args(target, draft, tokens, seed))[0], B, K)
+        _check(reference.verify_ref(*reference_args(target, draft, tokens, seed))[0], B, K)
     if provider == "torch.compile":
         ctx.require_compile()
     chain = flashinfer_chain() if provider == "flashinfer" else None

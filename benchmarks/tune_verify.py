@@ -10,7 +10,7 @@ Run on a CUDA machine (writes JSON to $OUT or ./tune_verify.json):
    (``triton.testing.do_bench_cudagraph``), against the byte floor (both logits read once,
    at the measured copy bandwidth).
 
-Calls ``specfair_kernels.ops.verify.verify`` on canonical inputs (what the public API
+Calls ``specfair_kernels.ops.verify.launch`` on canonical inputs (what the public API
 passes after validation), so the host-side checks are not part of the figures.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main():
         floor_us = nbytes / bw * 1e6
         R = B * (K + 1)
         # 1. profile at the default configuration
-        f = lambda **kw: ov.verify(*args, need_div, **kw)  # noqa: E731
+        f = lambda **kw: ov.launch(*args, need_div, **kw)  # noqa: E731
         for _ in range(3):
             f()
         torch.cuda.synchronize()
@@ -94,7 +94,7 @@ def main():
                 continue
             chunk = None if nt is None else -(-V // nt)
             try:
-                ms = tt.do_bench_cudagraph(lambda: ov.verify(*args, need_div, block=block, chunk=chunk,
+                ms = tt.do_bench_cudagraph(lambda: ov.launch(*args, need_div, block=block, chunk=chunk,
                                                              num_warps=nw), rep=30)
             except Exception as e:  # noqa: BLE001 - record and go on
                 res["sweep"].append({"B": B, "K": K, "V": V, "div": need_div, "block": block, "nt": nt,

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends, divergence
+from . import autograd, backends
 from .stats import DIVERGENCE_FIELDS, TaskStats
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_DTYPES = (torch.int32, torch.int64)
-DIVERGENCE_KINDS = divergence.KINDS
+DIVERGENCE_KINDS = autograd.KINDS
 REDUCTIONS = ("none", "mean", "sum", "per_task")
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy)
 
@@ -238,7 +238,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     if name == "triton":
         from .ops import verify as ops_verify
 
-        tokens, n_acc, n_emit, div = ops_verify.verify(*args, need_div, task_ids=task_t, stats=stats)
+        tokens, n_acc, n_emit, div = ops_verify.launch(*args, need_div, task_ids=task_t, stats=stats)
     else:
         if name == "cpp":
             tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div)
@@ -247,7 +247,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         else:
             from . import reference
 
-            tokens, n_acc, n_emit, div = reference.verify(*args, need_div)
+            tokens, n_acc, n_emit, div = reference.verify_ref(*args, need_div)
         if stats is not None:
             sums = torch.stack([div[k].sum(1) for k in DIVERGENCE_FIELDS], 1)
             stats.accumulate(task_t, num_draft_t, n_acc, n_emit > 0, sums)
@@ -356,7 +356,7 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
 
     name = backends.select("token_divergence", backend, device)
     V = draft_logits.shape[-1]
-    values = divergence.token_divergence_rows(
+    values = autograd.token_divergence_rows(
         name, draft_logits.reshape(-1, V), target_logits.reshape(-1, V), kind, float(temperature))
     keep = None if mask is None else mask.reshape(-1)
     if keep is not None:

@@ -1,6 +1,6 @@
 """Pure-torch backend of both ops: the oracle the other backends are tested against.
 
-`verify` (batched) and `token_divergence_rows` (chunked rows) share one divergence helper,
+`verify_ref` (batched) and `token_divergence_ref` (chunked rows) share one divergence helper,
 `divergences`.
 
 This file *is* the specification of `verify`; the Triton kernels (`ops/verify.py`) and
@@ -119,7 +119,7 @@ def divergences(logp: torch.Tensor, logq: torch.Tensor, fields, support: torch.T
     return {f: out[f] for f in fields}
 
 
-def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, seed, step, need_divergence):
+def verify_ref(target_logits, draft_logits, draft_tokens, num_draft, temperature, seed, step, need_divergence):
     """Canonical inputs (see api.verify) -> (tokens, num_accepted, num_emitted, divergence dict | None)."""
     B, K1, V = target_logits.shape
     K = K1 - 1
@@ -211,7 +211,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft, temperature, se
 # --- token_divergence: chunked rows ---------------------------------------------------------
 
 CHUNK_BYTES = 32 * 2**20
-"""Bound on the fp32 (or float64) temporaries of one chunk of `token_divergence_rows`."""
+"""Bound on the fp32 (or float64) temporaries of one chunk of `token_divergence_ref`."""
 TEMPS_PER_ELEMENT = 8
 """Upper bound on live ``[rows, V]`` accumulation-dtype temporaries of one chunk (counted
 generously; bool masks count as whole elements)."""
@@ -255,11 +255,11 @@ def _divergence_chunk(d: torch.Tensor, t: torch.Tensor, kind: str, temperature: 
     return torch.where(bad, torch.full((), float("nan"), dtype=acc, device=d.device), val)
 
 
-def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,
+def token_divergence_ref(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,
                           need_grad: bool):
     """[N, V] draft/target -> (values [N], gradient [N, V] in draft's dtype | None).
 
-    The torch path of `divergence.token_divergence_rows` (which documents the math and the
+    The torch path of `autograd.token_divergence_rows` (which documents the math and the
     special values): rows in chunks of `chunk_rows`, fp32 arithmetic (float64 for float64
     inputs, whose values are then float64 too).
     """
@@ -273,3 +273,11 @@ def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, 
         values[r0:r1] = _divergence_chunk(draft[r0:r1], target[r0:r1], kind, temperature,
                                           None if grad is None else grad[r0:r1])
     return values, grad
+
+
+def scale_rows_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """In place: ``grad[n] *= scale[n]``, and rows with ``scale[n] == 0`` exactly 0 (even where
+    ``grad`` holds NaN: masked garbage never poisons a gradient).  The backward of
+    `autograd.token_divergence_rows`; every backend's version gives these bits."""
+    go = scale.reshape(-1, 1)
+    return grad.mul_(go).masked_fill_(go == 0, 0)

@@ -18,7 +18,8 @@ from triton.compiler import ASTSource
 TARGET = GPUTarget("cuda", 90, 64)
 VERIFY = "specfair_kernels.ops.verify"
 DIVERGENCE = "specfair_kernels.ops.divergence"
-STREAMING_KERNELS = {"_verify_kernel", "_divergence_rows_kernel"}
+STREAMING_KERNELS = {"_verify_kernel", "_divergence_rows_kernel", "_split_stats_kernel", "_split_sweep_kernel",
+                     "_split_finish_kernel"}
 """Kernels whose loops stream the vocabulary: benchmarks/roofline.py (and any SASS budget tool)
 holds their hot loops to the per-logit instruction budget.  The other kernels merge partials
 or finish rows.  Rename here, and only here, when a kernel is renamed or replaced."""
@@ -86,6 +87,9 @@ def variants():
                                         grad_ptr=_p(dtype), temperature="fp32"),
         }
         sigs["_split_finish_kernel"] = sigs["_split_sweep_kernel"]
+        # the backward's row scaling: ptxas unrolls its tile loop completely, so it has no hot
+        # loop and, loop-less, is compiled for fp32 only
+        sigs["_scale_rows_kernel"] = dict(grad_ptr=_p(dtype), scale_ptr="*fp32")
         for N in (8192, 16):
             for kind in od.KIND_CODES:
                 for need_grad in (True, False):
@@ -96,11 +100,7 @@ def variants():
                         seen.add(key)
                         yield (DIVERGENCE, launch["kernel"], sigs[launch["kernel"]], launch["constexprs"],
                                launch["num_warps"])
-    # The backward's row scaling: ptxas unrolls its tile loop completely (no hot loop for
-    # sass_budget to find), so it is compiled for fp32 only.
-    plan = od._plan(8192, 128256, 4, 4, 132)
-    yield (DIVERGENCE, "_scale_rows_kernel", dict(grad_ptr="*fp32", scale_ptr="*fp32"),
-           dict(V=128256, BLOCK=plan["BLOCK"], ALIGNED=True), plan["num_warps"])
+
 
 ONES = ("B", "K", "V", "NT", "WAVE", "HIST_W")
 """Integer arguments that can be 1 at run time.  Triton specialises an integer argument

@@ -1,4 +1,4 @@
-"""Triton kernels for `specfair_kernels.divergence` (semantics and docs: that module).
+"""Triton kernels for `specfair_kernels.autograd` (semantics and docs: that module).
 
 Exponentials are base 2 with the temperature folded in: with c = log2(e) / T and m the
 running (raw) maximum, p is proportional to 2^((t - m) c): one FADD, one FMUL and one MUFU
@@ -564,7 +564,7 @@ def _scale_rows_kernel(
     V: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
 ):
     """grad[n] *= scale[n], and exactly 0 where scale[n] == 0 (even over NaN): the backward
-    of `token_divergence_rows` in one pass.  A row scaled by 1 is not touched and a row
+    of `launch` in one pass.  A row scaled by 1 is not touched and a row
     scaled by 0 is only written."""
     EPT: tl.constexpr = _elems_per_thread(grad_ptr.dtype.element_ty.primitive_bitwidth,
                                           grad_ptr.dtype.element_ty.primitive_bitwidth)
@@ -652,7 +652,7 @@ def _num_sms(device: torch.device) -> int:
     return INTERPRETER_SMS
 
 
-def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,
+def launch(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,
                           need_grad: bool, block: int | None = None):
     """[N, V] draft/target -> (fp32 values [N], gradient [N, V] in draft's dtype | None).
 
@@ -689,7 +689,7 @@ def token_divergence_rows(draft: torch.Tensor, target: torch.Tensor, kind: str, 
 def scale_rows_(grad: torch.Tensor, scale: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """In place: ``grad[n] *= scale[n]``, rows with ``scale[n] == 0`` set to exactly 0.
 
-    The backward of `token_divergence_rows` (``grad.mul_(go).masked_fill_(go == 0, 0)``, the
+    The backward of `launch` (``grad.mul_(go).masked_fill_(go == 0, 0)``, the
     same bits) in one read and one write of the gradient; rows scaled by 1 cost nothing,
     rows scaled by 0 only a write.  ``grad``: contiguous [N, V]; ``scale``: [N] float.
     """
@@ -726,9 +726,21 @@ def work_model(N, V, elem_bytes, kind, need_grad, num_sms=132) -> list[dict]:
     is re-read after 2k tile steps of every resident program; it hits while that traffic
     fits in L2, i.e. for a fraction L2_BYTES / (2 * resident rows * row bytes) of the row.
     The split path's kernels re-read all N rows, which hit while N rows fit in L2.
-    Gradient writes and segment partials are DRAM traffic; partial re-reads hit L2.
+    Gradient writes and segment partials are DRAM traffic; partial re-reads hit L2.  With
+    ``need_grad`` the last launch is the backward's `scale_rows_` (its tile loop is unrolled,
+    so it lists no loop): one read and one write of the saved gradient.
     """
     launches = _launches(N, V, elem_bytes, elem_bytes, kind, need_grad, num_sms)
+    backward = []
+    if need_grad:  # the backward: scale_rows_ reads and writes the saved gradient once
+        plan = _plan(N, V, elem_bytes, elem_bytes, 0)
+        backward = [dict(kernel="_scale_rows_kernel", num_warps=plan["num_warps"], programs=N, loops=[],
+                         constexprs=dict(V=V, BLOCK=plan["BLOCK"], ALIGNED=True), l2_bytes=0,
+                         dram_bytes=2 * N * V * elem_bytes + 4 * N)]
+    return _forward_work(launches, N, V, elem_bytes, kind, need_grad, num_sms) + backward
+
+
+def _forward_work(launches, N, V, elem_bytes, kind, need_grad, num_sms) -> list[dict]:
     cx = launches[0]["constexprs"]
     BLOCK = cx["BLOCK"]
     nf = _full_tiles(V, BLOCK, _elems_per_thread(8 * elem_bytes, 8 * elem_bytes))

@@ -73,7 +73,7 @@ D_CE = C(_stats.DIVERGENCE_FIELDS.index("ce"))
 D_ENTROPY = C(_stats.DIVERGENCE_FIELDS.index("entropy"))
 NDIV = C(len(_stats.DIVERGENCE_FIELDS))
 S_ALPHA, S_KL, S_CE, S_ENTROPY = C(_stats.SUM_ALPHA), C(_stats.SUM_KL), C(_stats.SUM_CE), C(_stats.SUM_ENTROPY)
-NSUM = C(len(_stats.SUM_NAMES))
+NSUM = C(len(_stats.DIVERGENCE_FIELDS))
 NCOUNT = C(len(_stats.COUNT_NAMES))
 C_DRAFTED = C(_stats.COUNT_DRAFTED)
 C_ACCEPTED = C(_stats.COUNT_ACCEPTED)
@@ -790,7 +790,7 @@ def _aligned(t: torch.Tensor | None, vec: int) -> bool:
     return t is None or (t.data_ptr() % 16 == 0 and t.shape[-1] % vec == 0)
 
 
-def verify(target, draft, draft_tokens, num_draft, temperature, seed, step, need_div,
+def launch(target, draft, draft_tokens, num_draft, temperature, seed, step, need_div,
            task_ids=None, stats=None, block=None, chunk=None, num_warps=None, wave=None):
     """Canonical inputs (see api.verify); updates ``stats`` in place; no host sync.
 

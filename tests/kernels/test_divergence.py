@@ -1,4 +1,4 @@
-"""token_divergence / divergence.token_divergence_rows: values, gradients, reductions,
+"""token_divergence / autograd.token_divergence_rows: values, gradients, reductions,
 special values, memory bound, validation; the C++ kernel (csrc/divergence.cpp) and the
 Triton kernel (interpreter on the CPU) against the float64 reference and the torch path."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import specfair_kernels as sk  # noqa: E402
 from specfair_kernels import backends, reference  # noqa: E402
-from specfair_kernels import divergence as D  # noqa: E402
+from specfair_kernels import autograd as D  # noqa: E402
 
 try:
     import triton  # noqa: F401
@@ -294,7 +294,7 @@ def test_cpp_runs_its_own_kernel(kind, monkeypatch):
     def torch_path(*args, **kwargs):
         raise AssertionError("backend='cpp' ran the torch path")
 
-    monkeypatch.setattr(reference, "token_divergence_rows", torch_path)
+    monkeypatch.setattr(reference, "token_divergence_ref", torch_path)
     x = d.clone().requires_grad_(True)
     vals = D.token_divergence_rows("cpp", x, t, kind, 0.7)
     vals.backward(torch.ones_like(vals))

@@ -26,7 +26,7 @@ def _logits(N, V, dtype, seed=0):
 
 
 def _reference(d, t, kind, T):
-    """float64 values and local gradients (the formulas of specfair_kernels.divergence)."""
+    """float64 values and local gradients (the formulas of specfair_kernels.autograd)."""
     logq = torch.log_softmax(d.double() / T, -1)
     logp = torch.log_softmax(t.double() / T, -1)
     p, q = logp.exp(), logq.exp()
@@ -50,7 +50,7 @@ def _reference(d, t, kind, T):
 def test_triton_matches_float64_on_gpu(kind, N, V, dtype):
     d, t = _logits(N, V, dtype)
     T = 0.8
-    vals, grad = od.token_divergence_rows(d, t, kind, T, True)
+    vals, grad = od.launch(d, t, kind, T, True)
     ref, gref = _reference(d, t, kind, T)
     tol = VAL_TOL[dtype]
     torch.testing.assert_close(vals.double(), ref, rtol=tol, atol=tol)
@@ -59,7 +59,7 @@ def test_triton_matches_float64_on_gpu(kind, N, V, dtype):
     torch.testing.assert_close(grad.double(), gref, rtol=GRAD_RTOL[dtype], atol=gatol)
     if kind in ("tv", "alpha"):
         assert (grad[2] == 0).all()
-    no_grad_vals, none = od.token_divergence_rows(d, t, kind, T, False)
+    no_grad_vals, none = od.launch(d, t, kind, T, False)
     assert none is None
     torch.testing.assert_close(no_grad_vals, vals, rtol=0, atol=0)
 
@@ -70,7 +70,7 @@ def test_tile_size_knob_on_gpu(block):
     """Other tile sizes (8 and 32 warps) give the default tile's results."""
     d, t = _logits(200, 128256, torch.bfloat16, seed=1)
     for kind in ("kl", "alpha"):
-        v0, g0 = od.token_divergence_rows(d, t, kind, 1.0, True)
-        v1, g1 = od.token_divergence_rows(d, t, kind, 1.0, True, block=block)
+        v0, g0 = od.launch(d, t, kind, 1.0, True)
+        v1, g1 = od.launch(d, t, kind, 1.0, True, block=block)
         torch.testing.assert_close(v1, v0, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(g1.float(), g0.float(), rtol=1.6e-2, atol=1e-6)

@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from specfair_kernels import divergence as D  # noqa: E402
+from specfair_kernels import autograd as D  # noqa: E402
 
 try:
     from specfair_kernels.ops import divergence as od
@@ -183,7 +183,12 @@ def test_work_model():
     N, V = 8192, 128256
     for kind in KINDS:
         for need_grad in (True, False):
-            (row,) = od.work_model(N, V, 2, kind, need_grad)
+            row, *backward = od.work_model(N, V, 2, kind, need_grad)
+            if need_grad:  # the backward scales the saved gradient: one read, one write
+                (bw,) = backward
+                assert bw["kernel"] == "_scale_rows_kernel" and bw["dram_bytes"] == 2 * N * V * 2 + 4 * N
+            else:
+                assert backward == []
             assert row["kernel"] == "_divergence_rows_kernel" and row["programs"] == N
             assert row["constexprs"]["NEED_GRAD"] == need_grad and row["constexprs"]["V"] == V
             reads = 1 + (need_grad or kind in ("tv", "alpha")) + (need_grad and kind in ("tv", "alpha"))
@@ -194,7 +199,7 @@ def test_work_model():
             assert row["dram_bytes"] + row["l2_bytes"] == moved
             assert 0 <= row["l2_bytes"] <= (reads - 1) * 2 * N * V * 2
     # A few rows: the vocabulary is split; every launch streams the row once at most.
-    launches = od.work_model(4, V, 2, "alpha", True)
+    launches = od.work_model(4, V, 2, "alpha", True)[:-1]   # the forward launches
     assert [x["kernel"] for x in launches] == ["_split_stats_kernel", "_split_sweep_kernel", "_split_finish_kernel"]
     for x in launches:
         assert x["programs"] == 4 * x["constexprs"]["NSEG"]
@@ -209,7 +214,7 @@ def test_work_model():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 def test_scale_rows_is_the_backward(dtype, monkeypatch):
     """scale_rows_ gives grad.mul_(go).masked_fill_(go == 0, 0) (the in-place backward of
-    specfair_kernels.divergence): rows scaled by 0 are exactly 0 even over NaN, rows scaled by
+    specfair_kernels.autograd): rows scaled by 0 are exactly 0 even over NaN, rows scaled by
     1 untouched, NaN scales NaN.  Bit for bit, except that the interpreter truncates fp32 to
     bf16 where the GPU (and torch) round to nearest."""
     monkeypatch.setattr(od, "MAX_BLOCK", 64)

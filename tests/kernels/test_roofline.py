@@ -240,37 +240,6 @@ def test_every_benchmark_shape_has_a_valid_work_model():
         assert sum(e["dram_bytes"] for e in entries) >= s["floor_bytes"] * 0.99, s
 
 
-def test_legacy_verify_model_matches_the_launcher(monkeypatch):
-    from specfair_kernels.ops import verify as ov
-
-    if hasattr(ov, "work_model"):
-        pytest.skip("ops.verify exports work_model: the legacy model is unused (delete it and this test)")
-    monkeypatch.setattr(ov, "_sm_count", lambda device: 132)
-    gpu = types.SimpleNamespace(type="cuda")
-    for B, K, V in [(1, 4, 151936), (64, 4, 128256), (256, 8, 151936), (16, 4, 32000)]:
-        block, chunk, nt, warps = ov.launch_config(B * (K + 1), V, gpu)
-        tile, accept, pass2, finish = rl._legacy_work_model("verify", B=B, K=K, V=V, elem_bytes=2, mode="tokens")
-        assert tile["constexprs"]["BLOCK"] == block and tile["num_warps"] == warps
-        assert tile["int_args"]["CHUNK"] == chunk and tile["int_args"]["NT"] == nt
-        assert tile["programs"] == B * (K + 1) * nt
-        assert tile["loops"] == [{"elements": (B * (K + 1) + B * K) * nt * chunk}]
-        assert [e["kernel"] for e in (accept, pass2, finish)] == ["_row_accept_kernel", "_pass2_kernel",
-                                                                   "_finish_kernel"]
-
-
-def test_legacy_divergence_model_passes():
-    from specfair_kernels.ops import divergence as od
-
-    if hasattr(od, "work_model"):
-        pytest.skip("ops.divergence exports work_model: the legacy model is unused (delete it and this test)")
-    # passes of _divergence_rows_kernel: 1, +1 for a gradient or alpha/tv, +1 for both
-    for kind, grad, passes in [("ce", False, 1), ("ce", True, 2), ("kl", True, 2), ("alpha", False, 2),
-                               ("alpha", True, 3)]:
-        rows = rl._legacy_work_model("token_divergence", N=8, V=1000, elem_bytes=2, kind=kind, need_grad=grad)
-        assert len(rows[0]["loops"]) == passes
-        assert len(rows) == (3 if grad else 1)  # the backward's two [N, V] passes
-
-
 # --- compiled for sm_90 ------------------------------------------------------------------------
 
 CONTROLS = '''

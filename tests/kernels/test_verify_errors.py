@@ -228,13 +228,13 @@ def test_env_var_selects_the_backend(monkeypatch, verify_case):
     from specfair_kernels import reference
 
     calls = []
-    real = reference.verify
+    real = reference.verify_ref
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reference, "verify", spy)
+    monkeypatch.setattr(reference, "verify_ref", spy)
     monkeypatch.setenv(sk_backends.ENV_VAR, "torch")
     sk.verify(**_inputs(verify_case), seed=0)  # backend="auto" honours SPECFAIR_BACKEND
     assert len(calls) == 1

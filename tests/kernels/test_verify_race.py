@@ -82,7 +82,7 @@ def test_emitted_tokens_follow_target_across_groups(cheap_backend):
 
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_residual_race_only_differs_from_the_bonus_race_where_q_has_mass(one_hot):
-    """reference.verify: after a rejection the race runs on max(0, p - q): the drafted
+    """reference.verify_ref: after a rejection the race runs on max(0, p - q): the drafted
     token (one-hot drafts) or entries with q >= p never win."""
     B, K, V = 2000, 1, 70
     g = torch.Generator().manual_seed(9)

@@ -41,9 +41,9 @@ def test_chunks_tails_and_waves_match_the_reference(one_hot, mode):
     need_div, has_stats, det = ov.MODES[mode]
     stats = TaskStats(2, K, device=DEV, deterministic=det) if has_stats else None
     task = torch.tensor([0, 1, 1, 0, 1, 0], device=DEV) if has_stats else None
-    tokens, n_acc, n_emit, div = ov.verify(*args, need_div, task_ids=task, stats=stats, chunk=64, wave=2)
+    tokens, n_acc, n_emit, div = ov.launch(*args, need_div, task_ids=task, stats=stats, chunk=64, wave=2)
     canonical = [a.cpu() if isinstance(a, torch.Tensor) else a for a in args]
-    r_tok, r_acc, r_emit, r_div = reference.verify(*canonical, need_div)
+    r_tok, r_acc, r_emit, r_div = reference.verify_ref(*canonical, need_div)
     assert torch.equal(tokens.cpu(), r_tok) and torch.equal(n_acc.cpu(), r_acc) and torch.equal(n_emit.cpu(), r_emit)
     assert (r_acc < args[3].cpu()).any() and (r_acc[args[4].cpu() > 0] == args[3].cpu()[args[4].cpu() > 0]).any()
     if not need_div:

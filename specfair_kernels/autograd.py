@@ -34,14 +34,15 @@ Memory and speed (benchmark notes)
   gradient ``d value_n / d draft_n`` as one ``[N, V]`` tensor in draft's dtype, and that
   is the only thing saved for backward (nothing of ``target``, no probabilities).  With
   grad off, nothing is allocated besides the values.
-* Backward scales the saved gradient by ``grad_output`` **in place** and returns it,
-  so backward allocates nothing (the tensor becomes / is added to ``draft.grad``).
+* Backward scales the saved gradient by ``grad_output`` **in place** (each backend's
+  ``scale_rows_``: one read and one write, rows scaled by 0 set to exactly 0) and returns
+  it, so backward allocates nothing (the tensor becomes / is added to ``draft.grad``).
   Consequence: a graph through this op can be backpropagated **once**; a second backward
   through the same graph (``retain_graph=True`` then backward again, or
   ``torch.autograd.gradcheck``) raises a RuntimeError unless the op was called with
   ``inplace_backward=False``, which makes backward out of place (one extra ``[N, V]``
   allocation per backward).  Double backward (create_graph) is not supported.
-* Torch backend (`reference.token_divergence_rows`): rows are processed in chunks whose
+* Torch backend (`reference.token_divergence_ref`): rows are processed in chunks whose
   fp32 temporaries (about `reference.TEMPS_PER_ELEMENT` fp32-sized tensors of
   ``[rows, V]``) stay under `reference.CHUNK_BYTES` (32 MiB), or one row at a time when a
   single row exceeds it (then ``TEMPS_PER_ELEMENT * V * 4`` bytes).  Traffic: one read of
@@ -52,12 +53,13 @@ Memory and speed (benchmark notes)
   vectorised loops are compiled for the baseline x86-64 ISA, AVX2 and AVX-512, and the
   widest the CPU runs is used.  fp32 arithmetic for every input dtype (float64 inputs
   are rejected); temperatures whose reciprocal overflows fp32 (T < 2^-128) give NaN rows.
-* Triton backend (`ops.divergence`): one program per row; pass 1 streams both logits
-  once (online max / sum-exp, and the CE/KL sums); pass 2 re-reads them for the
+* Triton backend (`ops.divergence`): one program per row (below one row per SM, each
+  row's vocabulary is split across programs and a finisher merges them); pass 1 streams
+  both logits once (per-thread max / sum-exp, and the CE/KL sums); pass 2 re-reads them for the
   gradient (CE/KL) or the alpha/tv sums; alpha/tv with a gradient needs pass 3 (the
   gradient needs S, a full-row sum).  Reads per row: CE/KL values 1x, CE/KL + grad 2x,
   alpha/tv values 2x, alpha/tv + grad 3x both logits; the gradient is written once.
-  Only O(BLOCK) registers per program; no temporaries in global memory.
+  Only O(BLOCK) registers per program; temporaries in global memory only for split rows.
 """
 from __future__ import annotations
 
@@ -80,15 +82,22 @@ def _cpp_rows(draft, target, kind, temperature, need_grad):
     return values, grad if need_grad else None
 
 
+def _cpp_scale_rows_(grad, scale):
+    backends.cpp_op("scale_rows_")(grad, scale)
+    return grad
+
+
 def _implementation(backend: str):
+    """(rows, scale_rows_) of a backend: the forward with its local gradient, and the backward's
+    in-place row scaling (``grad[n] *= scale[n]``, exactly 0 where ``scale[n] == 0``)."""
     if backend == "torch":
-        return reference.token_divergence_rows
+        return reference.token_divergence_ref, reference.scale_rows_
     if backend == "cpp":
-        return _cpp_rows
+        return _cpp_rows, _cpp_scale_rows_
     if backend == "triton":
         from .ops import divergence as ops_divergence  # lazy: decorating needs TRITON_INTERPRET set first
 
-        return ops_divergence.token_divergence_rows
+        return ops_divergence.launch, ops_divergence.scale_rows_
     raise ValueError(f"backend must be one of 'triton', 'cpp', 'torch'; got {backend!r}")
 
 
@@ -99,10 +108,10 @@ class _RowDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, draft, target, kind, temperature, backend, inplace_backward):
-        values, grad = _implementation(backend)(draft, target, kind, temperature, True)
+        rows, ctx.scale_rows_ = _implementation(backend)
+        values, grad = rows(draft, target, kind, temperature, True)
         ctx.grad = grad
         ctx.inplace = inplace_backward
-        ctx.backend = backend
         return values
 
     @staticmethod
@@ -114,21 +123,13 @@ class _RowDivergence(torch.autograd.Function):
                 "is scaled in place by backward and released.  Call the op with "
                 "inplace_backward=False to backpropagate through it more than once.")
         # A row with zero incoming gradient gets exactly 0 even where its local gradient is
-        # NaN (garbage logits under a mask).
-        if ctx.inplace and ctx.backend == "cpp":
-            g = ctx.grad
-            ctx.grad = None  # released: the returned tensor is the only reference left
-            backends.cpp_op("scale_rows_")(g, grad_values)  # both steps below in one pass
-            return g, None, None, None, None, None
-        go = grad_values.unsqueeze(-1)
+        # NaN (garbage logits under a mask): scale_rows_ writes 0 there, not 0 * NaN.
         if ctx.inplace:
             g = ctx.grad
-            ctx.grad = None
-            g.mul_(go)
+            ctx.grad = None  # released: the returned tensor is the only reference left
         else:
-            g = (ctx.grad * go).to(ctx.grad.dtype)
-        g.masked_fill_(go == 0, 0)
-        return g, None, None, None, None, None
+            g = ctx.grad.clone()
+        return ctx.scale_rows_(g, grad_values), None, None, None, None, None
 
 
 def token_divergence_rows(backend: str, draft: torch.Tensor, target: torch.Tensor, kind: str,
@@ -138,7 +139,7 @@ def token_divergence_rows(backend: str, draft: torch.Tensor, target: torch.Tenso
     Parameters
     ----------
     backend : {"triton", "cpp", "torch"}
-        "torch": `reference.token_divergence_rows`, chunked pure torch (the reference).
+        "torch": `reference.token_divergence_ref`, chunked pure torch (the reference).
         "cpp": csrc/divergence.cpp (CPU tensors).  "triton": `ops.divergence` (CUDA, or CPU
         tensors under TRITON_INTERPRET=1).
     draft, target : [N, V] float32 | bfloat16 | float16 (float64 too on the torch path, for gradcheck)
@@ -159,5 +160,5 @@ def token_divergence_rows(backend: str, draft: torch.Tensor, target: torch.Tenso
     target = target.detach()
     if torch.is_grad_enabled() and draft.requires_grad:
         return _RowDivergence.apply(draft, target, kind, float(temperature), backend, inplace_backward)
-    values, _ = _implementation(backend)(draft.detach(), target, kind, float(temperature), False)
+    values, _ = _implementation(backend)[0](draft.detach(), target, kind, float(temperature), False)
     return values
