@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -210,7 +209,8 @@ def section_batch1(b, args):
         res[f"hf_assisted_K{K}"], _ = b.tokens_per_s(lambda i, m, K=K: b.hf(i, m, assistant=True, K=K), prompts_list)
         res[f"ours_K{K}"], outs = b.tokens_per_s(lambda i, m, K=K: b.ours(i, m, K), prompts_list)
         res[f"ours_K{K}"]["acceptance"] = statistics.mean(float(o.stats.acceptance_rate()[0]) for o in outs[-1:])
-        res[f"ours_K{K}"]["vs_hf_assisted_same_K"] = res[f"ours_K{K}"]["tokens_per_s"] / res[f"hf_assisted_K{K}"]["tokens_per_s"]
+        res[f"ours_K{K}"]["vs_hf_assisted_same_K"] = (res[f"ours_K{K}"]["tokens_per_s"]
+                                                      / res[f"hf_assisted_K{K}"]["tokens_per_s"])
         prof = [b.ours(i, m, K, profile=True) for i, m in (b.enc(p) for p in prompts_list)]
         steps = sum(o.steps for o in prof)
         res[f"ours_K{K}"]["per_step_ms"] = {k: 1e3 * sum(o.timings[k] for o in prof) / steps
@@ -267,7 +267,7 @@ def section_auto_vs_fixed(b, args):
                 chunks = [plist[i:i + B] for i in range(0, len(plist), B)]
                 encs = [b.enc(c) for c in chunks]
 
-                def run(encs=encs, t=t):
+                def run(encs=encs, t=t, gen=gen, stats=stats):
                     return [gen.generate(i, m, max_new_tokens=b.N, eos_token_id=[], task_ids=[t] * i.shape[0],
                                          stats=stats, seed=0) for i, m in encs]
 
@@ -286,7 +286,8 @@ def section_auto_vs_fixed(b, args):
             rows[f"K{K}"] = per_task
         best_fixed = max((k for k in rows if k != "Kauto"), key=lambda k: rows[k]["all_tokens_per_s"])
         rows["summary"] = {"best_fixed": best_fixed,
-                           "auto_vs_best_fixed": rows["Kauto"]["all_tokens_per_s"] / rows[best_fixed]["all_tokens_per_s"],
+                           "auto_vs_best_fixed": (rows["Kauto"]["all_tokens_per_s"]
+                                                  / rows[best_fixed]["all_tokens_per_s"]),
                            "auto_vs_K4": rows["Kauto"]["all_tokens_per_s"] / rows["K4"]["all_tokens_per_s"]}
         res[mode] = rows
     return res

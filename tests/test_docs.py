@@ -20,7 +20,8 @@ def test_readme_api_example_runs():
     block = text.split("## API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code, divergence = block.split("loss = sk.token_divergence", 1)
     # the one line that needs a process group or a second accumulator
-    code = code.replace("stats.merge(other); stats.reset(); stats.all_reduce()", "stats.merge(stats.clone()); stats.reset()")
+    code = code.replace("stats.merge(other); stats.reset(); stats.all_reduce()",
+                        "stats.merge(stats.clone()); stats.reset()")
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
     assert ns["out"].tokens.shape == (4, 4)

@@ -15,8 +15,8 @@ import pytest  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import specfair_kernels as sk  # noqa: E402
-from specfair_kernels import backends, reference  # noqa: E402
 from specfair_kernels import autograd as D  # noqa: E402
+from specfair_kernels import backends, reference  # noqa: E402
 
 try:
     import triton  # noqa: F401
