@@ -284,22 +284,6 @@ RowFn<K, TD, TT> row_kernel(Isa isa) {
   return &row_baseline<K, TD, TT>;
 }
 
-template <typename F>
-void dispatch_float(at::ScalarType st, const char* name, F&& f) {
-  switch (st) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      f(c10::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, name, " must be float32, bfloat16 or float16 for the C++ backend, got ", st);
-  }
-}
 
 template <typename F>
 void dispatch_kind(int kind, F&& f) {

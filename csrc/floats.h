@@ -6,7 +6,9 @@
 // not if-converted, so a loop holding one would not vectorise.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>
@@ -110,6 +112,25 @@ SPECFAIR_INLINE float exp_nonpos(float x) {
   const float y = (p * r) * r + r + 1.0f;
   const uint32_t scale = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n, n >= -126
   return keep_if(y * from_bits(scale), live);
+}
+
+// --- dtype dispatch ---------------------------------------------------------------------------
+// f(T{}) for the logits' storage type T: float, c10::BFloat16 or c10::Half.
+template <typename F>
+void dispatch_float(c10::ScalarType st, const char* name, F&& f) {
+  switch (st) {
+    case c10::kFloat:
+      f(float{});
+      break;
+    case c10::kBFloat16:
+      f(c10::BFloat16{});
+      break;
+    case c10::kHalf:
+      f(c10::Half{});
+      break;
+    default:
+      TORCH_CHECK(false, name, " must be float32, bfloat16 or float16 for the C++ backend, got ", st);
+  }
 }
 
 }  // namespace floats

@@ -45,6 +45,7 @@
 #include <omp.h>
 #endif
 
+#include "floats.h"
 #include "philox.h"
 
 namespace {
@@ -53,32 +54,6 @@ using namespace specfair;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kChunk = 256;
-
-inline float f32_from_bits(uint32_t b) {
-  float f;
-  std::memcpy(&f, &b, sizeof(f));
-  return f;
-}
-inline uint32_t f32_bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof(b));
-  return b;
-}
-
-// Exact, branch-free (so vectorisable) conversions to fp32, equal to torch's .float().
-inline float f32(float x) { return x; }
-inline float f32(at::BFloat16 x) { return f32_from_bits(static_cast<uint32_t>(x.x) << 16); }
-inline float f32(at::Half x) {
-  const uint32_t h = x.x;
-  const uint32_t sign = (h & 0x8000u) << 16;
-  const uint32_t em = (h & 0x7fffu) << 13;  // exponent and mantissa in fp32 position
-  const uint32_t exp = em & 0x0f800000u;
-  const uint32_t is_max = 0u - static_cast<uint32_t>(exp == 0x0f800000u);  // inf / NaN
-  const uint32_t is_sub = 0u - static_cast<uint32_t>(exp == 0u);           // zero / subnormal
-  const uint32_t normal = em + (112u << 23) + (is_max & (112u << 23));     // rebias 15 -> 127
-  const uint32_t sub = f32_bits(static_cast<float>(static_cast<int32_t>(h & 0x3ffu)) * 0x1p-24f);  // exact
-  return f32_from_bits((sub & is_sub) | (normal & ~is_sub) | sign);
-}
 
 struct Scan {
   float max;
@@ -99,7 +74,7 @@ Scan scan_row_impl(const T* __restrict src, int64_t V, float tau) {
     int f = 0;
 #pragma omp simd reduction(max : cm) reduction(| : f)
     for (int64_t k = 0; k < n; ++k) {
-      const float a = Unit ? f32(src[c0 + k]) : f32(src[c0 + k]) / tau;
+      const float a = Unit ? floats::load(src[c0 + k]) : floats::load(src[c0 + k]) / tau;
       buf[k] = a;
       f |= static_cast<int>(a != a) | static_cast<int>(a == kInf);
       cm = a > cm ? a : cm;
@@ -128,10 +103,10 @@ template <typename T>
 void scale_row(const T* __restrict src, int64_t V, float tau, float* __restrict A) {
   if (tau == 1.0f) {
 #pragma omp simd
-    for (int64_t k = 0; k < V; ++k) A[k] = f32(src[k]);
+    for (int64_t k = 0; k < V; ++k) A[k] = floats::load(src[k]);
   } else {
 #pragma omp simd
-    for (int64_t k = 0; k < V; ++k) A[k] = f32(src[k]) / tau;
+    for (int64_t k = 0; k < V; ++k) A[k] = floats::load(src[k]) / tau;
   }
 }
 
@@ -230,17 +205,17 @@ bool race_weights(const TT* __restrict tgt, const TD* __restrict drf, int64_t V,
   int any = 0;
   if (tau == 1.0f) {
 #pragma omp simd
-    for (int64_t i = 0; i < V; ++i) w[i] = f32(tgt[i]);
+    for (int64_t i = 0; i < V; ++i) w[i] = floats::load(tgt[i]);
   } else {
 #pragma omp simd
-    for (int64_t i = 0; i < V; ++i) w[i] = f32(tgt[i]) / tau;
+    for (int64_t i = 0; i < V; ++i) w[i] = floats::load(tgt[i]) / tau;
   }
   for (int64_t i = 0; i < V; ++i) w[i] = std::exp(w[i] - la);
   if constexpr (Residual) {
     for (int64_t i = 0; i < V; ++i) {
       float q;
       if (drf != nullptr) {
-        q = std::exp((tau == 1.0f ? f32(drf[i]) : f32(drf[i]) / tau) - lb);
+        q = std::exp((tau == 1.0f ? floats::load(drf[i]) : floats::load(drf[i]) / tau) - lb);
       } else {
         q = i == xq ? 1.0f : 0.0f;
       }
@@ -416,22 +391,6 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
   *out.n_emit = static_cast<int32_t>(n_acc + 1);
 }
 
-template <typename F>
-void dispatch_float(at::ScalarType st, const char* name, F&& f) {
-  switch (st) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(at::BFloat16{});
-      break;
-    case at::kHalf:
-      f(at::Half{});
-      break;
-    default:
-      TORCH_CHECK(false, name, " must be float32, bfloat16 or float16, got ", st);
-  }
-}
 
 py::tuple verify(const at::Tensor& target_in, const py::object& draft_obj, const at::Tensor& draft_tokens_in,
                  const at::Tensor& num_draft_in, const at::Tensor& temperature_in, const at::Tensor& seed_in,
@@ -506,9 +465,9 @@ py::tuple verify(const at::Tensor& target_in, const py::object& draft_obj, const
     }
     TORCH_CHECK(!failed, "specfair_kernels._C.verify: out of memory for the per-thread workspace");
   };
-  dispatch_float(target.scalar_type(), "target_logits", [&](auto tt) {
+  floats::dispatch_float(target.scalar_type(), "target_logits", [&](auto tt) {
     if (draft) {
-      dispatch_float(draft->scalar_type(), "draft_logits",
+      floats::dispatch_float(draft->scalar_type(), "draft_logits",
                      [&](auto td) { run(tt, td, std::false_type{}); });
     } else {
       run(tt, float{}, std::true_type{});
@@ -540,10 +499,10 @@ at::Tensor to_float32(const at::Tensor& x_in) {
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty(x.sizes(), at::kFloat);
   float* op = out.data_ptr<float>();
-  dispatch_float(x.scalar_type(), "x", [&](auto t) {
+  floats::dispatch_float(x.scalar_type(), "x", [&](auto t) {
     using T = decltype(t);
     const T* xp = x.data_ptr<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) op[i] = f32(xp[i]);
+    for (int64_t i = 0; i < x.numel(); ++i) op[i] = floats::load(xp[i]);
   });
   return out;
 }

@@ -32,13 +32,7 @@ TEXT = ["the quick brown fox jumps over the lazy dog", "speculative decoding dra
 
 # --- tiny models saved to disk and loaded through from_pretrained --------------------------
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and a busy machine makes two spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -102,13 +102,7 @@ def q8_0_bound(weight: torch.Tensor) -> torch.Tensor:
     return per_block.expand_as(blocks).reshape(weight.shape)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and a busy machine makes two spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
