@@ -2,15 +2,16 @@
 # The one command for the GPU machine (its python3 already has torch, triton and
 # pytest-benchmark; it has no network), run from anywhere in the repository:
 #
-#   bash benchmarks/run_gpu.sh          # benchmarks, then the test suite on CUDA
-#   bash benchmarks/run_gpu.sh bench    # benchmarks only
-#   bash benchmarks/run_gpu.sh test     # test suite only
+#   bash benchmarks/run_gpu.sh          # CUDA kernel tests, tuning sweeps, benchmarks, roofline
+#   bash benchmarks/run_gpu.sh bench    # tuning sweeps, benchmarks and roofline only
+#   bash benchmarks/run_gpu.sh test     # the whole test suite on CUDA
 #
 # Writes into $OUT (default benchmarks/results):
-#   bench_gpu.json  pytest-benchmark records (commit as benchmarks/results/gpu_<device>.json)
-#   bench_gpu.md    the Markdown table made from them (benchmarks/make_table.py)
-#   bench_gpu.log   the benchmark run's output
-#   tests_gpu.log   the test suite's output
+#   gpu_bench.json  pytest-benchmark records (commit as benchmarks/results/gpu_<device>.json)
+#   gpu_bench.md    the Markdown table made from them (benchmarks/make_table.py)
+#   roofline.md/.json  predicted time beside the measured one, per shape (benchmarks/roofline.py)
+#   tune_verify.json, tune_divergence*.json  per-kernel times and launch-configuration sweeps
+#   *.log           each step's output
 # Exits non-zero if the install, the benchmarks or the tests failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,18 +50,34 @@ fi
 
 bench_rc=0
 test_rc=0
+if [[ $WHAT == all ]]; then
+    # The kernels first: equality with the reference at real vocabularies, CUDA-graph capture.
+    stamp "CUDA kernel tests"
+    "$PY" -m pytest tests/kernels/test_triton_cuda.py tests/kernels/test_divergence_cuda.py \
+        tests/kernels/test_verify_triton.py tests/kernels/test_verify_race.py -x -q -p no:cacheprovider \
+        2>&1 | tee "$OUT/tests_kernels_gpu.log"
+    test_rc=${PIPESTATUS[0]}
+    stamp "kernel tests done (exit $test_rc)"
+fi
 if [[ $WHAT == all || $WHAT == bench ]]; then
+    stamp "tuning sweeps"
+    OUT=$OUT "$PY" benchmarks/tune_verify.py --quick 2>&1 | tee "$OUT/tune_verify.log"
+    OUT=$OUT "$PY" benchmarks/tune_divergence.py 2>&1 | tee "$OUT/tune_divergence.log"
+    OUT=$OUT "$PY" benchmarks/tune_divergence.py evict_first 2>&1 | tee -a "$OUT/tune_divergence.log"
     stamp "benchmarks"
     "$PY" -m pytest benchmarks -q -rs -p no:cacheprovider \
         --benchmark-min-rounds=20 --benchmark-max-time=0.2 \
-        --benchmark-json="$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
+        --benchmark-json="$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
     bench_rc=${PIPESTATUS[0]}
-    if [[ -s $OUT/bench_gpu.json ]]; then
-        "$PY" benchmarks/make_table.py "$OUT/bench_gpu.json" -o "$OUT/bench_gpu.md" && cat "$OUT/bench_gpu.md"
+    if [[ -s $OUT/gpu_bench.json ]]; then
+        "$PY" benchmarks/make_table.py "$OUT/gpu_bench.json" -o "$OUT/gpu_bench.md" && cat "$OUT/gpu_bench.md"
+        stamp "roofline beside the measured times"
+        "$PY" benchmarks/roofline.py --quick --results "$OUT" --json "$OUT/roofline.json" \
+            --markdown "$OUT/roofline.md" 2>&1 | tail -30
     fi
     stamp "benchmarks done (exit $bench_rc)"
 fi
-if [[ $WHAT == all || $WHAT == test ]]; then
+if [[ $WHAT == test ]]; then
     stamp "test suite on CUDA"
     "$PY" -m pytest tests -x -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_gpu.log"
     test_rc=${PIPESTATUS[0]}
