@@ -33,7 +33,7 @@ if ON_GPU:
     SHAPES = [(8192, 128256, "bfloat16", "")]
     PROVIDERS = ("triton", "specfair-torch", "torch", "torch.compile")
 else:
-    # N=256, V=32000 fp32 is the CPU figure: cpp >= 2x the plain torch loss, 2 threads.
+    # N=256, V=32000 fp32 is the README's CPU figure: cpp against the plain torch loss, 2 threads.
     SHAPES = [(16, 257, "float32", "smoke"), (128, 32000, "float32", ""), (256, 32000, "float32", "")]
     PROVIDERS = ("cpp", "specfair-torch", "torch", "torch.compile")
 
