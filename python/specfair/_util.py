@@ -2,6 +2,7 @@
 parsing and argument checks.  Nothing here knows about models, corpora or kernels."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,14 @@ def check_positive_int(name: str, value, error: type[Exception] = ValueError, mi
     if not is_int(value) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise error(f"{name} must be {what}, got {value!r}")
+
+
+def check_fields(cls, d: dict, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` naming the keys of ``d`` that are not fields of the dataclass ``cls``
+    (a saved config from another version, or a typo)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise error(f"unknown config field(s) {unknown}")
 
 
 def resolve_device(name, error: type[Exception] = ValueError) -> torch.device:

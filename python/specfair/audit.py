@@ -147,10 +147,11 @@ def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
     """Per task, up to n prompts: <s> + the first prompt_tokens tokens of held-out paragraphs
     long enough to have them (in held-out order, which is parallel across languages)."""
     bos = tok.bos_token_id
+    encoded = tf.encode_texts(tok, {t: corpus.tasks[t].heldout for t in tasks})
     out = {}
     for t in tasks:
         ids = []
-        for enc in tf.encode_texts(tok, corpus.tasks[t].heldout):
+        for enc in encoded[t]:
             if len(enc) >= prompt_tokens:
                 ids.append(([bos] if bos is not None else []) + enc[:prompt_tokens])
             if len(ids) == n:

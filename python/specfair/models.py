@@ -202,9 +202,8 @@ def _forget_gguf_quantizer(model) -> None:
         return
     model.hf_quantizer = None
     model.is_quantized = False
-    for attr in ("quantization_method",):
-        if hasattr(model, attr):
-            delattr(model, attr)
+    if hasattr(model, "quantization_method"):
+        del model.quantization_method
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ._util import check_fields
+
 __all__ = ["METHODS", "LOSS_KINDS", "LORA_TARGETS", "RESUME_FREE", "ScdfConfig", "ScdfError", "ScdfResult",
            "RunningDivergence", "task_probabilities"]
 
@@ -86,10 +88,7 @@ class ScdfConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScdfConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ScdfError(f"unknown config field(s) {unknown}")
+        check_fields(cls, d, ScdfError)
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])

@@ -82,17 +82,18 @@ class Windows:
         return {name: int(counts[i]) for i, name in enumerate(self.task_names)}
 
 
-def encode_texts(tokenizer, texts) -> list[list[int]]:
-    """Token ids of each text without special tokens: ``tokenizer(text,
+def encode_texts(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+    """Per task, the token ids of each text without special tokens: ``tokenizer(text,
     add_special_tokens=False)``, fast, and never padded or truncated.
 
     A ``transformers`` tokenizer once called with ``padding=True`` keeps padding on in its
-    backend, which would pad every text of a batch, so a copy of the fast tokenizer's backend
-    with padding and truncation off does the encoding."""
+    backend, which would pad every text of a batch, so one copy of the fast tokenizer's
+    backend with padding and truncation off does the encoding."""
     backend = copy.deepcopy(tokenizer.backend_tokenizer)
     backend.no_padding()
     backend.no_truncation()
-    return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    return {task: [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+            for task, texts in texts_by_task.items()}
 
 
 def token_streams(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, torch.Tensor]:
@@ -101,9 +102,9 @@ def token_streams(tokenizer, texts_by_task: dict[str, list[str]]) -> dict[str, t
     if bos is None or eos is None:
         raise ValueError("the tokenizer needs bos and eos tokens to delimit paragraphs")
     out = {}
-    for task, texts in texts_by_task.items():
+    for task, encoded in encode_texts(tokenizer, texts_by_task).items():
         ids: list[int] = []
-        for e in encode_texts(tokenizer, texts):
+        for e in encoded:
             ids.append(bos)
             ids.extend(e)
             ids.append(eos)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import corpus as corpus_mod
 from . import teacher_forced
-from ._util import check_out_dir, resolve_device, write_json, write_text
+from ._util import check_fields, check_out_dir, resolve_device, write_json, write_text
 from .model_card import model_card
 from .models import count_parameters
 from .training import WindowSampler, decay_groups, lr_at
@@ -146,10 +146,7 @@ class TrainPairConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainPairConfig":
         d = {k: v for k, v in d.items() if k != "resolved"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainPairError(f"unknown config field(s) {unknown}")
+        check_fields(cls, d, TrainPairError)
         for k in ("verifier", "drafter"):
             if isinstance(d.get(k), dict):
                 d[k] = ModelSize(**d[k])
