@@ -11,9 +11,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import default_pair_path
+from . import gguf_cache
 
 
 def model_device(model) -> torch.device:
+    """Where the model's inputs go: its input embedding's device (the first layer of a model
+    spread over devices by a ``device_map``), else its first parameter's."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
     return next(model.parameters()).device
 
 
@@ -126,7 +133,8 @@ def default_pair_sources(drafter=None, verifier=None) -> tuple[str, str]:
 
 
 def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_gguf_file=None,
-              verifier_gguf_file=None, tokenizer=None, trust_remote_code: bool = False, **from_pretrained_kwargs):
+              verifier_gguf_file=None, tokenizer=None, trust_remote_code: bool = False, device_map=None,
+              cache: bool = True, cache_dir=None, **from_pretrained_kwargs):
     """Load a drafter and a verifier and check that they share a tokenizer.
 
     Parameters
@@ -136,7 +144,11 @@ def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_g
         to a ``.gguf`` file (the directory and ``gguf_file=`` are split off for you).
         Both None: the shipped default pair (`specfair.default_pair_path`).
     device : str or torch.device, optional
-        Default "cuda" when available, else "cpu".  Both models go there.
+        Default "cuda" when available, else "cpu".  Both models go there.  Not with ``device_map``.
+    device_map : "auto", a dict {module name: device} or another accelerate device map, optional
+        Spread each model over the devices (accelerate's dispatch, for a verifier larger than
+        one device) instead of moving it to ``device``.  Inputs go to the input embedding's
+        device (`model_device`).
     dtype : torch.dtype, its name, or "auto", optional
         Passed to ``from_pretrained`` (default: the checkpoint's float32).
     drafter_gguf_file, verifier_gguf_file : str, optional
@@ -144,6 +156,12 @@ def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_g
         needs the ``gguf`` package.
     tokenizer : a loaded tokenizer, optional
         Skip loading the tokenizers; it is still checked against both models' sizes.
+    cache : bool
+        A local GGUF file is dequantised once and its dense copy (safetensors and tokenizer)
+        kept in the cache (`specfair.gguf_cache`); later loads read that copy.  False: always
+        dequantise the file, and write nothing.
+    cache_dir : str or PathLike, optional
+        The GGUF cache directory (default ``$SPECFAIR_CACHE/gguf`` or ``~/.cache/specfair/gguf``).
     **from_pretrained_kwargs
         Passed to both ``from_pretrained`` calls (e.g. ``revision``, ``attn_implementation``).
 
@@ -165,16 +183,30 @@ def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_g
     v_src, v_gguf = _source("verifier", verifier, verifier_gguf_file)
     _need_gguf("drafter", d_gguf)
     _need_gguf("verifier", v_gguf)
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a directory path, got {type(cache_dir).__name__}")
+    if device_map is not None and device is not None:
+        raise ValueError("give device or device_map, not both (device_map places the models itself)")
+    if device_map is not None and not isinstance(device_map, (str, dict)):
+        raise TypeError(f"device_map must be 'auto' (or another accelerate strategy name) or a dict "
+                        f"{{module: device}}, got {type(device_map).__name__}")
     kw = dict(from_pretrained_kwargs, trust_remote_code=trust_remote_code)
     dtype = _dtype(dtype)
     if dtype is not None:
         kw["dtype"] = dtype
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    d_model = _load_model(d_src, d_gguf, device, kw)
-    v_model = _load_model(v_src, v_gguf, device, kw)
+    if device_map is None:
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    else:
+        kw["device_map"], device = device_map, None
+    cache_dir = cache_dir if cache else False
+    d_model, d_dir = _load_model(d_src, d_gguf, device, kw, cache_dir)
+    v_model, v_dir = _load_model(v_src, v_gguf, device, kw, cache_dir)
     if tokenizer is None:
-        v_tok = _load_tokenizer("verifier", v_src, v_gguf, trust_remote_code)
-        d_tok = _load_tokenizer("drafter", d_src, d_gguf, trust_remote_code)
+        # a cached GGUF file's tokenizer is read from its dense copy
+        v_tok = _load_tokenizer("verifier", *((v_dir, None) if v_dir else (v_src, v_gguf)), trust_remote_code)
+        d_tok = _load_tokenizer("drafter", *((d_dir, None) if d_dir else (d_src, d_gguf)), trust_remote_code)
         check_tokenizers(d_tok, v_tok, d_model, v_model)
         tokenizer = v_tok
     else:
@@ -182,13 +214,41 @@ def load_pair(drafter=None, verifier=None, device=None, dtype=None, *, drafter_g
     return d_model, v_model, tokenizer
 
 
-def _load_model(src, gguf, device, kw):
-    if gguf is not None:
-        kw = dict(kw, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(src, **kw)
-    if gguf is not None:
-        _forget_gguf_quantizer(model)
-    return model.to(device).eval()
+def _load_model(src, gguf, device, kw, cache_dir):
+    """-> (model in eval mode, the GGUF cache entry it was read from or None).  ``cache_dir``
+    False: no cache; None: the default cache directory."""
+    entry = None
+    if gguf is not None and cache_dir is not False and (Path(src) / gguf).is_file():
+        entry = gguf_cache_entry(Path(src) / gguf, cache_dir, kw)
+    if entry is not None:
+        model = AutoModelForCausalLM.from_pretrained(entry, **kw)
+    elif gguf is not None:
+        model = dequantise_gguf(src, gguf, kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), entry
+
+
+def dequantise_gguf(src, gguf, kw):
+    """The model of a GGUF file, dequantised by transformers into plain float weights."""
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, **kw)
+    _forget_gguf_quantizer(model)
+    return model
+
+
+def gguf_cache_entry(path: Path, cache_dir, kw) -> Path:
+    """The dense copy of the GGUF file ``path`` in the cache (`specfair.gguf_cache`), made now
+    (dequantised at the file's own precision, with its tokenizer) if there is none yet."""
+    entry, found = gguf_cache.lookup(path, cache_dir)
+    if found is not None:
+        return found
+    plain = {k: v for k, v in kw.items() if k not in ("dtype", "device_map")}
+    model = dequantise_gguf(str(path.parent), path.name, plain)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                        trust_remote_code=kw.get("trust_remote_code", False))
+    return gguf_cache.store(entry, model, tok, path)
 
 
 def _forget_gguf_quantizer(model) -> None:
