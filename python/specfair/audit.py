@@ -55,7 +55,7 @@ from .audit_report import AuditReport, float_or_nan, write_report
 from .baseline import measure_speedup
 from .costs import measure_cost_ratio
 from .generator import SpeculativeGenerator
-from .models import default_pair_sources, load_pair
+from .models import default_pair_sources, load_pair, model_device
 from .spread import max_min_ratio, percentile_interval, resample_within_tasks, spearman, speedup_array, variance
 
 __all__ = ["AuditConfig", "AuditReport", "AuditError", "run"]
@@ -100,6 +100,9 @@ class AuditConfig:
     bootstrap: int = 1000
     out: str | None = "specfair-audit"
     progress: bool = True
+    # models: GGUF cache and placement over several devices
+    gguf_cache: bool = True             # GGUF files: read/keep the dense copy (specfair.gguf_cache)
+    device_map: str | None = None       # e.g. "auto": spread each model over the devices (accelerate)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,16 +125,31 @@ class AuditConfig:
             raise AuditError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if (self.drafter is None) != (self.verifier is None):
             raise AuditError("give both drafter and verifier, or neither (the shipped default pair)")
+        if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
+            raise AuditError(f"device_map must be None, a strategy name such as 'auto' or a dict, "
+                             f"got {self.device_map!r}")
         if self.prompt_tokens >= self.context_length:
             raise AuditError(f"prompt_tokens ({self.prompt_tokens}) must be below context_length "
                              f"({self.context_length})")
 
 
 # ---------------------------------------------------------------------------- measurements
+def model_placement(cfg: AuditConfig, device) -> dict:
+    """`load_pair` keywords for where the models go and whether GGUF files are cached."""
+    kw = {"cache": cfg.gguf_cache}
+    if cfg.device_map is None:
+        kw["device"] = str(device)
+    elif cfg.device_map == "auto" and device.type == "cpu":
+        kw["device_map"] = {"": "cpu"}    # accelerate's "auto" would take a GPU the user did not ask for
+    else:
+        kw["device_map"] = cfg.device_map
+    return kw
+
+
 def _load_models(cfg: AuditConfig, device):
     """(drafter, verifier, tokenizer, drafter source, verifier source) through `load_pair`."""
     drafter, verifier = default_pair_sources(cfg.drafter, cfg.verifier)
-    kw = {"device": str(device)}
+    kw = model_placement(cfg, device)
     if cfg.dtype is not None:
         kw["dtype"] = cfg.dtype
     if cfg.gguf_file is not None:
@@ -219,6 +237,8 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
         raise AuditError("no task has held-out text; raise heldout_fraction")
     say("loading models ...")
     drafter, verifier, tok, dname, vname = _load_models(cfg, device)
+    if cfg.device_map is not None:
+        device = model_device(verifier)     # spread models: inputs go to the first layer's device
 
     say(f"teacher-forced pass over {len(tasks)} tasks ...")
     windows = tf.token_windows(tok, {t: corpus.tasks[t].heldout for t in tasks},

@@ -56,6 +56,16 @@ def _corpus_arguments(p: argparse.ArgumentParser, default) -> None:
                         "(repeatable)")
 
 
+def _model_placement_arguments(p: argparse.ArgumentParser, device_map: bool) -> None:
+    p.add_argument("--no-cache", action="store_true",
+                   help="dequantise GGUF files at every load and keep no dense copy (default: cached in "
+                        "$SPECFAIR_CACHE/gguf or ~/.cache/specfair/gguf, keyed by the file's SHA-256)")
+    if device_map:
+        p.add_argument("--device-map", choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                       help="spread each model over the GPUs (and the CPU) with accelerate, for models larger "
+                            "than one device; with --device cpu every layer stays on the CPU")
+
+
 def _add_audit(sub) -> None:
     d = AuditConfig()
     au = sub.add_parser(
@@ -86,6 +96,7 @@ def _add_audit(sub) -> None:
                     help="interleaved timing repeats per task; times are their medians (default %(default)s)")
     au.add_argument("--device", default=d.device, help="cpu (default) or cuda[:N]")
     au.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: as saved)")
+    _model_placement_arguments(au, device_map=True)
     au.add_argument("--bootstrap", type=int, default=d.bootstrap, help="bootstrap resamples for the intervals")
     au.add_argument("--seed", type=int, default=d.seed)
     au.add_argument("--out", default=d.out, help="output directory (default ./%(default)s)")
@@ -134,6 +145,7 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     sc.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     sc.add_argument("--device", default=d.device, help="cpu (default), cuda, cuda:N or auto")
+    _model_placement_arguments(sc, device_map=False)
     sc.add_argument("--eval-tokens-per-task", type=int, default=d.eval_tokens_per_task)
     sc.add_argument("--num-draft", type=int, default=d.num_draft, help="K of the speed-up S(alpha; K, c)")
     sc.add_argument("--cost-ratio", type=float, help="c of S(alpha; K, c) (default: parameter ratio)")
@@ -207,7 +219,8 @@ def _audit(a) -> int:
                       context_length=a.context_length, timing_repeats=a.repeats,
                       generation_batch_size=a.generation_batch_size or None,
                       generative=not a.no_generation, device=a.device, dtype=a.dtype, bootstrap=a.bootstrap,
-                      seed=a.seed, out=a.out, progress=not a.no_progress)
+                      seed=a.seed, out=a.out, progress=not a.no_progress, gguf_cache=not a.no_cache,
+                      device_map=a.device_map)
     report = run_audit(cfg)
     print(report.table())
     print(f"\nwritten to {a.out}/: {', '.join(report.files)}")
@@ -225,7 +238,7 @@ def scdf_config(a) -> ScdfConfig:
         stats_decay=a.stats_decay, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, seed=a.seed,
         checkpoint_every=a.checkpoint_every, resume=a.resume, stop_after=a.stop_after, device=a.device,
         eval_tokens_per_task=a.eval_tokens_per_task, num_draft=a.num_draft, cost_ratio=a.cost_ratio,
-        evaluate=not a.no_eval, progress=not a.no_progress)
+        evaluate=not a.no_eval, progress=not a.no_progress, gguf_cache=not a.no_cache)
 
 
 def _scdf(a) -> int:

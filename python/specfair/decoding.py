@@ -136,7 +136,7 @@ class CachedModel:
         out = self.model(input_ids=tokens, attention_mask=self.mask.long(), position_ids=pos_ids,
                          past_key_values=self.cache, use_cache=True, **kwargs)
         self.cache = out.past_key_values
-        logits = out.logits
+        logits = out.logits.to(tokens.device)   # a model spread over devices may return them elsewhere
         if keep is not None and logits.shape[1] != keep:
             logits = logits[:, -keep:]
         return logits[..., :self.V]

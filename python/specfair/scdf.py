@@ -145,7 +145,7 @@ def load_models(cfg: ScdfConfig):
     """(verifier, drafter, tokenizer) of ``cfg`` on the CPU, through `specfair.models.load_pair`
     (hub names, directories or GGUF files; the shipped pair when neither is given)."""
     try:
-        drafter, verifier, tokenizer = load_pair(cfg.drafter, cfg.verifier, device="cpu")
+        drafter, verifier, tokenizer = load_pair(cfg.drafter, cfg.verifier, device="cpu", cache=cfg.gguf_cache)
     except (OSError, ValueError, ImportError) as e:
         raise ScdfError(f"could not load the pair: {e}") from None
     return verifier, drafter, tokenizer

@@ -18,7 +18,7 @@ __all__ = ["METHODS", "LOSS_KINDS", "LORA_TARGETS", "RESUME_FREE", "ScdfConfig",
 METHODS = ("uniform", "balanced", "temperature", "scdf")
 LOSS_KINDS = ("kl", "ce", "tv")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-RESUME_FREE = ("resume", "stop_after", "progress", "evaluate", "log_every", "out_dir")
+RESUME_FREE = ("resume", "stop_after", "progress", "evaluate", "log_every", "out_dir", "gguf_cache")
 """Config fields that may differ between a run and the run that resumes it."""
 
 
@@ -74,6 +74,7 @@ class ScdfConfig:
     backend: str = "auto"
     progress: bool = True
     log_every: int = 10
+    gguf_cache: bool = True               # GGUF files: read/keep the dense copy (specfair.gguf_cache)
     # --- held-out evaluation (specfair.teacher_forced), before and after
     evaluate: bool = True
     eval_tokens_per_task: int = 4096

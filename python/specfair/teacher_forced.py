@@ -248,7 +248,8 @@ def _batches(n: int, batch_size: int, progress: bool, desc: str):
 
 def _logits(model, x: torch.Tensor) -> torch.Tensor:
     out = model(input_ids=x, use_cache=False)
-    return (out.logits if hasattr(out, "logits") else out).float()
+    # a model spread over devices (a device_map) may return its logits on its last layer's device
+    return (out.logits if hasattr(out, "logits") else out).to(x.device).float()
 
 
 def verifier_logits(verifier, windows: Windows, *, batch_size: int = 16, device="cpu",

@@ -278,9 +278,13 @@ def test_default_pair_and_corpus(tmp_path, capsys):
     assert "fastest:" in out
 
 
-def test_audit_reads_gguf_files(tiny, tmp_path, capsys):
+def test_audit_reads_gguf_files(tiny, tmp_path, capsys, monkeypatch):
     """The audit loads GGUF drafter and verifier files (real ones, written with the gguf
-    package from the tiny pair) and gives the figures of the pair they were written from."""
+    package from the tiny pair) and gives the figures of the pair they were written from;
+    with --no-cache it keeps no dense copy, without it the copy is made once and a second
+    audit read from it gives the same figures."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPECFAIR_CACHE", str(cache))
     gguf_files = pytest.importorskip("gguf_files")
     pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -289,12 +293,19 @@ def test_audit_reads_gguf_files(tiny, tmp_path, capsys):
         gguf_files.write_llama_gguf(tmp_path / f"{role}.gguf", AutoModelForCausalLM.from_pretrained(tiny[role]),
                                     AutoTokenizer.from_pretrained(tiny[role]))
     outs = {}
-    for kind, (d, v) in {"hf": (tiny["drafter"], tiny["verifier"]),
-                         "gguf": (tmp_path / "drafter.gguf", tmp_path / "verifier.gguf")}.items():
-        argv = _args(tiny, tmp_path / kind, "--no-generation")
+    gguf = (tmp_path / "drafter.gguf", tmp_path / "verifier.gguf")
+    for kind, (d, v), extra in (("hf", (tiny["drafter"], tiny["verifier"]), ()), ("no-cache", gguf, ("--no-cache",)),
+                                ("gguf", gguf, ()), ("cached", gguf, ())):
+        argv = _args(tiny, tmp_path / kind, "--no-generation", *extra)
         argv[argv.index("--drafter") + 1], argv[argv.index("--verifier") + 1] = str(d), str(v)
         assert cli.main(argv) == 0, capsys.readouterr().err
         outs[kind] = json.loads((tmp_path / kind / "audit.json").read_text(encoding="utf-8"))
+        entries = [p for p in (cache / "gguf").glob("*") if p.is_dir()] if cache.exists() else []
+        assert len(entries) == (0 if kind in ("hf", "no-cache") else 2), kind
+    assert outs["no-cache"]["config"]["gguf_cache"] is False
+    for a, b, c in zip(outs["no-cache"]["tasks"], outs["gguf"]["tasks"], outs["cached"]["tasks"]):
+        for k in ("alpha", "kl", "ce"):
+            assert a[k] == b[k] == c[k], k           # dequantised or read from the cache: the same weights
     for a, b in zip(outs["hf"]["tasks"], outs["gguf"]["tasks"]):
         assert a["task"] == b["task"] and a["heldout_tokens"] == b["heldout_tokens"]
         assert b["alpha"] == pytest.approx(a["alpha"], abs=1e-5) and b["kl"] == pytest.approx(a["kl"], abs=1e-4)

@@ -265,13 +265,15 @@ def test_exported_corpus_has_the_same_splits(assets, tmp_path):
         assert a.tasks[t].heldout     # the check is not vacuous
 
 
-def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys):
+def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys, monkeypatch):
     """`specfair scdf` loads GGUF files through the same loader as the audit: a real GGUF
     drafter and verifier (written with the gguf package from the tiny pair)."""
     gguf_files = pytest.importorskip("gguf_files")
     pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPECFAIR_CACHE", str(cache))
     for role in ("verifier", "drafter"):
         gguf_files.write_llama_gguf(tmp_path / f"{role}.gguf", AutoModelForCausalLM.from_pretrained(assets / role),
                                     AutoTokenizer.from_pretrained(assets / role))
@@ -279,8 +281,10 @@ def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys):
     rc = cli.main(["scdf", "--drafter", str(tmp_path / "drafter.gguf"), "--verifier", str(tmp_path / "verifier.gguf"),
                    "--corpus", "jsonl", "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option",
                    "key_column=id", "--heldout-fraction", "0.25", "--steps", "2", "--batch-size", "2",
-                   "--context-length", str(CTX), "--eval-tokens-per-task", "32", "--out", str(out), "--no-progress"])
+                   "--context-length", str(CTX), "--eval-tokens-per-task", "32", "--out", str(out), "--no-progress",
+                   "--no-cache"])
     assert rc == 0, capsys.readouterr().err
+    assert not (cache / "gguf").exists()         # --no-cache: no dense copy kept
     rep = json.loads((out / "scdf_report.json").read_text())
     assert rep["verifier_unchanged"] and rep["steps"] == 2 and "heldout" in rep
     tuned = AutoModelForCausalLM.from_pretrained(out / "drafter")     # saved as a plain Hugging Face model
