@@ -49,6 +49,7 @@ from specfair_kernels.stats import speedup
 
 from . import __version__ as specfair_version
 from . import corpus as corpus_mod
+from . import distributed
 from . import teacher_forced as tf
 from ._util import check_out_dir, resolve_device
 from .audit_report import AuditReport, float_or_nan, write_report
@@ -222,6 +223,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     cfg = dataclasses.replace(config or AuditConfig(), **overrides)
     cfg.validate()
     device = resolve_device(cfg.device, AuditError)
+    cfg, device, launched = join_ranks(cfg, device)
     out_dir = check_out_dir(cfg.out, AuditError) if cfg.out is not None else None
     t0 = time.perf_counter()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if cfg.progress else (lambda *a: None)
@@ -244,8 +246,9 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     windows = tf.token_windows(tok, {t: corpus.tasks[t].heldout for t in tasks},
                                context_length=cfg.context_length, max_tokens_per_task=cfg.teacher_forced_tokens)
     # At temperature 0 (greedy) the divergences are taken at T = 1: a property of the pair.
-    tfr = tf.evaluate(verifier, drafter, windows, temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                      batch_size=cfg.batch_size, device=device, progress=cfg.progress)
+    tfr = tf.evaluate_sharded(verifier, drafter, windows,
+                              temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+                              batch_size=cfg.batch_size, device=device, progress=cfg.progress)
     gen = None
     if cfg.generative:
         say("speculative generation, then verifier-only generation of the same outputs ...")
@@ -260,7 +263,23 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     summary["seconds"] = time.perf_counter() - t0
     if out_dir is not None:
         report.files = write_report(report, out_dir)
+    if launched:
+        distributed.leave()
     return report
+
+
+def join_ranks(cfg: AuditConfig, device):
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group; every rank takes its share
+    of the teacher-forced windows (`teacher_forced.evaluate_sharded`), and only rank 0 runs the
+    timed generation and writes the report, so ranks > 0 get ``generative=False, out=None``.
+    -> (config, this rank's device, whether this call joined the group)."""
+    launched = distributed.init_from_env(device)
+    rank, world = distributed.rank_and_world()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    if rank > 0:
+        cfg = dataclasses.replace(cfg, generative=False, out=None, progress=False)
+    return cfg, device, launched
 
 
 def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dict | None, c: float,
@@ -336,7 +355,7 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
 
 def _environment(device) -> dict:
     env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-           "device": str(device)}
+           "device": str(device), "ranks": distributed.rank_and_world()[1]}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:
@@ -349,3 +368,12 @@ def _environment(device) -> dict:
     env["specfair"] = specfair_version
     env["specfair_kernels_backends"] = sk.available_backends(device.type)
     return env
+
+
+if __name__ == "__main__":
+    # `python -m specfair.audit ARGS` and `torchrun --nproc_per_node N -m specfair.audit ARGS` are
+    # `specfair audit ARGS`: the `specfair` entry point, run as a script (not imported here).
+    import runpy
+
+    sys.argv[1:1] = ["audit"]
+    runpy.run_module("specfair", run_name="__main__", alter_sys=True)

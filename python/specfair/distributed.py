@@ -55,3 +55,37 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def leave() -> None:
+    """Leave the process group without waiting for the other ranks (a rank whose share of
+    the work is done while rank 0 still has rank-0-only work)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """Indices of the rows of ``n`` that ``rank`` handles: the batches ``j`` (rows
+    ``[j * batch_size, (j + 1) * batch_size)``) with ``j % world == rank``, in order.  Every
+    batch is the one a single process would form, so per-row results are the same bits."""
+    starts = range(rank * batch_size, n, world * batch_size)
+    if not starts:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts])
+
+
+def gather_rows(index: torch.Tensor, values: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Each rank's ``values[k]`` hold rows ``index`` of ``n``; every rank gets the ``n`` rows
+    of each ``k`` put back in place (CPU tensors).  Alone: ``values`` as given."""
+    parts = gather_objects((index.cpu(), {k: v.cpu() for k, v in values.items()}))
+    if len(parts) == 1:
+        return values
+    out = {k: torch.zeros(n, dtype=v.dtype) for k, v in values.items()}
+    seen = torch.zeros(n, dtype=torch.long)
+    for idx, vals in parts:
+        seen.index_add_(0, idx, torch.ones_like(idx))
+        for k, v in vals.items():
+            out[k][idx] = v
+    if not bool((seen == 1).all()):
+        raise RuntimeError("the ranks' shares of the rows do not cover every row exactly once")
+    return out

@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import default_pair_path
-from . import gguf_cache
+from . import default_pair_path, gguf_cache
 
 
 def model_device(model) -> torch.device:

@@ -50,10 +50,11 @@ import torch.nn.functional as F
 import specfair_kernels as sk
 from specfair_kernels.stats import speedup
 
+from . import distributed
 from .spread import summarize
 
 __all__ = ["Windows", "TeacherForcedResult", "encode_texts", "token_streams", "windows_from_streams",
-           "token_windows", "verifier_logits", "evaluate"]
+           "token_windows", "verifier_logits", "evaluate", "evaluate_sharded", "result_from_sums"]
 
 
 @dataclass
@@ -290,7 +291,6 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
     TeacherForcedResult
     """
     device = torch.device(device)
-    L = len(windows.task_names)
     N = len(windows)
     if target_logits is not None and tuple(target_logits.shape[:2]) != tuple(windows.input_ids.shape):
         raise ValueError(f"target_logits must have shape [N, T, V] with [N, T]={tuple(windows.input_ids.shape)}, "
@@ -328,6 +328,13 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
     finally:
         for mod, was in modes:
             mod.train(was)
+    return result_from_sums(windows, sums, temperature)
+
+
+def result_from_sums(windows: Windows, sums: dict[str, torch.Tensor], temperature: float) -> TeacherForcedResult:
+    """The per-task result of per-window sums (float64 [N] for each of ``FIGURES`` and
+    ``verifier_nll`` / ``drafter_nll``) over ``windows``."""
+    L = len(windows.task_names)
     wtok = windows.mask.sum(1).long()
     per = {k: torch.zeros(L, dtype=torch.float64).index_add_(0, windows.task, sums[k]) for k in sums}
     ntok = torch.zeros(L, dtype=torch.long).index_add_(0, windows.task, wtok)
@@ -344,3 +351,27 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
         window_task=windows.task.clone(), window_tokens=wtok,
         alpha_sum=sums["alpha"], kl_sum=sums["kl"], ce_sum=sums["ce"], entropy_sum=sums["entropy"],
         verifier_nll_sum=sums["verifier_nll"], drafter_nll_sum=sums["drafter_nll"])
+
+
+SUMS = FIGURES + ("verifier_nll", "drafter_nll")
+
+
+def evaluate_sharded(verifier, drafter, windows: Windows, *, batch_size: int = 16, temperature: float = 1.0,
+                     **kw) -> TeacherForcedResult:
+    """`evaluate` with the windows shared among the ranks of a ``torchrun`` job: each rank takes
+    every world-th batch of ``batch_size`` windows (`distributed.shard_batches`), and the
+    per-window sums are gathered on every rank.  The batches are those of one process, so the
+    result is the same, bit for bit, as `evaluate` in one process with the same batch size.
+    Without a process group it is `evaluate`."""
+    rank, world = distributed.rank_and_world()
+    if world == 1:
+        return evaluate(verifier, drafter, windows, batch_size=batch_size, temperature=temperature, **kw)
+    index = distributed.shard_batches(len(windows), batch_size, rank, world)
+    if len(index):
+        part = evaluate(verifier, drafter, Windows(windows.input_ids[index], windows.targets[index],
+                                                   windows.mask[index], windows.task[index], windows.task_names),
+                        batch_size=batch_size, temperature=temperature, **kw)
+        mine = {k: getattr(part, f"{k}_sum") for k in SUMS}
+    else:
+        mine = {k: torch.zeros(0, dtype=torch.float64) for k in SUMS}
+    return result_from_sums(windows, distributed.gather_rows(index, mine, len(windows)), temperature)
