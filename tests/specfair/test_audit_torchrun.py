@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_models import tiny_llama, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tiny_models import tiny_llama, tiny_tokenizer
 
 from specfair import teacher_forced as tf
