@@ -108,7 +108,8 @@ class SpeculativeGenerator:
     ngram : NgramConfig, optional
         Draft by prompt lookup instead of a model (`specfair.ngram`): the tokens that followed
         the most recent earlier occurrence of each row's last n tokens; rows without a match
-        draft nothing that step.  Needs ``drafter=None`` and an int ``num_draft``.
+        draft nothing that step.  Needs ``drafter=None`` and an int ``num_draft``; the model
+        cost ratio c defaults to 0 (no drafter forward).
     verify_method : "token" | "block"
         `specfair_kernels.verify`'s acceptance rule (token-by-token, or block verification).
 
@@ -179,6 +180,8 @@ class SpeculativeGenerator:
         self.compact_threshold = compact_threshold
         self.profile = bool(profile)
         self.costs: dict[int, dict] = {}
+        if ngram is not None and cost_ratio is None:
+            cost_ratio = 0.0  # no drafter model: the lookup's time shows in the measured speed-up only
         self._cost_ratio = None if cost_ratio is None else float(cost_ratio)
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
@@ -410,9 +413,7 @@ class SpeculativeGenerator:
             vpos_h, dpos_h = vpos_h[alive], dpos_h[alive]
             st.keep_rows(alive, alive.to(dev))
         if self.compact_threshold is not None:
-            for m, pos_h in ((dra, dpos_h), (ver, vpos_h)):
-                if m is None:
-                    continue
+            for m, pos_h in [(m, h) for m, h in ((dra, dpos_h), (ver, vpos_h)) if m is not None]:
                 L = m.mask.shape[1]
                 if L and 1 - int(pos_h.max()) / L > self.compact_threshold:
                     m.compact()
