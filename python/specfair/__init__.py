@@ -3,12 +3,12 @@
 Modules, leaves first (each imports only modules above it):
 ``_util`` (devices, atomic files, options) and ``distributed`` (torchrun ranks, sums, shards) -
 ``gguf_cache`` (dense copies of GGUF files) - ``models`` (the one loader) - ``decoding`` (cache,
-prompts, sampling) - ``costs`` (draft length, measured step costs) - ``generator`` -
-``baseline`` (verifier alone, measured speed-up); ``corpus_formats`` - ``corpus_sources`` -
-``corpus``; ``spread`` (variances, ratios, bootstraps: the home of "unfairness");
-``teacher_forced``; ``training`` (window sampler, LR schedule, fingerprints); ``model_card`` -
-``train_pair``; ``scdf_config`` - ``scdf`` -
-``scdf_compare``; ``audit_report`` - ``audit``; ``cli`` (every argparse) last.
+prompts, sampling) - ``costs`` (draft length, measured step costs) - ``ngram`` (prompt-lookup
+drafts) - ``generator`` - ``baseline`` (verifier alone, measured speed-up); ``corpus_formats`` -
+``corpus_sources`` - ``corpus``; ``spread`` (variances, ratios, bootstraps: the home of
+"unfairness"); ``teacher_forced``; ``training`` (window sampler, LR schedule, fingerprints);
+``model_card`` - ``train_pair``; ``scdf_config`` - ``scdf`` - ``scdf_compare``;
+``audit_drafting`` - ``audit_report`` - ``audit``; ``cli`` (every argparse) last.
 """
 from __future__ import annotations
 

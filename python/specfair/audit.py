@@ -48,6 +48,7 @@ import specfair_kernels as sk
 from specfair_kernels.stats import speedup
 
 from . import __version__ as specfair_version
+from . import audit_drafting as drafting
 from . import corpus as corpus_mod
 from . import distributed
 from . import teacher_forced as tf
@@ -57,6 +58,7 @@ from .baseline import measure_speedup
 from .costs import measure_cost_ratio
 from .generator import SpeculativeGenerator
 from .models import default_pair_sources, load_pair, model_device
+from .ngram import NgramConfig
 from .spread import max_min_ratio, percentile_interval, resample_within_tasks, spearman, speedup_array, variance
 
 __all__ = ["AuditConfig", "AuditReport", "AuditError", "run"]
@@ -93,6 +95,11 @@ class AuditConfig:
     # feels, so a task's speed-up follows its own acceptance, not its slowest row's; None:
     # all of a task's prompts in one batch
     generation_batch_size: int | None = 1
+    draft: str = "sample"               # "sample" | "argmax" (engine-style one-hot drafts)
+    verify_method: str = "token"        # "token" | "block" | "both" (each task generated under both rules)
+    ngram: bool = False                 # also generate with the n-gram (prompt-lookup) drafter, timed alike
+    ngram_max: int = 3                  # its suffix lengths, tried longest first
+    ngram_min: int = 1
     # common
     device: str = "cpu"
     dtype: str | None = None            # None: the models' own (float32 on the CPU)
@@ -129,9 +136,27 @@ class AuditConfig:
         if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
             raise AuditError(f"device_map must be None, a strategy name such as 'auto' or a dict, "
                              f"got {self.device_map!r}")
+        self._validate_drafting()
         if self.prompt_tokens >= self.context_length:
             raise AuditError(f"prompt_tokens ({self.prompt_tokens}) must be below context_length "
                              f"({self.context_length})")
+
+    def _validate_drafting(self) -> None:
+        if self.draft not in drafting.DRAFT_CHOICES:
+            raise AuditError(f"draft must be one of {drafting.DRAFT_CHOICES}, got {self.draft!r}")
+        if self.verify_method not in drafting.VERIFY_METHOD_CHOICES:
+            raise AuditError(f"verify_method must be one of {drafting.VERIFY_METHOD_CHOICES}, "
+                             f"got {self.verify_method!r}")
+        if self.verify_method != "token" and not drafting.block_verify_available():
+            raise AuditError(f"verify_method={self.verify_method!r}: this specfair_kernels.verify has no "
+                             "block verification (method=)")
+        if self.ngram:
+            if self.num_draft == "auto":
+                raise AuditError("ngram needs an integer num_draft (auto needs a drafter's cost)")
+            try:
+                NgramConfig(self.ngram_max, self.ngram_min)
+            except ValueError as e:
+                raise AuditError(f"ngram: {e}") from None
 
 
 # ---------------------------------------------------------------------------- measurements
@@ -182,11 +207,14 @@ def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
     return out
 
 
-def _generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier) -> dict:
-    """`measure_speedup` over every task's prompts, each request timed as configured."""
+def _generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier, **variant) -> dict:
+    """`measure_speedup` over every task's prompts, each request timed as configured;
+    ``variant`` overrides the generator's drafting (``ngram``, ``verify_method``, ``draft``)."""
     prompts = _prompts(tok, corpus, tasks, cfg.num_prompts, cfg.prompt_tokens)
-    generator = SpeculativeGenerator(drafter, verifier, num_draft=cfg.num_draft, temperature=cfg.temperature,
-                                     pad_token_id=tok.pad_token_id)
+    kw = {"draft": cfg.draft, "verify_method": "token" if cfg.verify_method == "both" else cfg.verify_method,
+          **variant}
+    generator = SpeculativeGenerator(None if kw.get("ngram") else drafter, verifier, num_draft=cfg.num_draft,
+                                     temperature=cfg.temperature, pad_token_id=tok.pad_token_id, **kw)
     # lists of token lists: measure_speedup left-pads them itself
     return measure_speedup(generator, [p for t in tasks for p in prompts[t]], None,
                            task_ids=[i for i, t in enumerate(tasks) for _ in prompts[t]],
@@ -215,6 +243,25 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float) -> d
                   "seconds_verify_forward": g["spec_timings"].get("verify_forward"),
                   "seconds_kernel": g["spec_timings"].get("kernel")})
     return r
+
+
+def _drafting_variants(cfg: AuditConfig, rows: list[dict], tfr, tasks, gen, generate, say) -> None:
+    """Engine-style acceptance fields on every row; with generation, the block-verification
+    and n-gram runs (``generate(**variant)``) as ``block_*`` / ``ngram_*`` fields."""
+    for i, (r, t) in enumerate(zip(rows, tasks)):
+        r.update(drafting.task_fields(cfg.draft, tfr, t, i, gen))
+    if gen is None:
+        return
+    variants = []
+    if cfg.verify_method == "both":
+        variants.append(("block", {"verify_method": "block"}))
+    if cfg.ngram:
+        variants.append(("ngram", {"ngram": NgramConfig(cfg.ngram_max, cfg.ngram_min), "draft": "sample"}))
+    for prefix, v in variants:
+        say(f"speculative generation again: {prefix} ...")
+        g = generate(**v)
+        for i, r in enumerate(rows):
+            r.update(drafting.variant_fields(prefix, g, i))
 
 
 def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
@@ -256,7 +303,10 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     c = gen["cost_ratio"] if gen else measure_cost_ratio(drafter, verifier)
     k_pred = cfg.num_draft if isinstance(cfg.num_draft, int) else 4  # "auto": shown at K = 4
     rows = [_task_row(t, i, tfr, gen, k_pred, c) for i, t in enumerate(tasks)]
+    _drafting_variants(cfg, rows, tfr, tasks, gen, lambda **v: _generative(cfg, tok, corpus, tasks, drafter,
+                                                                          verifier, **v), say)
     summary = _summary(cfg, rows, tfr, tasks, gen, c, k_pred)
+    summary["drafting"] = drafting.variant_summary(rows, tasks, cfg.verify_method, cfg.ngram and gen is not None)
     cfg_d = cfg.to_dict()
     cfg_d.update({"drafter_resolved": dname, "verifier_resolved": vname})
     report = AuditReport(rows, summary, cfg_d, _environment(device))

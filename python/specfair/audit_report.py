@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audit_drafting import markdown_sections
 from .spread import speedup_lower_bound
 
 __all__ = ["AuditReport", "float_or_nan", "write_report"]
@@ -112,19 +113,26 @@ class AuditReport:
                       f"{_f(t.get('measured_speedup'), 2)} |")
             L.append(r)
         L.append("")
+        L += markdown_sections(self)
         L.append(f"Teacher-forced figures over up to {cfg['teacher_forced_tokens']} held-out tokens per task; "
                  f"cost ratio c = {_f(s['cost_ratio'], 3)} ({s['cost_ratio_source']}). "
                  "Plots: `acceptance_speedup.png`, `divergence_speedup.png`. Every figure: `audit.json`.")
         return "\n".join(L) + "\n"
 
     def csv(self) -> str:
-        keys = list(dict.fromkeys(k for t in self.tasks for k in t if not isinstance(t[k], (list, dict))))
+        """One row per task; a list of ints (an accept-length histogram) as "n0;n1;...;nK"."""
+        keys = list(dict.fromkeys(k for t in self.tasks for k in t if not isinstance(t[k], dict)
+                                  and not (isinstance(t[k], list) and not _int_list(t[k]))))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
         w.writeheader()
         for t in self.tasks:
-            w.writerow({k: t.get(k) for k in keys})
+            w.writerow({k: ";".join(map(str, t[k])) if isinstance(t.get(k), list) else t.get(k) for k in keys})
         return buf.getvalue()
+
+
+def _int_list(v: list) -> bool:
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in v)
 
 
 def float_or_nan(v) -> float:

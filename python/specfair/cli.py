@@ -26,6 +26,7 @@ from specfair_kernels.demo import main as demo_main
 from ._util import parse_key_value
 from .audit import AuditConfig, AuditError
 from .audit import run as run_audit
+from .audit_drafting import DRAFT_CHOICES, VERIFY_METHOD_CHOICES
 from .corpus import CorpusError, SourceNotAvailableError, list_sources, load_corpus
 from .corpus_sources import DEFAULT_SOURCE
 from .scdf import ScdfConfig, ScdfError, train
@@ -101,6 +102,21 @@ def _add_audit(sub) -> None:
     au.add_argument("--seed", type=int, default=d.seed)
     au.add_argument("--out", default=d.out, help="output directory (default ./%(default)s)")
     au.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _drafting_arguments(au, d)
+
+
+def _drafting_arguments(au: argparse.ArgumentParser, d: AuditConfig) -> None:
+    au.add_argument("--draft", choices=DRAFT_CHOICES, default=d.draft,
+                    help="sample drafts from q, or take argmax q as vLLM/SGLang do (default %(default)s)")
+    au.add_argument("--verify-method", choices=VERIFY_METHOD_CHOICES, default=d.verify_method,
+                    help="token-by-token or block verification; both: generate under each and compare "
+                         "(default %(default)s)")
+    au.add_argument("--ngram", action="store_true",
+                    help="also generate with the n-gram (prompt-lookup) drafter, timed the same way")
+    au.add_argument("--ngram-max", type=int, default=d.ngram_max,
+                    help="longest suffix looked up (default %(default)s)")
+    au.add_argument("--ngram-min", type=int, default=d.ngram_min,
+                    help="shortest suffix looked up (default %(default)s)")
 
 
 def _add_scdf(sub) -> None:
@@ -220,7 +236,8 @@ def _audit(a) -> int:
                       generation_batch_size=a.generation_batch_size or None,
                       generative=not a.no_generation, device=a.device, dtype=a.dtype, bootstrap=a.bootstrap,
                       seed=a.seed, out=a.out, progress=not a.no_progress, gguf_cache=not a.no_cache,
-                      device_map=a.device_map)
+                      device_map=a.device_map, draft=a.draft, verify_method=a.verify_method, ngram=a.ngram,
+                      ngram_max=a.ngram_max, ngram_min=a.ngram_min)
     report = run_audit(cfg)
     print(report.table())
     print(f"\nwritten to {a.out}/: {', '.join(report.files)}")

@@ -52,8 +52,11 @@ from .decoding import (
     sample_tokens,
 )
 from .models import context_length, model_device, output_vocab_size
+from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
+DRAFT_MODES = ("sample", "argmax")
+VERIFY_METHODS = ("token", "block")
 
 __all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
 
@@ -65,6 +68,7 @@ class SpeculativeGenerator:
     Parameters
     ----------
     drafter, verifier : transformers causal LMs (``PreTrainedModel``) on one device.
+        ``drafter`` is None exactly when ``ngram`` is given (no second model).
     num_draft : int >= 1 or "auto"
         Drafts per step K.  ``"auto"`` picks each task's K in ``1..max_draft`` every step to
         maximise S(alpha_t; K, c) from the task's running expected acceptance (the ``stats``
@@ -96,6 +100,18 @@ class SpeculativeGenerator:
         Synchronise the device at every section boundary so ``timings`` splits the step
         truthfully (default).  False synchronises only at the start and end (``total`` is
         exact, the sections are host-side times): for throughput figures on a GPU.
+    draft : "sample" | "argmax"
+        How the drafter proposes: sample from its processed distribution q (default), or take
+        its argmax as engines (vLLM, SGLang) do; argmax drafts are one-hot q, verified with
+        ``draft_logits=None``, so the output stays exactly the verifier's distribution and the
+        acceptance is p(argmax q).
+    ngram : NgramConfig, optional
+        Draft by prompt lookup instead of a model (`specfair.ngram`): the tokens that followed
+        the most recent earlier occurrence of each row's last n tokens; rows without a match
+        draft nothing that step.  Needs ``drafter=None`` and an int ``num_draft``; the model
+        cost ratio c defaults to 0 (no drafter forward).
+    verify_method : "token" | "block"
+        `specfair_kernels.verify`'s acceptance rule (token-by-token, or block verification).
 
     Examples
     --------
@@ -111,7 +127,11 @@ class SpeculativeGenerator:
     def __init__(self, drafter, verifier, num_draft=4, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, backend: str = "auto", max_draft: int = DEFAULT_MAX_DRAFT,
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
-                 compact_threshold: float | None = 0.5, profile: bool = True):
+                 compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
+                 ngram: NgramConfig | None = None, verify_method: str = "token"):
+        self._check_modes(drafter, num_draft, draft, ngram, verify_method)
+        if ngram is not None:
+            drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
         for name, m in (("drafter", drafter), ("verifier", verifier)):
             if not isinstance(m, torch.nn.Module) or not hasattr(m, "config"):
                 raise TypeError(f"{name} must be a transformers causal LM (a torch.nn.Module with a config), "
@@ -147,7 +167,8 @@ class SpeculativeGenerator:
         elif not is_int(vocab_size) or not 1 <= vocab_size <= min(sizes):
             raise ValueError(f"vocab_size must be an int in [1, {min(sizes)}] (the models' output sizes are "
                              f"drafter {sizes[0]}, verifier {sizes[1]}), got {vocab_size!r}")
-        self.drafter, self.verifier = drafter, verifier
+        self.drafter, self.verifier = (None if ngram is not None else drafter), verifier
+        self.draft, self.ngram, self.verify_method = draft, ngram, verify_method
         self.device = v_dev
         self.num_draft = num_draft
         self.max_draft = max_draft if num_draft == "auto" else num_draft
@@ -159,10 +180,29 @@ class SpeculativeGenerator:
         self.compact_threshold = compact_threshold
         self.profile = bool(profile)
         self.costs: dict[int, dict] = {}
+        if ngram is not None and cost_ratio is None:
+            cost_ratio = 0.0  # no drafter model: the lookup's time shows in the measured speed-up only
         self._cost_ratio = None if cost_ratio is None else float(cost_ratio)
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
+
+    @staticmethod
+    def _check_modes(drafter, num_draft, draft, ngram, verify_method) -> None:
+        if draft not in DRAFT_MODES:
+            raise ValueError(f"draft must be one of {DRAFT_MODES}, got {draft!r}")
+        if verify_method not in VERIFY_METHODS:
+            raise ValueError(f"verify_method must be one of {VERIFY_METHODS}, got {verify_method!r}")
+        if ngram is None:
+            if drafter is None:
+                raise ValueError("drafter is None: pass a drafter model, or ngram=NgramConfig() for prompt lookup")
+            return
+        if not isinstance(ngram, NgramConfig):
+            raise TypeError(f"ngram must be None or a specfair.ngram.NgramConfig, got {type(ngram).__name__}")
+        if drafter is not None:
+            raise ValueError("ngram drafts without a model: pass drafter=None together with ngram")
+        if num_draft == "auto":
+            raise ValueError("num_draft='auto' needs a drafter's cost; give ngram an int num_draft")
 
     # ------------------------------------------------------------------------------------
     def measured_costs(self, batch_size: int = 1) -> dict:
@@ -242,10 +282,11 @@ class SpeculativeGenerator:
         clock.start()
         if max_new_tokens == 0:
             return self._output(st, stats, clock)
-        st.drafter = CachedModel(self.drafter, self.vocab_size)
+        st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size)
         st.verifier = CachedModel(self.verifier, self.vocab_size)
+        st.start = (P - pmask.sum(1)).to(dev)
         ids_in = ids.masked_fill(~pmask, 0)  # padding never reaches an embedding lookup
-        for m in (st.drafter, st.verifier):
+        for m in st.models():
             m.reset(B, dev)
             if P > 1:  # the last prompt token is fed with the first step
                 m.forward(ids_in[:, :-1], pmask[:, :-1], keep=1)
@@ -255,14 +296,19 @@ class SpeculativeGenerator:
             # Per-row draft length: the task's K, and never past the token budget.
             remaining = max_new_tokens - st.n_new[st.rows]
             nd_host = torch.minimum(torch.tensor(st.K_task)[st.task_host[st.rows]], remaining - 1).clamp(min=0)
-            K = int(nd_host.max())
-            draft_logits, drafts = self._draft(st, K)
+            if self.ngram is not None:
+                draft_logits, drafts, nd_host = self._draft_ngram(st, nd_host)
+                K = drafts.shape[1]
+            else:
+                K = int(nd_host.max())
+                draft_logits, drafts = self._draft(st, K)
             clock.lap("draft")
             target = st.verifier.forward(torch.cat([st.last[:, None], drafts], 1), None, keep=None)
             clock.lap("verify_forward")
             out = sk.verify(self._process(target), draft_logits, drafts, num_draft=nd_host.to(dev),
                             temperature=self.temperature, task_ids=task_t[st.rows_dev], stats=stats,
-                            seed=seeds[st.rows_dev], step=st.step, backend=self.backend)
+                            seed=seeds[st.rows_dev], step=st.step, backend=self.backend,
+                            **self._method_kwargs())
             clock.lap("kernel")
             done = self._commit(st, out, drafts, K)
             if not done and self.num_draft == "auto":
@@ -286,12 +332,28 @@ class SpeculativeGenerator:
         draft_logits, drafts = [], []
         for j in range(K):
             proc = self._process(logits)
-            tok = sample_tokens(proc, self.temperature, st.gen)
+            tok = proc.argmax(-1) if self.draft == "argmax" else sample_tokens(proc, self.temperature, st.gen)
             draft_logits.append(proc)
             drafts.append(tok)
             if j < K - 1:
                 logits = st.drafter.forward(tok[:, None], None, keep=1)[:, -1]
+        if self.draft == "argmax":  # one-hot q: verify reads q(x_j) = 1
+            return None, torch.stack(drafts, 1)
         return torch.stack(draft_logits, 1), torch.stack(drafts, 1)
+
+    def _draft_ngram(self, st: "_DecodeState", nd_host: torch.Tensor):
+        """Prompt-lookup drafts (one-hot q, so ``draft_logits`` is None), their width K and each
+        row's draft count: the lookup's, capped by the task's K and the token budget."""
+        hist = torch.cat([st.ids, st.out_buf], 1)[st.rows_dev]
+        end = st.ids.shape[1] + st.n_new[st.rows].to(self.device)
+        drafts, count = ngram_drafts(hist, st.start[st.rows_dev], end, int(nd_host.max()), self.ngram)
+        nd_host = torch.minimum(nd_host, count.cpu())
+        K = int(nd_host.max())
+        return None, drafts[:, :K], nd_host
+
+    def _method_kwargs(self) -> dict:
+        # "token" is verify's default: older kernels without the keyword keep working
+        return {} if self.verify_method == "token" else {"method": self.verify_method}
 
     def _commit(self, st: "_DecodeState", out: sk.VerifyOutput, drafts: torch.Tensor, K: int) -> bool:
         """Write a step's tokens, roll both caches back per row and drop finished rows; True
@@ -312,12 +374,12 @@ class SpeculativeGenerator:
             j = torch.arange(K + 1, device=dev)
             ver.mask[:, -(K + 1):] = j[None, :] <= acc[:, None]
             ver.pos = ver.pos - (K - acc)
-        if K > 1:
+        if K > 1 and dra is not None:
             j = torch.arange(1, K, device=dev)
             dra.mask[:, -(K - 1):] = j[None, :] <= acc[:, None]
             dra.pos = dra.pos - (K - 1 - torch.clamp(acc, max=K - 1))
         acc_h, keep_h, emit_h, hit_h, vpos_h, dpos_h = torch.stack(
-            [acc, keep, emit, hit_eos, ver.pos, dra.pos]).cpu()  # the one sync
+            [acc, keep, emit, hit_eos, ver.pos, (ver if dra is None else dra).pos]).cpu()  # the one sync
         if bool((emit_h == 0).any()):
             bad = st.rows[emit_h == 0].tolist()
             raise RuntimeError(f"verify found NaN/inf or all -inf logits for rows {bad} at step {st.step}; "
@@ -331,7 +393,7 @@ class SpeculativeGenerator:
 
         a_max = int(acc_h.max())
         ver.crop_end(K - a_max)  # slots no row kept
-        if K > 1:
+        if K > 1 and dra is not None:
             dra.crop_end(K - 1 - min(a_max, K - 1))
         st.last = toks.gather(1, (emit - 1)[:, None])[:, 0]
         if K == 0:
@@ -351,7 +413,7 @@ class SpeculativeGenerator:
             vpos_h, dpos_h = vpos_h[alive], dpos_h[alive]
             st.keep_rows(alive, alive.to(dev))
         if self.compact_threshold is not None:
-            for m, pos_h in ((dra, dpos_h), (ver, vpos_h)):
+            for m, pos_h in [(m, h) for m, h in ((dra, dpos_h), (ver, vpos_h)) if m is not None]:
                 L = m.mask.shape[1]
                 if L and 1 - int(pos_h.max()) / L > self.compact_threshold:
                     m.compact()
@@ -413,6 +475,7 @@ class _DecodeState:
     drafter: CachedModel | None = None
     verifier: CachedModel | None = None
     step: int = 0
+    start: torch.Tensor | None = None  # each row's first prompt column (device)
 
     def __post_init__(self):
         B = self.ids.shape[0]
@@ -424,10 +487,13 @@ class _DecodeState:
         self.last = self.ids[:, -1]
         self.d_pend, self.d_valid = self.last[:, None], None
 
+    def models(self) -> list[CachedModel]:
+        return [m for m in (self.drafter, self.verifier) if m is not None]
+
     def keep_rows(self, alive: torch.Tensor, alive_dev: torch.Tensor) -> None:
         """Drop the finished rows from the batch (host and device indices of the survivors)."""
         self.rows, self.rows_dev = self.rows[alive], self.rows_dev[alive_dev]
-        for m in (self.drafter, self.verifier):
+        for m in self.models():
             m.select_rows(alive_dev)
         self.last, self.d_pend = self.last[alive_dev], self.d_pend[alive_dev]
         self.d_valid = None if self.d_valid is None else self.d_valid[alive_dev]

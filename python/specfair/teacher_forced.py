@@ -6,6 +6,8 @@ the verifier's next-token distribution p with the drafter's q at a temperature, 
 :func:`specfair_kernels.token_divergence`:
 
 * ``alpha``  = sum_x min(p, q), the expected acceptance of one draft (1 - TV);
+* ``alpha_argmax`` = p(argmax q), the expected acceptance of one argmax draft (how vLLM and
+  SGLang draft by default; from the same logits, one gather and one logsumexp);
 * ``kl``     = KL(p || q);
 * ``ce``     = CE(p, q) = H(p) + KL(p || q);
 * ``entropy`` = H(p), computed as ``token_divergence(target, target, kind="ce")``;
@@ -172,6 +174,8 @@ def token_windows(tokenizer, texts_by_task: dict[str, list[str]], context_length
 
 
 FIGURES = ("alpha", "kl", "ce", "entropy")
+SUMS = FIGURES + ("alpha_argmax", "verifier_nll", "drafter_nll")
+"""The per-window sums `evaluate` keeps (and a sharded run gathers)."""
 
 
 @dataclass
@@ -179,11 +183,11 @@ class TeacherForcedResult:
     """Per-task means and per-window sums of a teacher-forced evaluation.
 
     Per task (dicts keyed by task name; None for a task with no tokens): ``tokens``,
-    ``alpha``, ``kl``, ``ce``, ``entropy``, ``verifier_ppl``, ``drafter_ppl``.
+    ``alpha``, ``alpha_argmax``, ``kl``, ``ce``, ``entropy``, ``verifier_ppl``, ``drafter_ppl``.
 
     Per window (float64 / int64 CPU tensors [N]; ``.numpy()`` for numpy): ``window_task``,
     ``window_tokens``, ``alpha_sum``, ``kl_sum``, ``ce_sum``, ``entropy_sum``,
-    ``verifier_nll_sum``, ``drafter_nll_sum``.
+    ``verifier_nll_sum``, ``drafter_nll_sum``, ``alpha_argmax_sum``.
     """
 
     task_names: list[str]
@@ -204,6 +208,9 @@ class TeacherForcedResult:
     verifier_nll_sum: torch.Tensor
     drafter_nll_sum: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
+    # p(argmax q): the expected acceptance of one argmax (engine-style) draft
+    alpha_argmax: dict[str, float | None] = field(default_factory=dict)
+    alpha_argmax_sum: torch.Tensor | None = None
 
     def per_task(self, name: str) -> list[float | None]:
         """One figure as a list in ``task_names`` order."""
@@ -225,7 +232,8 @@ class TeacherForcedResult:
         out: dict[str, Any] = {
             "task_names": list(self.task_names), "temperature": self.temperature,
             "per_task": {k: dict(getattr(self, k)) for k in
-                         ("tokens", "alpha", "kl", "ce", "entropy", "verifier_ppl", "drafter_ppl")},
+                         ("tokens", "alpha", "alpha_argmax", "kl", "ce", "entropy", "verifier_ppl",
+                          "drafter_ppl")},
             "summary": self.summary(num_draft, cost_ratio),
             "num_draft": num_draft, "cost_ratio": cost_ratio,
         }
@@ -236,6 +244,14 @@ class TeacherForcedResult:
                 "window_task", "window_tokens", "alpha_sum", "kl_sum", "ce_sum", "entropy_sum",
                 "verifier_nll_sum", "drafter_nll_sum")}
         return out
+
+
+def p_of_draft_argmax(target_logits: torch.Tensor, draft_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p(argmax q) at every position ([..., V] -> [...]): the acceptance of a one-hot draft of
+    the drafter's most likely token, as vLLM and SGLang draft (the argmax ignores T)."""
+    x = target_logits.float() / temperature
+    top = draft_logits.argmax(-1, keepdim=True)
+    return (x.gather(-1, top)[..., 0] - torch.logsumexp(x, -1)).exp()
 
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str):
@@ -297,7 +313,7 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
                          f"got {tuple(target_logits.shape)}")
     if target_logits is None and verifier is None:
         raise ValueError("give a verifier or its target_logits")
-    sums = {k: torch.zeros(N, dtype=torch.float64) for k in FIGURES + ("verifier_nll", "drafter_nll")}
+    sums = {k: torch.zeros(N, dtype=torch.float64) for k in SUMS}
     modes = [(m, m.training) for m in (verifier, drafter) if m is not None]
     for m, _ in modes:
         m.eval()
@@ -321,6 +337,8 @@ def evaluate(verifier, drafter, windows: Windows, *, temperature: float = 1.0, b
                 h = sk.token_divergence(lp, lp, kind="ce", temperature=temperature, reduction="none",
                                         mask=m, backend=backend)
                 sums["entropy"][sl] = h.double().sum(1).cpu()
+                pa = p_of_draft_argmax(lp, lq, temperature)
+                sums["alpha_argmax"][sl] = torch.where(m, pa, torch.zeros_like(pa)).double().sum(1).cpu()
                 yy = torch.where(m, y, torch.zeros_like(y))
                 for name, lg in (("verifier_nll", lp), ("drafter_nll", lq)):
                     nll = F.cross_entropy(lg.reshape(-1, V), yy.reshape(-1), reduction="none").view_as(y)
@@ -346,14 +364,14 @@ def result_from_sums(windows: Windows, sums: dict[str, torch.Tensor], temperatur
     return TeacherForcedResult(
         task_names=list(windows.task_names), temperature=float(temperature),
         tokens={t: int(ntok[i]) for i, t in enumerate(windows.task_names)},
-        alpha=means("alpha"), kl=means("kl"), ce=means("ce"), entropy=means("entropy"),
+        alpha=means("alpha"), alpha_argmax=means("alpha_argmax"), kl=means("kl"), ce=means("ce"),
+        entropy=means("entropy"),
         verifier_ppl=means("verifier_nll", math.exp), drafter_ppl=means("drafter_nll", math.exp),
         window_task=windows.task.clone(), window_tokens=wtok,
         alpha_sum=sums["alpha"], kl_sum=sums["kl"], ce_sum=sums["ce"], entropy_sum=sums["entropy"],
-        verifier_nll_sum=sums["verifier_nll"], drafter_nll_sum=sums["drafter_nll"])
+        verifier_nll_sum=sums["verifier_nll"], drafter_nll_sum=sums["drafter_nll"],
+        alpha_argmax_sum=sums["alpha_argmax"])
 
-
-SUMS = FIGURES + ("verifier_nll", "drafter_nll")
 
 
 def evaluate_sharded(verifier, drafter, windows: Windows, *, batch_size: int = 16, temperature: float = 1.0,

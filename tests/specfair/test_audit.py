@@ -309,3 +309,57 @@ def test_audit_reads_gguf_files(tiny, tmp_path, capsys, monkeypatch):
     for a, b in zip(outs["hf"]["tasks"], outs["gguf"]["tasks"]):
         assert a["task"] == b["task"] and a["heldout_tokens"] == b["heldout_tokens"]
         assert b["alpha"] == pytest.approx(a["alpha"], abs=1e-5) and b["kl"] == pytest.approx(a["kl"], abs=1e-4)
+
+
+# --- drafting variants: argmax drafts, the n-gram drafter, the verify rule ----------------
+
+def test_argmax_drafting_and_ngram_rows(tiny, tmp_path):
+    from specfair.audit_drafting import block_verify_available
+
+    out = tmp_path / "o"
+    extra = ["--draft", "argmax", "--ngram", "--ngram-max", "2"]
+    if block_verify_available():
+        extra += ["--verify-method", "both"]
+    assert cli.main(_args(tiny, out, *extra)) == 0
+    r = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    K = 3
+    for t in r["tasks"]:
+        assert t["draft"] == "argmax" and 0 < t["alpha_argmax"] < 1
+        assert t["expected_acceptance_drafting"] == t["alpha_argmax"]
+        for prefix in ("", "ngram_") + (("block_",) if block_verify_available() else ()):
+            h = t[f"{prefix}accept_length_histogram"]
+            assert len(h) == K + 1
+            if prefix == "":
+                assert sum(h) == t["steps"]  # one entry per verification step
+            # engine format: sum_j j * h_j accepted drafts, one emitted token more per step
+            assert t[f"{prefix}tokens_per_step"] == pytest.approx((sum(j * n for j, n in enumerate(h)) + sum(h))
+                                                                   / sum(h), rel=1e-9)
+            assert t[f"{prefix}measured_speedup"] == pytest.approx(
+                t[f"{prefix}verifier_seconds"] / t[f"{prefix}speculative_seconds"], rel=1e-9)
+    d = r["summary"]["drafting"]
+    meas = np.array([t["ngram_measured_speedup"] for t in r["tasks"]])
+    assert d["ngram"]["measured_speedup"]["variance"] == pytest.approx(float(np.var(meas)), rel=1e-9)
+    assert d["ngram"]["measured_speedup"]["max_min_ratio"] == pytest.approx(meas.max() / meas.min(), rel=1e-9)
+    assert d["ngram"]["fastest_task"] == TASKS[int(meas.argmax())]
+    md = (out / "audit.md").read_text(encoding="utf-8")
+    assert "n-gram (prompt lookup)" in md and "p(argmax q)" in md
+    header, *lines = (out / "audit.csv").read_text(encoding="utf-8").splitlines()
+    cols = header.split(",")
+    assert "ngram_measured_speedup" in cols and "alpha_argmax" in cols
+    h = lines[0].split(",")[cols.index("accept_length_histogram")]
+    assert [int(x) for x in h.split(";")] == r["tasks"][0]["accept_length_histogram"]
+    if block_verify_available():
+        gain = d["block_minus_token"][TASKS[0]]["realised_acceptance"]
+        t0 = r["tasks"][0]
+        assert gain == pytest.approx(t0["block_realised_acceptance"] - t0["realised_acceptance"])
+        assert "block verification" in md
+
+
+def test_drafting_options_are_checked(tiny, capsys, tmp_path):
+    from specfair.audit_drafting import block_verify_available
+
+    _fails(capsys, _args(tiny, tmp_path / "o", "--ngram", "--ngram-max", "1", "--ngram-min", "2"), "min_ngram")
+    _fails(capsys, _args(tiny, tmp_path / "o", "--ngram", "--num-draft", "auto"), "ngram")
+    if not block_verify_available():
+        _fails(capsys, _args(tiny, tmp_path / "o", "--verify-method", "both"), "block verification")
+    assert not (tmp_path / "o" / "audit.json").exists()

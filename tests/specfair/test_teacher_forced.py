@@ -11,6 +11,7 @@ pytest.importorskip("tokenizers")
 
 from tiny_models import tiny_llama  # noqa: E402
 
+import specfair_kernels as sk  # noqa: E402
 from specfair import teacher_forced as tf  # noqa: E402
 from specfair.spread import paired_bootstrap  # noqa: E402
 from specfair.train_pair import hf_tokenizer, train_tokenizer  # noqa: E402
@@ -159,3 +160,25 @@ def test_bootstrap_is_paired_and_brackets_the_estimate(tok, pair):
     w2 = tf.token_windows(tok, TEXTS, context_length=16)
     with pytest.raises(ValueError, match="same windows"):
         paired_bootstrap([res, tf.evaluate(ver, dra, w2)], lambda a, b: 0.0, n_boot=2)
+
+
+@pytest.mark.parametrize("T", [1.0, 0.6])
+def test_alpha_argmax_is_p_at_the_drafters_argmax(tok, pair, T):
+    """p(argmax q) per task and per window against plain torch, and against the kernel's
+    sum min(p, q) for a one-hot q at the drafter's argmax (the same quantity)."""
+    ver, dra = pair
+    w = tf.token_windows(tok, TEXTS, context_length=16, max_tokens_per_task=None)
+    res = tf.evaluate(ver, dra, w, temperature=T, batch_size=3)
+    with torch.no_grad():
+        lp, lq = ver(input_ids=w.input_ids).logits.double(), dra(input_ids=w.input_ids).logits.double()
+    pa = torch.softmax(lp / T, -1).gather(-1, lq.argmax(-1, keepdim=True))[..., 0]
+    torch.testing.assert_close(res.alpha_argmax_sum, torch.where(w.mask, pa, 0).sum(1), rtol=1e-5, atol=1e-5)
+    for i, lang in enumerate(TEXTS):
+        m = w.mask & (w.task[:, None] == i)
+        assert res.alpha_argmax[lang] == pytest.approx(float(pa[m].mean()), rel=1e-5)
+    # the same figure through the kernel: alpha of a one-hot drafter at q's argmax
+    onehot = torch.full_like(lq, -1e4).scatter(-1, lq.argmax(-1, keepdim=True), 1e4).float()
+    a1 = sk.token_divergence(onehot, lp.float(), kind="alpha", temperature=T, reduction="none", mask=w.mask)
+    torch.testing.assert_close(tf.p_of_draft_argmax(lp.float(), lq.float(), T) * w.mask, a1 * w.mask,
+                               rtol=1e-4, atol=1e-5)
+    assert res.to_dict()["per_task"]["alpha_argmax"] == res.alpha_argmax
