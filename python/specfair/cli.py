@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from specfair_kernels.demo import main as demo_main
 
 from ._util import parse_key_value
-from .audit import AuditConfig, AuditError
+from .audit import AuditConfig, AuditError, AuditWarning
 from .audit import run as run_audit
 from .corpus import CorpusError, SourceNotAvailableError, list_sources, load_corpus
 from .corpus_sources import DEFAULT_SOURCE
@@ -208,7 +209,11 @@ def _audit(a) -> int:
                       generation_batch_size=a.generation_batch_size or None,
                       generative=not a.no_generation, device=a.device, dtype=a.dtype, bootstrap=a.bootstrap,
                       seed=a.seed, out=a.out, progress=not a.no_progress)
-    report = run_audit(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AuditWarning)
+        report = run_audit(cfg)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(report.table())
     print(f"\nwritten to {a.out}/: {', '.join(report.files)}")
     return 0

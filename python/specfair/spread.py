@@ -24,7 +24,6 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from specfair_kernels.stats import speedup
