@@ -10,18 +10,26 @@ Two measurements per task (by default a language), on the corpus's **held-out** 
 * **generative**: real speculative generation with ``SpeculativeGenerator`` from prompts
   cut from held-out paragraphs (the same paragraphs in every language where the corpus is
   parallel): realised acceptance, tokens per verifier call, the *measured* wall-clock
-  speed-up against verifier-only generation of the same outputs, and the model-based one,
-  S(alpha; K, c) with the measured cost ratio c.
+  speed-up against verifier-only generation of the same outputs, and the model-based ones:
+  S(alpha; K, c, r_K) with the measured cost ratio c and the measured cost r_K of a verifier
+  forward over K+1 tokens (`specfair.costs`), and PAPER.md's S(alpha; K, c) (r_K = 1),
+  each with measured / predicted per task.
 
 Statistics (documented choices):
 
 * Unfairness: U_ce = population variance of per-task mean CE (the paper's 𝒰), U_kl the
   same for KL (which tracks acceptance better, see PAPER.md), and variance and max/min
-  ratio of per-task acceptance and of speed-up (predicted and measured).
-* Confidence intervals are 95% percentile bootstraps (``bootstrap`` resamples, seeded).
-  Per-task figures and the unfairness figures resample the held-out *windows* within each
-  task (the tasks are fixed; the noise is in their estimates).  Correlations across tasks
-  (Spearman) resample the *tasks*, since they describe a population of tasks.
+  ratio of per-task acceptance and of speed-up (predicted and measured).  The variances are
+  corrected for within-task sampling noise (`specfair.spread.corrected_spread`: variance of
+  the task means minus (T-1)/T times their mean squared standard error, clipped at 0).
+* Confidence intervals are 95% bootstraps (``bootstrap`` resamples, seeded).  Per-task
+  figures (percentile intervals) and the unfairness figures (basic/pivotal intervals, which
+  contain their estimates) resample the held-out *windows* within each task (the tasks are
+  fixed; the noise is in their estimates).  A task with a single window gets no interval
+  (None, and an `AuditWarning`), nor does any spread figure then.  Correlations across
+  tasks (Spearman) resample the *tasks*, since they describe a population of tasks.
+* Lengths (``context_length``, ``prompt_tokens`` + 1 + ``max_new_tokens``) are checked
+  against both models' context as soon as they are loaded.
 * The bound drawn in the divergence plot is PAPER.md's: Pinsker + Jensen give
   alpha_T >= 1 - sqrt(KL_T / 2), and S is increasing in alpha, so
   S_T >= S(max(0, 1 - sqrt(KL_T / 2)); K, c).

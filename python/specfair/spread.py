@@ -205,7 +205,7 @@ SPREAD_ESTIMATOR = (
     "resampled within tasks and the corrected figure recomputed on every resample, whose truth in the "
     "bootstrap world is the uncorrected variance; clipped at 0")
 RATIO_ESTIMATOR = ("max/min of the per-task means; 95% basic (pivotal) bootstrap interval, windows resampled "
-                   "within tasks")
+                   "within tasks, lower end clipped at 1")
 MIN_WINDOWS = 2
 """Windows a task needs for a standard error, and so for any interval."""
 
@@ -327,11 +327,12 @@ def corrected_spread(est: tuple, boot: tuple, transform: Callable | None = None,
 
 def ratio_spread(est_mean, boot_mean, level: float = 0.95, windows=None) -> dict:
     """max/min of the per-task means (`max_min_ratio`) with its `pivot_interval` (the
-    observed ratio is the bootstrap world's truth); interval None when ``windows`` shows a
-    task with fewer than `MIN_WINDOWS` windows."""
+    observed ratio is the bootstrap world's truth; the lower end clipped at 1); interval
+    None when ``windows`` shows a task with fewer than `MIN_WINDOWS` windows."""
     value = max_min_ratio(est_mean)
     short = windows is not None and any(0 < w < MIN_WINDOWS for w in np.asarray(windows))
     ci, widened = ([math.nan] * 2, False) if short else pivot_interval(
         value, [max_min_ratio(b) for b in np.asarray(boot_mean)], value, level)
+    ci = [max(ci[0], 1.0), ci[1]]   # a max/min ratio is >= 1 (the estimate too: the interval still holds it)
     return {"value": value, "ci95": [c if math.isfinite(c) else None for c in ci], "widened": widened,
             "estimator": "max/min"}
