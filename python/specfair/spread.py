@@ -202,8 +202,9 @@ SPREAD_ESTIMATOR = (
     "between-task variance corrected for within-task noise: the population variance of the per-task means "
     "minus (T-1)/T times the mean squared standard error of a task mean (each from the spread of that task's "
     "held-out windows, ratio-estimator form), clipped at 0; 95% basic (pivotal) bootstrap interval, windows "
-    "resampled within tasks and the corrected figure recomputed on every resample, whose truth in the "
-    "bootstrap world is the uncorrected variance; clipped at 0")
+    "resampled within tasks (their deviations from the task mean scaled by sqrt(n/(n-1))) and the corrected "
+    "figure recomputed on every resample, whose truth in the "
+    "bootstrap world is the uncorrected variance, pivoted on the clipped estimate; lower end clipped at 0")
 RATIO_ESTIMATOR = ("max/min of the per-task means; 95% basic (pivotal) bootstrap interval, windows resampled "
                    "within tasks, lower end clipped at 1")
 MIN_WINDOWS = 2
@@ -244,16 +245,25 @@ def task_moments(window_task, window_tokens, sums: dict[str, np.ndarray], num_ta
 def resample_task_moments(window_task, window_tokens, sums: dict[str, np.ndarray], num_tasks: int, n_boot: int,
                           rng: np.random.Generator) -> dict:
     """`task_moments` on ``n_boot`` resamples of the windows within each task (one set of
-    draws for every figure): ``{figure: (mean [n_boot, T], se2 [n_boot, T])}``."""
+    draws for every figure): ``{figure: (mean [n_boot, T], se2 [n_boot, T])}``.
+
+    Each window's deviation from its task's mean, s_w - mean m_w, is first scaled by
+    sqrt(n/(n-1)) (the task's mean unchanged): a plain bootstrap of n windows has variance
+    (n-1)/n of the standard error's square, too narrow with few windows; rescaled, the
+    resampled task mean's variance equals the squared standard error (equal windows)."""
     task, tok = np.asarray(window_task), np.asarray(window_tokens, float)
     out = {k: (np.full((n_boot, num_tasks), np.nan), np.full((n_boot, num_tasks), np.nan)) for k in sums}
     for ti in range(num_tasks):
         idx = np.flatnonzero(task == ti)
         if idx.size == 0:
             continue
-        draw = idx[rng.integers(0, idx.size, size=(n_boot, idx.size))]
+        pick = rng.integers(0, idx.size, size=(n_boot, idx.size))
+        inflate = math.sqrt(idx.size / (idx.size - 1)) if idx.size >= MIN_WINDOWS else 1.0
         for k, v in sums.items():
-            out[k][0][:, ti], out[k][1][:, ti] = _moments(np.asarray(v, float)[draw], tok[draw])
+            v, m = np.asarray(v, float)[idx], tok[idx]
+            mean = v.sum() / m.sum() if m.sum() > 0 else math.nan
+            v = mean * m + inflate * (v - mean * m)   # same task mean, residuals rescaled
+            out[k][0][:, ti], out[k][1][:, ti] = _moments(v[pick], m[pick])
     return out
 
 
@@ -312,14 +322,17 @@ def corrected_spread(est: tuple, boot: tuple, transform: Callable | None = None,
     ``est`` = (mean [T], se2 [T]) from `task_moments`, ``boot`` = (mean [B, T], se2 [B, T])
     from `resample_task_moments`.  The interval is `pivot_interval` of the corrected figure
     over the resamples, with the uncorrected variance as the bootstrap world's truth (the
-    resampled tasks' true means are the observed ones).  The estimate and both ends are then
-    clipped at 0 (a variance), so the interval still contains the estimate.  Returns
+    resampled tasks' true means are the observed ones), pivoted on the estimate clipped at
+    0 (a variance); its lower end is clipped at 0 too, so it contains the clipped estimate
+    and is never [0, 0] unless the resamples do not vary.  Returns
     ``{"value", "value_unclipped", "uncorrected", "ci95", "widened", "estimator"}``; value and
     interval are None (n/a) when a task has fewer than `MIN_WINDOWS` windows."""
     value, raw = (float(x) for x in corrected_variance(*est, transform))
     samples = corrected_variance(*boot, transform)[0]
-    ci, widened = pivot_interval(value, samples, raw, level) if math.isfinite(value) else ([math.nan] * 2, False)
     ok = math.isfinite(value)
+    # pivot on the clipped estimate: a negative estimate (less spread than the noise alone
+    # gives) still gets the upper end its 0 would, not an interval squeezed to [0, 0]
+    ci, widened = pivot_interval(max(value, 0.0), samples, raw, level) if ok else ([math.nan] * 2, False)
     return {"value": max(value, 0.0) if ok else None, "value_unclipped": value if ok else None,
             "uncorrected": raw, "ci95": [max(c, 0.0) for c in ci] if ok and math.isfinite(ci[0]) else [None, None],
             "widened": widened, "estimator": "noise-corrected variance"}

@@ -12,7 +12,7 @@ import pytest
 
 from specfair import spread
 
-T, WINDOWS, TOKENS = 10, 4, 256
+T, WINDOWS, TOKENS = 10, 16, 256   # 16 windows: the audit default (4096 tokens, windows of 256)
 
 
 def _truth(var: float) -> np.ndarray:
