@@ -10,18 +10,26 @@ Two measurements per task (by default a language), on the corpus's **held-out** 
 * **generative**: real speculative generation with ``SpeculativeGenerator`` from prompts
   cut from held-out paragraphs (the same paragraphs in every language where the corpus is
   parallel): realised acceptance, tokens per verifier call, the *measured* wall-clock
-  speed-up against verifier-only generation of the same outputs, and the model-based one,
-  S(alpha; K, c) with the measured cost ratio c.
+  speed-up against verifier-only generation of the same outputs, and the model-based ones:
+  S(alpha; K, c, r_K) with the measured cost ratio c and the measured cost r_K of a verifier
+  forward over K+1 tokens (`specfair.costs`), and PAPER.md's S(alpha; K, c) (r_K = 1),
+  each with measured / predicted per task.
 
 Statistics (documented choices):
 
 * Unfairness: U_ce = population variance of per-task mean CE (the paper's 𝒰), U_kl the
   same for KL (which tracks acceptance better, see PAPER.md), and variance and max/min
-  ratio of per-task acceptance and of speed-up (predicted and measured).
-* Confidence intervals are 95% percentile bootstraps (``bootstrap`` resamples, seeded).
-  Per-task figures and the unfairness figures resample the held-out *windows* within each
-  task (the tasks are fixed; the noise is in their estimates).  Correlations across tasks
-  (Spearman) resample the *tasks*, since they describe a population of tasks.
+  ratio of per-task acceptance and of speed-up (predicted and measured).  The variances are
+  corrected for within-task sampling noise (`specfair.spread.corrected_spread`: variance of
+  the task means minus (T-1)/T times their mean squared standard error, clipped at 0).
+* Confidence intervals are 95% bootstraps (``bootstrap`` resamples, seeded).  Per-task
+  figures (percentile intervals) and the unfairness figures (basic/pivotal intervals, which
+  contain their estimates) resample the held-out *windows* within each task (the tasks are
+  fixed; the noise is in their estimates).  A task with a single window gets no interval
+  (None, and an `AuditWarning`), nor does any spread figure then.  Correlations across
+  tasks (Spearman) resample the *tasks*, since they describe a population of tasks.
+* Lengths (``context_length``, ``prompt_tokens`` + 1 + ``max_new_tokens``) are checked
+  against both models' context as soon as they are loaded.
 * The bound drawn in the divergence plot is PAPER.md's: Pinsker + Jensen give
   alpha_T >= 1 - sqrt(KL_T / 2), and S is increasing in alpha, so
   S_T >= S(max(0, 1 - sqrt(KL_T / 2)); K, c).
@@ -38,6 +46,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -55,17 +64,34 @@ from . import teacher_forced as tf
 from ._util import check_out_dir, resolve_device
 from .audit_report import AuditReport, float_or_nan, write_report
 from .baseline import measure_speedup
-from .costs import measure_cost_ratio
+from .costs import measure_costs, measured_over_predicted
 from .generator import SpeculativeGenerator
-from .models import default_pair_sources, load_pair, model_device
-from .ngram import NgramConfig
-from .spread import max_min_ratio, percentile_interval, resample_within_tasks, spearman, speedup_array, variance
+from .models import context_length, default_pair_sources, load_pair, model_device
+from .spread import (
+    MIN_WINDOWS,
+    RATIO_ESTIMATOR,
+    SPREAD_ESTIMATOR,
+    corrected_spread,
+    few_window_tasks,
+    max_min_ratio,
+    percentile_interval,
+    ratio_spread,
+    resample_task_moments,
+    spearman,
+    speedup_array,
+    task_moments,
+    variance,
+)
 
-__all__ = ["AuditConfig", "AuditReport", "AuditError", "run"]
+__all__ = ["AuditConfig", "AuditReport", "AuditError", "AuditWarning", "run"]
 
 
 class AuditError(ValueError):
     """Bad audit input (unknown task, unusable device or output directory, ...)."""
+
+
+class AuditWarning(UserWarning):
+    """A figure the audit could not give (e.g. an interval for a task with one window)."""
 
 
 @dataclass
@@ -154,7 +180,7 @@ class AuditConfig:
             if self.num_draft == "auto":
                 raise AuditError("ngram needs an integer num_draft (auto needs a drafter's cost)")
             try:
-                NgramConfig(self.ngram_max, self.ngram_min)
+                drafting.NgramConfig(self.ngram_max, self.ngram_min)
             except ValueError as e:
                 raise AuditError(f"ngram: {e}") from None
 
@@ -187,6 +213,24 @@ def _load_models(cfg: AuditConfig, device):
     return d, v, tok, drafter, verifier
 
 
+def _check_lengths(cfg: AuditConfig, drafter, verifier) -> None:
+    """--context-length, and the prompt (+ <s>) with the generated tokens, against both
+    models' context (positions), before any pass over them."""
+    for who, model in (("drafter", drafter), ("verifier", verifier)):
+        limit = context_length(model)
+        if limit is None:
+            continue
+        if cfg.context_length > limit:
+            raise AuditError(f"--context-length (context_length) {cfg.context_length} exceeds the {who}'s context "
+                             f"of {limit} positions; use at most --context-length {limit}")
+        if cfg.generative and cfg.prompt_tokens + 1 + cfg.max_new_tokens > limit:
+            raise AuditError(
+                f"--prompt-tokens {cfg.prompt_tokens} (+ <s>) with --max-new-tokens {cfg.max_new_tokens} exceeds "
+                f"the {who}'s context of {limit} positions; use at most --max-new-tokens "
+                f"{max(limit - cfg.prompt_tokens - 1, 0)} or a smaller --prompt-tokens (prompt_tokens, "
+                "max_new_tokens)")
+
+
 def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
     """Per task, up to n prompts: <s> + the first prompt_tokens tokens of held-out paragraphs
     long enough to have them (in held-out order, which is parallel across languages)."""
@@ -216,18 +260,23 @@ def _generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier, **varia
     generator = SpeculativeGenerator(None if kw.get("ngram") else drafter, verifier, num_draft=cfg.num_draft,
                                      temperature=cfg.temperature, pad_token_id=tok.pad_token_id, **kw)
     # lists of token lists: measure_speedup left-pads them itself
-    return measure_speedup(generator, [p for t in tasks for p in prompts[t]], None,
+    out = measure_speedup(generator, [p for t in tasks for p in prompts[t]], None,
                            task_ids=[i for i, t in enumerate(tasks) for _ in prompts[t]],
                            num_tasks=len(tasks), max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                            eos_token_id=None, repeats=cfg.timing_repeats, progress=cfg.progress,
                            batch_size=cfg.generation_batch_size)
+    first = len(prompts[tasks[0]])   # the batch size whose costs give out["cost_ratio"]
+    out["verify_cost"] = generator.verify_cost(min(cfg.generation_batch_size or first, first))
+    return out
 
 
-def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float) -> dict:
+def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k: float) -> dict:
     a = tfr.alpha[t]
     r = {"task": t, "heldout_tokens": tfr.tokens[t], "alpha": a, "kl": tfr.kl[t], "ce": tfr.ce[t],
          "entropy": tfr.entropy[t], "verifier_ppl": tfr.verifier_ppl[t], "drafter_ppl": tfr.drafter_ppl[t],
-         "predicted_speedup": float(speedup(a, k_pred, c)) if a is not None else None}
+         # S(alpha; K, c, r_K) with the measured r_K, and PAPER.md's S(alpha; K, c) (r_K = 1)
+         "predicted_speedup": float(speedup_array(a, k_pred, c, r_k)) if a is not None else None,
+         "predicted_speedup_rk1": float(speedup(a, k_pred, c)) if a is not None else None}
     if gen:
         g = gen["per_task"][i]
         r.update({"prompts": g["rows"], "generated_tokens": g["tokens"],
@@ -237,6 +286,7 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float) -> d
                   "tokens_per_step": g["tokens_per_step"], "num_draft_used": g["num_draft"],
                   "speculative_seconds": g["spec_seconds"], "verifier_seconds": g["verifier_seconds"],
                   "measured_speedup": g["measured_speedup"],
+                  **measured_over_predicted(g["measured_speedup"], r["predicted_speedup"], r["predicted_speedup_rk1"]),
                   "predicted_speedup_generation": g["predicted_speedup"],
                   "predicted_speedup_verify_cost": g.get("predicted_speedup_verify_cost"),
                   "seconds_draft": g["spec_timings"].get("draft"),
@@ -245,23 +295,12 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float) -> d
     return r
 
 
-def _drafting_variants(cfg: AuditConfig, rows: list[dict], tfr, tasks, gen, generate, say) -> None:
-    """Engine-style acceptance fields on every row; with generation, the block-verification
-    and n-gram runs (``generate(**variant)``) as ``block_*`` / ``ngram_*`` fields."""
-    for i, (r, t) in enumerate(zip(rows, tasks)):
-        r.update(drafting.task_fields(cfg.draft, tfr, t, i, gen))
-    if gen is None:
-        return
-    variants = []
-    if cfg.verify_method == "both":
-        variants.append(("block", {"verify_method": "block"}))
-    if cfg.ngram:
-        variants.append(("ngram", {"ngram": NgramConfig(cfg.ngram_max, cfg.ngram_min), "draft": "sample"}))
-    for prefix, v in variants:
-        say(f"speculative generation again: {prefix} ...")
-        g = generate(**v)
-        for i, r in enumerate(rows):
-            r.update(drafting.variant_fields(prefix, g, i))
+def _costs(cfg: AuditConfig, gen: dict | None, drafter, verifier, k_pred: int) -> tuple[float, float]:
+    """(c, r_K at K = k_pred): from the generation's measurement, else measured here."""
+    if gen:
+        return gen["cost_ratio"], gen["verify_cost"][k_pred] if gen.get("verify_cost") else 1.0
+    m = measure_costs(drafter, verifier, max_draft=k_pred)
+    return m["cost_ratio"], m["verify_cost"][k_pred]
 
 
 def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
@@ -288,6 +327,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     drafter, verifier, tok, dname, vname = _load_models(cfg, device)
     if cfg.device_map is not None:
         device = model_device(verifier)     # spread models: inputs go to the first layer's device
+    _check_lengths(cfg, drafter, verifier)
 
     say(f"teacher-forced pass over {len(tasks)} tasks ...")
     windows = tf.token_windows(tok, {t: corpus.tasks[t].heldout for t in tasks},
@@ -300,17 +340,19 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     if cfg.generative:
         say("speculative generation, then verifier-only generation of the same outputs ...")
         gen = _generative(cfg, tok, corpus, tasks, drafter, verifier)
-    c = gen["cost_ratio"] if gen else measure_cost_ratio(drafter, verifier)
     k_pred = cfg.num_draft if isinstance(cfg.num_draft, int) else 4  # "auto": shown at K = 4
-    rows = [_task_row(t, i, tfr, gen, k_pred, c) for i, t in enumerate(tasks)]
-    _drafting_variants(cfg, rows, tfr, tasks, gen, lambda **v: _generative(cfg, tok, corpus, tasks, drafter,
+    c, r_k = _costs(cfg, gen, drafter, verifier, k_pred)
+    rows = [_task_row(t, i, tfr, gen, k_pred, c, r_k) for i, t in enumerate(tasks)]
+    drafting.add_variants(cfg, rows, tfr, tasks, gen, lambda **v: _generative(cfg, tok, corpus, tasks, drafter,
                                                                           verifier, **v), say)
-    summary = _summary(cfg, rows, tfr, tasks, gen, c, k_pred)
+    summary = _summary(cfg, rows, tfr, tasks, gen, c, k_pred, r_k)
     summary["drafting"] = drafting.variant_summary(rows, tasks, cfg.verify_method, cfg.ngram and gen is not None)
     cfg_d = cfg.to_dict()
     cfg_d.update({"drafter_resolved": dname, "verifier_resolved": vname})
     report = AuditReport(rows, summary, cfg_d, _environment(device))
     summary["seconds"] = time.perf_counter() - t0
+    for w in summary["warnings"]:
+        warnings.warn(w, AuditWarning, stacklevel=2)
     if out_dir is not None:
         report.files = write_report(report, out_dir)
     if launched:
@@ -332,33 +374,46 @@ def join_ranks(cfg: AuditConfig, device):
     return cfg, device, launched
 
 
+def _unfairness(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], k_pred: int, c: float, r_k: float,
+                rng: np.random.Generator) -> tuple[dict, list[str]]:
+    """Per-task intervals (into ``rows``) and the noise-corrected spread figures
+    (`specfair.spread.corrected_spread`), all from one set of window resamples within tasks;
+    and the warnings for tasks with too few windows for an interval (their intervals are n/a)."""
+    sums = {k: getattr(tfr, f"{k}_sum").numpy() for k in ("alpha", "kl", "ce")}
+    wt, wn = tfr.window_task.numpy(), tfr.window_tokens.numpy()
+    est = task_moments(wt, wn, sums, len(tasks))
+    boot = resample_task_moments(wt, wn, sums, len(tasks), cfg.bootstrap, rng)
+    short = few_window_tasks(est["windows"], tasks)
+    for i, r in enumerate(rows):
+        for k in ("alpha", "kl", "ce"):
+            r[f"{k}_ci95"] = [None, None] if tasks[i] in short else percentile_interval(boot[k][0][:, i])
+    notes = [f"task {t!r} has {int(est['windows'][tasks.index(t)])} teacher-forced window(s) "
+                f"({tfr.tokens[t]} held-out tokens): an interval needs {MIN_WINDOWS} windows, i.e. more than "
+                f"{cfg.context_length} tokens ({MIN_WINDOWS * cfg.context_length} for two full windows of "
+                f"--context-length {cfg.context_length}; raise --teacher-forced-tokens or give the task more "
+                "held-out text); its intervals and every spread figure's interval are n/a" for t in short]
+
+    def pred(a):
+        return speedup_array(a, k_pred, c, r_k)
+
+    unf = {"U_ce": corrected_spread(est["ce"], boot["ce"]), "U_kl": corrected_spread(est["kl"], boot["kl"]),
+           "alpha_variance": corrected_spread(est["alpha"], boot["alpha"]),
+           "alpha_max_min_ratio": ratio_spread(est["alpha"][0], boot["alpha"][0], windows=est["windows"]),
+           "predicted_speedup_variance": corrected_spread(est["alpha"], boot["alpha"], pred),
+           "predicted_speedup_max_min_ratio": ratio_spread(pred(est["alpha"][0]), pred(boot["alpha"][0]),
+                                                           windows=est["windows"])}
+    return unf, notes
+
+
 def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dict | None, c: float,
-             k_pred: int) -> dict:
+             k_pred: int, r_k: float) -> dict:
     """Unfairness figures with intervals, correlations across tasks, fastest and slowest task.
 
     Per-task and unfairness intervals resample held-out windows within each task; the
     correlation intervals resample the tasks."""
     rng = np.random.default_rng(cfg.seed)
-    sums = {k: getattr(tfr, f"{k}_sum").numpy() for k in ("alpha", "kl", "ce")}
-    boot = resample_within_tasks(tfr.window_task.numpy(), tfr.window_tokens.numpy(), [sums], len(tasks),
-                                 cfg.bootstrap, rng)[0]
-    for i, r in enumerate(rows):
-        for k in ("alpha", "kl", "ce"):
-            r[f"{k}_ci95"] = percentile_interval(boot[k][:, i])
+    unf, notes = _unfairness(cfg, rows, tfr, tasks, k_pred, c, r_k, rng)
     fig = {k: np.array([r[k] for r in rows], float) for k in ("alpha", "kl", "ce", "predicted_speedup")}
-    boot_pred = speedup_array(boot["alpha"], k_pred, c)
-
-    def spread_ci(stat, value, samples):
-        return {"value": stat(value), "ci95": percentile_interval([stat(b) for b in samples])}
-
-    unf = {
-        "U_ce": spread_ci(variance, fig["ce"], boot["ce"]),
-        "U_kl": spread_ci(variance, fig["kl"], boot["kl"]),
-        "alpha_variance": spread_ci(variance, fig["alpha"], boot["alpha"]),
-        "alpha_max_min_ratio": spread_ci(max_min_ratio, fig["alpha"], boot["alpha"]),
-        "predicted_speedup_variance": spread_ci(variance, fig["predicted_speedup"], boot_pred),
-        "predicted_speedup_max_min_ratio": spread_ci(max_min_ratio, fig["predicted_speedup"], boot_pred),
-    }
     T = len(tasks)
     task_draws = rng.integers(0, T, size=(cfg.bootstrap, T))
 
@@ -373,8 +428,10 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
     if gen:
         meas = np.array([float_or_nan(r["measured_speedup"]) for r in rows])
         acc_gen = np.array([float_or_nan(r["realised_acceptance"]) for r in rows])
-        unf["measured_speedup_variance"] = {"value": variance(meas), "ci95": [math.nan, math.nan]}
-        unf["measured_speedup_max_min_ratio"] = {"value": max_min_ratio(meas), "ci95": [math.nan, math.nan]}
+        unf["measured_speedup_variance"] = {"value": variance(meas), "ci95": [None, None],
+                                            "estimator": "variance of the measured speed-ups (no interval)"}
+        unf["measured_speedup_max_min_ratio"] = {"value": max_min_ratio(meas), "ci95": [None, None],
+                                                 "estimator": "max/min (no interval)"}
         correlations.update({"alpha vs measured speed-up": corr(fig["alpha"], meas),
                              "realised acceptance vs measured speed-up": corr(acc_gen, meas),
                              "CE vs measured speed-up": corr(fig["ce"], meas),
@@ -389,7 +446,14 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
         "disparity_ratio": float(speed[tasks.index(fastest)] / speed[tasks.index(slowest)]),
         "mean_alpha": float(np.nanmean(fig["alpha"])), "cost_ratio": float(c),
         "cost_ratio_source": "measured: drafter step time / verifier step time",
+        "verify_cost": float(r_k),
+        "verify_cost_source": "measured: verifier time over K+1 tokens / over 1 token, at K = num_draft_for_prediction",
+        "prediction_model": "predicted_speedup = S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) with the "
+                            "measured r_K; predicted_speedup_rk1 = PAPER.md's S(alpha; K, c) (r_K = 1)",
         "num_draft_for_prediction": k_pred, "unfairness": unf, "correlations": correlations,
+        "spread_estimator": {"variances": SPREAD_ESTIMATOR, "ratios": RATIO_ESTIMATOR,
+                             "per_task": "95% percentile bootstrap of the task's mean, windows resampled"},
+        "warnings": notes,
         "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed,
                       "within_task": "windows resampled within each task (per-task and unfairness intervals)",
                       "across_tasks": "tasks resampled (correlation intervals)"},

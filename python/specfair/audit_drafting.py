@@ -25,10 +25,11 @@ import numpy as np
 
 import specfair_kernels as sk
 
+from .ngram import NgramConfig
 from .spread import max_min_ratio, variance
 
-__all__ = ["VERIFY_METHOD_CHOICES", "DRAFT_CHOICES", "block_verify_available", "task_fields", "variant_fields",
-           "variant_summary", "markdown_sections"]
+__all__ = ["VERIFY_METHOD_CHOICES", "DRAFT_CHOICES", "NgramConfig", "block_verify_available", "add_variants",
+           "task_fields", "variant_fields", "variant_summary", "markdown_sections"]
 
 VERIFY_METHOD_CHOICES = ("token", "block", "both")
 DRAFT_CHOICES = ("sample", "argmax")
@@ -63,6 +64,26 @@ def variant_fields(prefix: str, gen: dict, i: int) -> dict:
             f"{prefix}_speculative_seconds": g["spec_seconds"],
             f"{prefix}_verifier_seconds": g["verifier_seconds"],
             f"{prefix}_accept_length_histogram": _histogram(gen, i)}
+
+
+def add_variants(cfg, rows: list[dict], tfr, tasks, gen, generate, say) -> None:
+    """Engine-style acceptance fields on every row (``cfg``: the `specfair.audit.AuditConfig`);
+    with generation, the block-verification and n-gram runs (``generate(**variant)``) as
+    ``block_*`` / ``ngram_*`` fields."""
+    for i, (r, t) in enumerate(zip(rows, tasks)):
+        r.update(task_fields(cfg.draft, tfr, t, i, gen))
+    if gen is None:
+        return
+    variants = []
+    if cfg.verify_method == "both":
+        variants.append(("block", {"verify_method": "block"}))
+    if cfg.ngram:
+        variants.append(("ngram", {"ngram": NgramConfig(cfg.ngram_max, cfg.ngram_min), "draft": "sample"}))
+    for prefix, v in variants:
+        say(f"speculative generation again: {prefix} ...")
+        g = generate(**v)
+        for i, r in enumerate(rows):
+            r.update(variant_fields(prefix, g, i))
 
 
 def _spread(rows: list[dict], tasks: list[str], prefix: str) -> dict:

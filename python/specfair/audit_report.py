@@ -46,13 +46,13 @@ class AuditReport:
     def table(self) -> str:
         """The terminal table (plain text)."""
         gen = any(t.get("measured_speedup") is not None for t in self.tasks)
-        cols = ["task", "alpha", "KL", "CE", "H(p)", "S pred"]
+        cols = ["task", "alpha", "KL", "CE", "H(p)", "S pred", "S r=1"]
         if gen:
             cols += ["acc gen", "tok/step", "S meas"]
         rows = []
         for t in sorted(self.tasks, key=lambda t: -_num(t.get("measured_speedup", t["predicted_speedup"]))):
             r = [t["task"], _f(t["alpha"]), _f(t["kl"]), _f(t["ce"]), _f(t["entropy"]),
-                 _f(t["predicted_speedup"], 2)]
+                 _f(t["predicted_speedup"], 2), _f(t.get("predicted_speedup_rk1"), 2)]
             if gen:
                 r += [_f(t.get("realised_acceptance")), _f(t.get("tokens_per_step"), 2),
                       _f(t.get("measured_speedup"), 2)]
@@ -71,6 +71,8 @@ class AuditReport:
                    f"var(alpha) = {_f(u['alpha_variance']['value'], 5)} {_fci(u['alpha_variance']['ci95'], 5)}")
         for name, c in s["correlations"].items():
             out.append(f"Spearman {name}: {_f(c['rho'], 2)} {_fci(c['ci95'], 2)}")
+        out.append("variances corrected for within-task noise (audit.md says how); S pred = S(alpha; K, c, r_K), "
+                   f"r_K = {_f(s.get('verify_cost'), 2)}; S r=1 = PAPER.md's S(alpha; K, c)")
         return "\n".join(out)
 
     def markdown(self) -> str:
@@ -85,8 +87,8 @@ class AuditReport:
         L.append(f"**Fastest task: {s['fastest_task']}. Slowest: {s['slowest_task']}.** Disparity "
                  f"(fastest ÷ slowest {s['speedup_basis']} speed-up): **{_f(s['disparity_ratio'], 2)}×**.")
         L.append("")
-        L.append("| figure | value | 95% CI |")
-        L.append("|---|---|---|")
+        L.append("| figure | value | 95% CI | uncorrected |")
+        L.append("|---|---|---|---|")
         for key, label in (("U_ce", "𝒰 = variance of per-task CE"), ("U_kl", "variance of per-task KL"),
                            ("alpha_variance", "variance of per-task α"),
                            ("alpha_max_min_ratio", "max/min per-task α"),
@@ -95,29 +97,43 @@ class AuditReport:
                            ("measured_speedup_variance", "variance of measured speed-up"),
                            ("measured_speedup_max_min_ratio", "max/min measured speed-up")):
             if key in u:
-                L.append(f"| {label} | {_f(u[key]['value'], 5)} | {_fci(u[key]['ci95'], 5)} |")
+                L.append(f"| {label} | {_f(u[key]['value'], 5)} | {_fci(u[key]['ci95'], 5)} | "
+                         f"{_f(u[key].get('uncorrected'), 5)} |")
         for name, c in s["correlations"].items():
-            L.append(f"| Spearman {name} | {_f(c['rho'], 3)} | {_fci(c['ci95'], 3)} |")
+            L.append(f"| Spearman {name} | {_f(c['rho'], 3)} | {_fci(c['ci95'], 3)} | |")
         L.append("")
-        head = "| task | α | α 95% CI | KL | CE | H(p) | predicted S |"
-        sep = "|---|---|---|---|---|---|---|"
-        if gen:
-            head += " realised acceptance | tokens/step | measured S |"
-            sep += "---|---|---|"
-        L += [head, sep]
-        for t in self.tasks:
-            r = (f"| {t['task']} | {_f(t['alpha'])} | {_fci(t['alpha_ci95'])} | {_f(t['kl'])} | {_f(t['ce'])} | "
-                 f"{_f(t['entropy'])} | {_f(t['predicted_speedup'], 2)} |")
-            if gen:
-                r += (f" {_f(t.get('realised_acceptance'))} | {_f(t.get('tokens_per_step'), 2)} | "
-                      f"{_f(t.get('measured_speedup'), 2)} |")
-            L.append(r)
+        L.append(f"Variances across tasks: {s['spread_estimator']['variances']}. Ratios: "
+                 f"{s['spread_estimator']['ratios']}. Per task: {s['spread_estimator']['per_task']}.")
+        L += [""] + [f"**Warning:** {w}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
+        L += self._task_table(gen)
         L.append("")
         L += markdown_sections(self)
         L.append(f"Teacher-forced figures over up to {cfg['teacher_forced_tokens']} held-out tokens per task; "
-                 f"cost ratio c = {_f(s['cost_ratio'], 3)} ({s['cost_ratio_source']}). "
+                 f"cost ratio c = {_f(s['cost_ratio'], 3)} ({s['cost_ratio_source']}); verifier cost of "
+                 f"K + 1 = {s['num_draft_for_prediction'] + 1} tokens r_K = {_f(s.get('verify_cost'), 3)} "
+                 "(measured, relative to one token). Predicted S = S(α; K, c, r_K) = E[tokens per step] / "
+                 "(K c + r_K); S (r_K = 1) is PAPER.md's S(α; K, c), which assumes scoring K + 1 tokens costs "
+                 "the verifier as much as one. "
                  "Plots: `acceptance_speedup.png`, `divergence_speedup.png`. Every figure: `audit.json`.")
         return "\n".join(L) + "\n"
+
+    def _task_table(self, gen: bool) -> list[str]:
+        """The per-task Markdown table, with prediction against measurement when generated."""
+        head = "| task | α | α 95% CI | KL | CE | H(p) | predicted S | S (r_K = 1) |"
+        sep = "|---|---|---|---|---|---|---|---|"
+        if gen:
+            head += " realised acceptance | tokens/step | measured S | measured ÷ predicted | measured ÷ S (r_K = 1) |"
+            sep += "---|---|---|---|---|"
+        L = [head, sep]
+        for t in self.tasks:
+            r = (f"| {t['task']} | {_f(t['alpha'])} | {_fci(t['alpha_ci95'])} | {_f(t['kl'])} | {_f(t['ce'])} | "
+                 f"{_f(t['entropy'])} | {_f(t['predicted_speedup'], 2)} | {_f(t.get('predicted_speedup_rk1'), 2)} |")
+            if gen:
+                r += (f" {_f(t.get('realised_acceptance'))} | {_f(t.get('tokens_per_step'), 2)} | "
+                      f"{_f(t.get('measured_speedup'), 2)} | {_f(t.get('measured_over_predicted'), 2)} | "
+                      f"{_f(t.get('measured_over_predicted_rk1'), 2)} |")
+            L.append(r)
+        return L
 
     def csv(self) -> str:
         """One row per task; a list of ints (an accept-length histogram) as "n0;n1;...;nK"."""
@@ -203,8 +219,8 @@ def _plot_acceptance(report: AuditReport, path: Path) -> None:
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(rows) + 2), 7), sharex=True)
     ax = axes[0]
     a = np.array([r["alpha"] for r in rows])
-    lo = a - np.array([r["alpha_ci95"][0] for r in rows])
-    hi = np.array([r["alpha_ci95"][1] for r in rows]) - a
+    lo = np.nan_to_num(a - np.array([float_or_nan(r["alpha_ci95"][0]) for r in rows]))   # n/a: no bar
+    hi = np.nan_to_num(np.array([float_or_nan(r["alpha_ci95"][1]) for r in rows]) - a)
     w = 0.4 if gen else 0.8
     ax.bar(x - (w / 2 if gen else 0), a, w, yerr=[lo, hi], capsize=2, color="#4C72B0",
            label="expected acceptance α (teacher-forced)")
@@ -218,7 +234,8 @@ def _plot_acceptance(report: AuditReport, path: Path) -> None:
                  f"{_short(report.config['verifier_resolved'])}", fontsize=10)
     ax = axes[1]
     ax.bar(x - (w / 2 if gen else 0), [r["predicted_speedup"] for r in rows], w, color="#55A868",
-           label=f"predicted S(α; K, c), c = {report.summary['cost_ratio']:.2f}")
+           label=f"predicted S(α; K, c, r_K), c = {report.summary['cost_ratio']:.2f}, "
+                 f"r_K = {report.summary.get('verify_cost', 1.0):.2f}")
     if gen:
         ax.bar(x + w / 2, [float_or_nan(r.get("measured_speedup")) for r in rows], w, color="#C44E52",
                label="measured (wall clock vs verifier alone)")
@@ -242,9 +259,9 @@ def _plot_divergence(report: AuditReport, path: Path) -> None:
     kl = np.array([r["kl"] for r in rows])
     gen = any(r.get("measured_speedup") is not None for r in rows)
     s = report.summary
-    K, c = s["num_draft_for_prediction"], s["cost_ratio"]
+    K, c, r_k = s["num_draft_for_prediction"], s["cost_ratio"], s.get("verify_cost", 1.0)
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter(kl, [r["predicted_speedup"] for r in rows], color="#55A868", label="predicted S(α; K, c)")
+    ax.scatter(kl, [r["predicted_speedup"] for r in rows], color="#55A868", label="predicted S(α; K, c, r_K)")
     if gen:
         ax.scatter(kl, [float_or_nan(r.get("measured_speedup")) for r in rows], color="#C44E52", marker="s",
                    label="measured")
@@ -252,8 +269,8 @@ def _plot_divergence(report: AuditReport, path: Path) -> None:
         y = r.get("measured_speedup") if gen and r.get("measured_speedup") is not None else r["predicted_speedup"]
         ax.annotate(r["task"], (r["kl"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     xs = np.linspace(0, max(float(np.nanmax(kl)) * 1.1, 0.1), 200)
-    ax.plot(xs, speedup_lower_bound(xs, K, c), color="k", lw=1,
-            label="bound S(1 − √(KL/2); K, c) (Pinsker + Jensen)")
+    ax.plot(xs, speedup_lower_bound(xs, K, c, r_k), color="k", lw=1,
+            label=f"bound S(1 − √(KL/2); K, c, r_K), r_K = {r_k:.2f} (Pinsker + Jensen)")
     key = "KL vs measured speed-up" if gen else "KL vs predicted speed-up"
     cc = s["correlations"][key]
     ax.set_xlabel("KL(p ‖ q) per task (teacher-forced, held-out)")

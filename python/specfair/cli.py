@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from specfair_kernels.demo import main as demo_main
 
 from ._util import parse_key_value
-from .audit import AuditConfig, AuditError
+from .audit import AuditConfig, AuditError, AuditWarning
 from .audit import run as run_audit
 from .audit_drafting import DRAFT_CHOICES, VERIFY_METHOD_CHOICES
 from .corpus import CorpusError, SourceNotAvailableError, list_sources, load_corpus
@@ -238,7 +239,11 @@ def _audit(a) -> int:
                       seed=a.seed, out=a.out, progress=not a.no_progress, gguf_cache=not a.no_cache,
                       device_map=a.device_map, draft=a.draft, verify_method=a.verify_method, ngram=a.ngram,
                       ngram_max=a.ngram_max, ngram_min=a.ngram_min)
-    report = run_audit(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AuditWarning)
+        report = run_audit(cfg)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(report.table())
     print(f"\nwritten to {a.out}/: {', '.join(report.files)}")
     return 0

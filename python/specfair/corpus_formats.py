@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["CorpusError", "SourceNotAvailableError", "PoEntry", "clean_text", "html_paragraphs", "parse_po",
-           "read_text"]
+           "read_text", "read_utf8"]
 
 
 class CorpusError(ValueError):
@@ -29,6 +29,22 @@ _WS = re.compile(r"\s+")
 def clean_text(text: str) -> str:
     """Whitespace runs to single spaces, stripped."""
     return _WS.sub(" ", text).strip()
+
+
+def read_utf8(path: Path) -> str:
+    """A user's corpus file (JSONL, CSV, TSV) as text, gunzipped when its name ends in .gz.
+
+    Strict UTF-8 (a BOM is dropped): a file that is not raises `CorpusError` naming the file,
+    the line and the column of the first byte that is not, with the fix."""
+    path = Path(path)
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise CorpusError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {col}); "
+                          "re-encode the file as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
 
 
 def read_text(path: Path) -> str:

@@ -7,13 +7,22 @@ Every source is a `Source`: ``tasks(**options)`` lists the task names it offers 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .corpus_formats import CorpusError, SourceNotAvailableError, clean_text, html_paragraphs, parse_po, read_text
+from .corpus_formats import (
+    CorpusError,
+    SourceNotAvailableError,
+    clean_text,
+    html_paragraphs,
+    parse_po,
+    read_text,
+    read_utf8,
+)
 
 DEFAULT_SOURCE = "debian-installation-guide"
 GUIDE_ROOT = "/usr/share/doc/installation-guide-amd64"
@@ -218,7 +227,7 @@ def _mgsm_items(rows: Iterable[dict], field_name: str) -> list[Item]:
 
 def _read_mgsm_tsv(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         for n, rec in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if not rec or not any(rec):
                 continue
@@ -291,7 +300,7 @@ def _paths(path) -> list[Path]:
 def _records(fmt: str, path) -> Iterable[tuple[str, int, dict]]:
     for p in _paths(path):
         if fmt == "jsonl":
-            with open(p, encoding="utf-8") as f:
+            with io.StringIO(read_utf8(p)) as f:
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         try:
@@ -302,7 +311,7 @@ def _records(fmt: str, path) -> Iterable[tuple[str, int, dict]]:
                             raise CorpusError(f"{p}:{n}: expected a JSON object per line")
                         yield str(p), n, rec
         else:
-            with open(p, encoding="utf-8", newline="") as f:
+            with io.StringIO(read_utf8(p), newline="") as f:
                 for n, rec in enumerate(csv.DictReader(f), 2):
                     yield str(p), n, rec
 

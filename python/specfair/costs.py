@@ -1,26 +1,49 @@
-"""How long speculation should draft: the measured costs of one speculative step and the
-draft length K that maximises the expected speed-up (PAPER.md's S(alpha; K, c), or the same
-with the measured cost of scoring K+1 tokens)."""
+"""How long speculation should draft: the measured costs of one speculative step, the
+model-based speed-up with them, and the draft length K that maximises it.
+
+Two models of the speed-up of one speculative step (K drafts, i.i.d. acceptance alpha):
+
+* PAPER.md's S(alpha; K, c) = E[tokens per step] / (K c + 1): K drafter steps of relative
+  cost c and one verifier forward over K+1 tokens that costs as much as one over 1 token;
+* S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) (`speedup_with_verify_cost`), with
+  r_K = (verifier time over K+1 tokens) / (over 1 token) as `measure_costs` measures it.
+  On a CPU or with a small batch on a GPU, r_K > 1 and PAPER.md's model over-predicts.
+
+E[tokens per step] = (1 - alpha^(K+1)) / (1 - alpha) (`expected_tokens`)."""
 from __future__ import annotations
 
 import math
 import time
 
+import numpy as np
 import torch
-
-from specfair_kernels.stats import speedup as model_speedup
 
 from .decoding import CachedModel
 from .models import context_length, model_device, output_vocab_size
 
 AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
 
-__all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "measure_costs", "measure_cost_ratio"]
+__all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "speedup_with_verify_cost",
+           "measure_costs", "measure_cost_ratio"]
 
 
 def expected_tokens(alpha: float, num_draft: int) -> float:
     """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance."""
     return num_draft + 1.0 if alpha >= 1 else (1 - alpha ** (num_draft + 1)) / (1 - alpha)
+
+
+def speedup_with_verify_cost(alpha, num_draft: int, cost_ratio: float, verify_cost: float = 1.0):
+    """S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) (see the module docstring).
+
+    ``verify_cost`` = r_K, the verifier's measured time over K+1 tokens divided by its time
+    over one (``measure_costs(...)["verify_cost"][K]``); r_K = 1 gives PAPER.md's
+    S(alpha; K, c) exactly.  ``alpha`` is a float (returns a float) or an array (returns an
+    array, elementwise; NaN stays NaN)."""
+    a = np.asarray(alpha, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tokens = np.where(a < 1, (1 - a ** (num_draft + 1)) / (1 - a), num_draft + 1.0)
+    out = np.where(np.isnan(a), np.nan, tokens) / (num_draft * cost_ratio + verify_cost)
+    return float(out) if out.ndim == 0 else out
 
 
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
@@ -38,9 +61,7 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
     if verify_cost is not None and len(verify_cost) < max_draft + 1:
         raise ValueError(f"verify_cost must have max_draft + 1 = {max_draft + 1} entries, got {len(verify_cost)}")
     def gain(a, k):
-        if verify_cost is None:
-            return model_speedup(a, k, cost_ratio)
-        return expected_tokens(a, k) / (k * cost_ratio + verify_cost[k])
+        return speedup_with_verify_cost(a, k, cost_ratio, 1.0 if verify_cost is None else verify_cost[k])
 
     out = []
     for a in values:
@@ -105,3 +126,11 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
 def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 10) -> float:
     """c = (drafter decode-step time) / (verifier decode-step time), measured (`measure_costs`)."""
     return measure_costs(drafter, verifier, batch_size, 0, context, repeats)["cost_ratio"]
+
+
+def measured_over_predicted(measured, predicted, predicted_rk1) -> dict:
+    """Measured speed-up over each model's prediction (1 = the model is right)."""
+    def ratio(p):
+        return measured / p if p and measured is not None and math.isfinite(measured) else None
+
+    return {"measured_over_predicted": ratio(predicted), "measured_over_predicted_rk1": ratio(predicted_rk1)}

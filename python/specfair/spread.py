@@ -12,7 +12,11 @@ figure; an infinite value is kept, so it shows instead of vanishing.
   estimates), paired across results computed on the same windows;
 * `before_after`: what fine-tuning changed, from two teacher-forced results;
 * `spearman` and `percentile_interval` for correlations across tasks;
-* `speedup_array` and PAPER.md's `speedup_lower_bound`.
+* `speedup_array` and PAPER.md's `speedup_lower_bound`;
+* `task_moments`, `resample_task_moments`, `corrected_spread` and `ratio_spread`: the
+  audit's spread figures, with the between-task variance corrected for within-task
+  sampling noise and basic (pivotal) bootstrap intervals that contain their estimates
+  (see `corrected_spread`).
 """
 from __future__ import annotations
 
@@ -20,10 +24,11 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from specfair_kernels.stats import speedup
+
+from .costs import speedup_with_verify_cost
 
 FIGURES = ("alpha", "kl", "ce")
 """The per-task means that window resampling produces."""
@@ -51,17 +56,19 @@ def relative_change(before: float, after: float) -> float:
     return (after - before) / before if before else math.nan
 
 
-def speedup_array(alpha, num_draft: int, cost_ratio: float) -> np.ndarray:
-    """S(alpha; K, c) elementwise on an array (NaN stays NaN)."""
-    a = torch.from_numpy(np.asarray(alpha, dtype=np.float64))
-    return speedup(a, num_draft, cost_ratio).numpy()
+def speedup_array(alpha, num_draft: int, cost_ratio: float, verify_cost: float = 1.0) -> np.ndarray:
+    """S(alpha; K, c, r_K) elementwise on an array (NaN stays NaN): PAPER.md's S(alpha; K, c)
+    with the verifier's measured cost r_K of scoring K+1 tokens (relative to one) in place of
+    the 1 it assumes (`specfair.costs.speedup_with_verify_cost`; r_K = 1 is PAPER.md's)."""
+    return np.asarray(speedup_with_verify_cost(np.asarray(alpha, dtype=np.float64), num_draft, cost_ratio,
+                                               verify_cost), dtype=np.float64)
 
 
-def speedup_lower_bound(kl, num_draft: int, cost_ratio: float) -> np.ndarray:
+def speedup_lower_bound(kl, num_draft: int, cost_ratio: float, verify_cost: float = 1.0) -> np.ndarray:
     """PAPER.md's bound: Pinsker and Jensen give alpha_T >= 1 - sqrt(KL_T / 2), and S is
-    increasing in alpha, so S_T >= S(max(0, 1 - sqrt(KL_T / 2)); K, c)."""
+    increasing in alpha, so S_T >= S(max(0, 1 - sqrt(KL_T / 2)); K, c, r_K) (r_K = 1: PAPER.md's S)."""
     a = np.clip(1.0 - np.sqrt(np.asarray(kl, dtype=np.float64) / 2.0), 0.0, 1.0)
-    return speedup_array(a, num_draft, cost_ratio)
+    return speedup_array(a, num_draft, cost_ratio, verify_cost)
 
 
 def summarize(per_task: dict[str, Sequence], num_draft: int = 4, cost_ratio: float = 0.0) -> dict[str, float]:
@@ -188,3 +195,157 @@ def before_after(before, after, num_draft: int, cost_ratio: float) -> dict:
             "mean_alpha_change": sa["mean_alpha"] - sb["mean_alpha"],
             "speedup_variance_change": relative_change(sb["speedup_variance"], sa["speedup_variance"]),
             "worst_task": worst, "worst_alpha_change": deltas[worst], "per_task": per_task}
+
+
+# ------------------------------------------------------------------ noise-corrected spread
+SPREAD_ESTIMATOR = (
+    "between-task variance corrected for within-task noise: the population variance of the per-task means "
+    "minus (T-1)/T times the mean squared standard error of a task mean (each from the spread of that task's "
+    "held-out windows, ratio-estimator form), clipped at 0; 95% basic (pivotal) bootstrap interval, windows "
+    "resampled within tasks (their deviations from the task mean scaled by sqrt(n/(n-1))) and the corrected "
+    "figure recomputed on every resample, whose truth in the "
+    "bootstrap world is the uncorrected variance, pivoted on the clipped estimate; lower end clipped at 0")
+RATIO_ESTIMATOR = ("max/min of the per-task means; 95% basic (pivotal) bootstrap interval, windows resampled "
+                   "within tasks, lower end clipped at 1")
+MIN_WINDOWS = 2
+"""Windows a task needs for a standard error, and so for any interval."""
+
+
+def _moments(sums: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio-estimator mean and squared standard error over the last axis (windows)."""
+    n = sums.shape[-1]
+    total = tokens.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = sums.sum(-1) / np.where(total > 0, total, np.nan)
+        resid = sums - mean[..., None] * tokens
+        se2 = (n / (n - 1) * (resid ** 2).sum(-1) / total ** 2) if n >= MIN_WINDOWS else np.full_like(mean, np.nan)
+    return mean, se2
+
+
+def task_moments(window_task, window_tokens, sums: dict[str, np.ndarray], num_tasks: int) -> dict:
+    """Per task, the token-weighted mean of each figure and its squared standard error.
+
+    ``{"windows": [T] window counts, figure: (mean [T], se2 [T])}``.  The standard error is
+    the ratio estimator's (n/(n-1)) sum_w (s_w - mean m_w)^2 / (sum_w m_w)^2 over the task's n
+    windows (s_w the window's sum, m_w its tokens); with windows of equal size it is the usual
+    unbiased variance of a mean.  NaN for a task with fewer than `MIN_WINDOWS` windows."""
+    task, tok = np.asarray(window_task), np.asarray(window_tokens, float)
+    out: dict = {"windows": np.bincount(task, minlength=num_tasks)}
+    for k, v in sums.items():
+        v = np.asarray(v, float)
+        mean, se2 = np.full(num_tasks, np.nan), np.full(num_tasks, np.nan)
+        for ti in range(num_tasks):
+            idx = np.flatnonzero(task == ti)
+            if idx.size:
+                mean[ti], se2[ti] = _moments(v[idx], tok[idx])
+        out[k] = (mean, se2)
+    return out
+
+
+def resample_task_moments(window_task, window_tokens, sums: dict[str, np.ndarray], num_tasks: int, n_boot: int,
+                          rng: np.random.Generator) -> dict:
+    """`task_moments` on ``n_boot`` resamples of the windows within each task (one set of
+    draws for every figure): ``{figure: (mean [n_boot, T], se2 [n_boot, T])}``.
+
+    Each window's deviation from its task's mean, s_w - mean m_w, is first scaled by
+    sqrt(n/(n-1)) (the task's mean unchanged): a plain bootstrap of n windows has variance
+    (n-1)/n of the standard error's square, too narrow with few windows; rescaled, the
+    resampled task mean's variance equals the squared standard error (equal windows)."""
+    task, tok = np.asarray(window_task), np.asarray(window_tokens, float)
+    out = {k: (np.full((n_boot, num_tasks), np.nan), np.full((n_boot, num_tasks), np.nan)) for k in sums}
+    for ti in range(num_tasks):
+        idx = np.flatnonzero(task == ti)
+        if idx.size == 0:
+            continue
+        pick = rng.integers(0, idx.size, size=(n_boot, idx.size))
+        inflate = math.sqrt(idx.size / (idx.size - 1)) if idx.size >= MIN_WINDOWS else 1.0
+        for k, v in sums.items():
+            v, m = np.asarray(v, float)[idx], tok[idx]
+            mean = v.sum() / m.sum() if m.sum() > 0 else math.nan
+            v = mean * m + inflate * (v - mean * m)   # same task mean, residuals rescaled
+            out[k][0][:, ti], out[k][1][:, ti] = _moments(v[pick], m[pick])
+    return out
+
+
+def _derivative(fn: Callable, x: np.ndarray) -> np.ndarray:
+    h = 1e-6 * np.maximum(1.0, np.abs(x))
+    return (fn(x + h) - fn(x - h)) / (2 * h)
+
+
+def corrected_variance(mean: np.ndarray, se2: np.ndarray, transform: Callable | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(noise-corrected, uncorrected) population variance across tasks (last axis) of the
+    per-task means, or of ``transform(mean)`` (its standard error by the delta method).
+
+    If task t's mean is m_t + e_t with noise of variance s_t^2, the variance of the means has
+    expectation V + (T-1)/T mean_t(s_t^2), V the variance of the true m_t; so V is estimated
+    without bias by the variance minus (T-1)/T times the mean of the squared standard
+    errors.  Tasks without data (NaN mean) are left out; NaN where a present task has no
+    standard error (too few windows).  Not clipped."""
+    mean, se2 = np.asarray(mean, float), np.asarray(se2, float)
+    if transform is not None:
+        se2 = se2 * _derivative(transform, mean) ** 2
+        mean = transform(mean)
+    ok = ~np.isnan(mean)
+    T = ok.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = np.where(ok, mean, 0).sum(-1) / T
+        raw = np.where(ok, (mean - mu[..., None]) ** 2, 0).sum(-1) / T
+        noise = np.where(ok, se2, 0).sum(-1) / T
+        noise = np.where((ok & np.isnan(se2)).any(-1), np.nan, noise)
+        return raw - (T - 1) / T * noise, raw
+
+
+def pivot_interval(estimate: float, samples, truth: float, level: float = 0.95) -> tuple[list[float], bool]:
+    """Basic (pivotal) bootstrap interval: the law of (estimate - true value) is taken to be
+    that of (bootstrap estimate - ``truth``), ``truth`` being the figure's value in the
+    bootstrap world (the plug-in value of the resampled population); so
+    [estimate - (q_hi - truth), estimate - (q_lo - truth)].  When the bootstrap quantiles do
+    not straddle ``truth`` (very skewed samples) the interval is widened to reach the
+    estimate, and the flag is True.  ([NaN, NaN], False) without finite samples."""
+    lo_q, hi_q = percentile_interval(samples, level)
+    if not (math.isfinite(lo_q) and math.isfinite(estimate) and math.isfinite(truth)):
+        return [math.nan, math.nan], False
+    lo, hi = estimate - (hi_q - truth), estimate - (lo_q - truth)
+    widened = not lo <= estimate <= hi
+    return [min(lo, estimate), max(hi, estimate)], widened
+
+
+def few_window_tasks(windows, names: Sequence[str]) -> list[str]:
+    """The tasks (by name) with some but fewer than `MIN_WINDOWS` windows: no interval for them."""
+    return [n for n, w in zip(names, np.asarray(windows)) if 0 < w < MIN_WINDOWS]
+
+
+def corrected_spread(est: tuple, boot: tuple, transform: Callable | None = None, level: float = 0.95) -> dict:
+    """The noise-corrected between-task variance (`corrected_variance`) with its interval.
+
+    ``est`` = (mean [T], se2 [T]) from `task_moments`, ``boot`` = (mean [B, T], se2 [B, T])
+    from `resample_task_moments`.  The interval is `pivot_interval` of the corrected figure
+    over the resamples, with the uncorrected variance as the bootstrap world's truth (the
+    resampled tasks' true means are the observed ones), pivoted on the estimate clipped at
+    0 (a variance); its lower end is clipped at 0 too, so it contains the clipped estimate
+    and is never [0, 0] unless the resamples do not vary.  Returns
+    ``{"value", "value_unclipped", "uncorrected", "ci95", "widened", "estimator"}``; value and
+    interval are None (n/a) when a task has fewer than `MIN_WINDOWS` windows."""
+    value, raw = (float(x) for x in corrected_variance(*est, transform))
+    samples = corrected_variance(*boot, transform)[0]
+    ok = math.isfinite(value)
+    # pivot on the clipped estimate: a negative estimate (less spread than the noise alone
+    # gives) still gets the upper end its 0 would, not an interval squeezed to [0, 0]
+    ci, widened = pivot_interval(max(value, 0.0), samples, raw, level) if ok else ([math.nan] * 2, False)
+    return {"value": max(value, 0.0) if ok else None, "value_unclipped": value if ok else None,
+            "uncorrected": raw, "ci95": [max(c, 0.0) for c in ci] if ok and math.isfinite(ci[0]) else [None, None],
+            "widened": widened, "estimator": "noise-corrected variance"}
+
+
+def ratio_spread(est_mean, boot_mean, level: float = 0.95, windows=None) -> dict:
+    """max/min of the per-task means (`max_min_ratio`) with its `pivot_interval` (the
+    observed ratio is the bootstrap world's truth; the lower end clipped at 1); interval
+    None when ``windows`` shows a task with fewer than `MIN_WINDOWS` windows."""
+    value = max_min_ratio(est_mean)
+    short = windows is not None and any(0 < w < MIN_WINDOWS for w in np.asarray(windows))
+    ci, widened = ([math.nan] * 2, False) if short else pivot_interval(
+        value, [max_min_ratio(b) for b in np.asarray(boot_mean)], value, level)
+    ci = [max(ci[0], 1.0), ci[1]]   # a max/min ratio is >= 1 (the estimate too: the interval still holds it)
+    return {"value": value, "ci95": [c if math.isfinite(c) else None for c in ci], "widened": widened,
+            "estimator": "max/min"}

@@ -134,13 +134,30 @@ def test_figures_equal_direct_computation(report, tiny):
             assert rows[t][name] == pytest.approx(float(v[m].mean()), rel=2e-5, abs=2e-6), (t, name)
         assert rows[t]["heldout_tokens"] == int(m.sum())
         c = r["summary"]["cost_ratio"]
-        assert rows[t]["predicted_speedup"] == pytest.approx(speedup(rows[t]["alpha"], 3, c), rel=1e-12)
+        r_k = r["summary"]["verify_cost"]
+        assert r_k > 0 and rows[t]["predicted_speedup_rk1"] == pytest.approx(speedup(rows[t]["alpha"], 3, c),
+                                                                             rel=1e-12)
+        assert rows[t]["predicted_speedup"] == pytest.approx(
+            (1 - rows[t]["alpha"] ** 4) / (1 - rows[t]["alpha"]) / (3 * c + r_k), rel=1e-9)
+        assert rows[t]["measured_over_predicted"] == pytest.approx(
+            rows[t]["measured_speedup"] / rows[t]["predicted_speedup"], rel=1e-9)
+        assert rows[t]["measured_over_predicted_rk1"] == pytest.approx(
+            rows[t]["measured_speedup"] / rows[t]["predicted_speedup_rk1"], rel=1e-9)
     ces = np.array([rows[t]["ce"] for t in TASKS])
     al = np.array([rows[t]["alpha"] for t in TASKS])
     meas = np.array([rows[t]["measured_speedup"] for t in TASKS])
     u = r["summary"]["unfairness"]
-    assert u["U_ce"]["value"] == pytest.approx(float(np.var(ces)), rel=1e-9)
-    assert u["alpha_variance"]["value"] == pytest.approx(float(np.var(al)), rel=1e-9)
+    assert u["U_ce"]["uncorrected"] == pytest.approx(float(np.var(ces)), rel=1e-9)
+    assert u["alpha_variance"]["uncorrected"] == pytest.approx(float(np.var(al)), rel=1e-9)
+    for k in ("U_ce", "U_kl", "alpha_variance", "predicted_speedup_variance"):
+        # corrected for within-task noise: below the variance of the task means, clipped at 0,
+        # and every interval contains its estimate
+        assert 0 <= u[k]["value"] <= u[k]["uncorrected"], k
+        assert u[k]["value"] == max(u[k]["value_unclipped"], 0.0)
+        assert u[k]["ci95"][0] <= u[k]["value"] <= u[k]["ci95"][1], k
+    mm = u["alpha_max_min_ratio"]
+    assert mm["ci95"][0] <= mm["value"] <= mm["ci95"][1]
+    assert "corrected for within-task noise" in r["summary"]["spread_estimator"]["variances"]
     assert u["alpha_max_min_ratio"]["value"] == pytest.approx(al.max() / al.min(), rel=1e-9)
     assert r["summary"]["correlations"]["CE vs alpha"]["rho"] == pytest.approx(spearmanr(ces, al).statistic)
     assert r["summary"]["disparity_ratio"] == pytest.approx(meas.max() / meas.min(), rel=1e-9)
@@ -169,6 +186,7 @@ def test_same_seed_same_report(report, tiny):
     a = report[1]
     b = json.loads((out2 / "audit.json").read_text(encoding="utf-8"))
     timing = {"speculative_seconds", "verifier_seconds", "measured_speedup", "predicted_speedup",
+              "measured_over_predicted", "measured_over_predicted_rk1", "predicted_speedup_rk1",
               "predicted_speedup_generation", "predicted_speedup_verify_cost", "seconds_draft",
               "seconds_verify_forward", "seconds_kernel"}
     for ra, rb in zip(a["tasks"], b["tasks"]):
@@ -221,6 +239,62 @@ def test_bad_numbers(tiny, capsys, tmp_path):
     _fails(capsys, _args(tiny, tmp_path / "o", "--num-draft", "two"), "--num-draft")
     _fails(capsys, _args(tiny, tmp_path / "o", "--num-prompts", "0"), "num_prompts")
     _fails(capsys, _args(tiny, tmp_path / "o", "--temperature", "-1"), "temperature")
+
+
+def _old_report(path):
+    path.mkdir()
+    (path / "audit.json").write_text("old")
+    return path
+
+
+def _untouched(path):
+    assert sorted(p.name for p in path.iterdir()) == ["audit.json"]
+    assert (path / "audit.json").read_text() == "old"
+
+
+def test_lengths_beyond_the_models_context(tiny, capsys, tmp_path):
+    """The tiny pair has 128 positions: --context-length, and the prompt with the generated
+    tokens, are checked against both models before any pass, naming the flag."""
+    out = _old_report(tmp_path / "o")
+    _fails(capsys, _args(tiny, out, "--context-length", "100000"), "--context-length", "128 positions")
+    _untouched(out)
+    _fails(capsys, _args(tiny, out, "--max-new-tokens", "200"), "--max-new-tokens", "128 positions")
+    _untouched(out)
+    err = _fails(capsys, _args(tiny, out, "--context-length", "127", "--prompt-tokens", "125"),
+                 "--prompt-tokens 125", "--max-new-tokens")
+    assert "drafter" in err or "verifier" in err
+    _untouched(out)
+
+
+def test_corpus_not_utf8(tiny, capsys, tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    lines = (tiny["corpus"]).read_bytes().splitlines(keepends=True)
+    bad.write_bytes(b"".join(lines[:2]) + '{"task": "aa", "id": 99, "text": "caf\u00e9"}\n'.encode("latin-1")
+                    + b"".join(lines[2:]))
+    out = _old_report(tmp_path / "o")
+    argv = _args(tiny, out)
+    argv[argv.index(f"path={tiny['corpus']}")] = f"path={bad}"
+    _fails(capsys, argv, f"{bad}:3:", "not UTF-8")
+    _untouched(out)
+
+
+def test_one_window_per_task_gives_no_interval(tiny, capsys, tmp_path):
+    """--teacher-forced-tokens 32 with --context-length 32: one window per task, so every
+    interval is n/a (null), never zero-width, with a warning naming each task and the tokens
+    it needs."""
+    out = tmp_path / "o"
+    assert cli.main(_args(tiny, out, "--teacher-forced-tokens", "32", "--no-generation", "--bootstrap", "50")) == 0
+    err = capsys.readouterr().err
+    r = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    for t in r["tasks"]:
+        assert t["alpha_ci95"] == [None, None] and t["kl_ci95"] == [None, None]
+        assert f"warning: task {t['task']!r} has 1 teacher-forced window" in err
+    assert "more than 32 tokens" in err
+    for k, v in r["summary"]["unfairness"].items():
+        assert v["ci95"] == [None, None], k
+    assert len(r["summary"]["warnings"]) == len(TASKS)
+    md = (out / "audit.md").read_text(encoding="utf-8")
+    assert "**Warning:** task 'aa'" in md
 
 
 def test_failure_midway_leaves_no_result(tiny, tmp_path, monkeypatch):
