@@ -142,7 +142,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         normalise(max(0, w p - q)); equally exact, never fewer accepted tokens in
         expectation.  Greedy rows are the argmax chain in both.  The random words are
         token mode's, so the two differ only through the rule; divergences are the same.
-        See `reference.verify_ref` for the exact rule.  (The torch backend only, so far.)
+        See `reference.verify_ref` for the exact rule.  (torch and C++ backends; Triton not yet.)
 
     Returns
     -------
@@ -246,7 +246,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
                 raise ValueError(msg)
 
     name = backends.select("verify", backend, device)
-    if method == "block" and name != "torch":
+    if method == "block" and name == "triton":
         raise NotImplementedError(f"method='block' is not implemented on the {name} backend yet; use backend='torch'")
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
@@ -257,7 +257,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         tokens, n_acc, n_emit, div = ops_verify.launch(*args, need_div, task_ids=task_t, stats=stats)
     else:
         if name == "cpp":
-            tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div)
+            tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div, method == "block")
             if div is not None:
                 div = dict(zip(DIVERGENCE_FIELDS, div))
         else:

@@ -32,7 +32,7 @@ from specfair_kernels import rng
 from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 P_MIN, P_CONTROL = 1e-3, 1e-6
-BLOCK_READY = ("torch",)  # backends implementing method="block"
+BLOCK_READY = ("torch", "cpp")  # backends implementing method="block"
 
 # --- (a), (b): the closed form -------------------------------------------------------------
 
@@ -352,3 +352,20 @@ def test_bad_method(any_backend, verify_case, bad, err):
     case = verify_case(1, B=2, K=2, V=8, device=any_backend.device)
     with pytest.raises(err, match="method"):
         sk.verify(**case, backend=any_backend.name, method=bad)
+
+
+@pytest.mark.parametrize("draft", ["logits", "onehot", "correlated", "equal"])
+@pytest.mark.parametrize("tdtype", [torch.float32, torch.bfloat16])
+def test_cross_backend_equal(other_backend, verify_case, draft, tdtype):
+    """Block mode gives torch.equal tokens and counts on every backend (mixed greedy/sampling, ragged)."""
+    _block_backends(other_backend)
+    small = other_backend.interpreted
+    for s in range(1 if small else 4):
+        case = verify_case(40 + s, B=4 if small else 48, K=3, V=16 if small else 70, draft=draft, tdtype=tdtype,
+                           tokens="likely", temps=(0.0, 0.7, 1.0, 1.5), mask_frac=0.1, device=other_backend.device)
+        got = sk.verify(**case, backend=other_backend.name, method="block", return_divergence=True)
+        ref = sk.verify(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in case.items()},
+                        backend="torch", method="block", return_divergence=True)
+        assert torch.equal(got.tokens.cpu(), ref.tokens), (draft, s)
+        assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
+        assert torch.equal(got.num_emitted.cpu(), ref.num_emitted)
