@@ -9,10 +9,11 @@
 //      (sum exp(a - max) with the max of step 1).  Without divergences the positions
 //      after the first rejection are never exponentiated.
 //   2b. block mode (method="block", sampling rows; reference._block_chain): every used
-//      position is exponentiated; at position j >= 1 the residual mass
-//      r_j = sum max(w_j p - q, 0) (fp32 chunk partials, double total, like lse) gives
-//      h_j = r_j / (r_j + 1 - w_j), tested with token mode's word u_{j-1} as
-//      log u <= log h; the last position tests log u <= log w_nd.  tau = the last hit.
+//      position is exponentiated for its lse and log w_j; then tau is searched from the
+//      back: the last position tests log u_{nd-1} <= log w_nd, position j >= 1 the residual
+//      mass r_j = sum max(w_j p - q, 0) (fp32 chunk partials, double total, like lse) as
+//      log u_{j-1} <= log(r_j / (r_j + 1 - w_j)); tau = the first hit from the back, so
+//      r_j is summed only after the last hit (never when every draft is accepted).
 //      r_j, like lse, may differ from torch's sum in the last bit, which moves tau
 //      only when log u lies within an ulp of log h_j (probability ~1e-7 per test).
 //   3. the token at j* = num_accepted: argmax (greedy), else the two-level exponential
@@ -235,6 +236,29 @@ bool race_weights(const TT* __restrict tgt, const TD* __restrict drf, int64_t V,
   return any != 0;
 }
 
+// Block mode's residual mass at one position: r = sum max(w p - q, 0) with the race
+// weights' formulas (p = exp(a - la), q = exp(d - lb) or one-hot at xq), fp32 partial
+// sums over chunks, double total (as sum_f32), rounded to fp32 like the reference's sum.
+template <typename TT, typename TD>
+float residual_mass(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la, float lb,
+                    int64_t xq, float w) {
+  double rs = 0.0;
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    float cs = 0.0f;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = c0 + k;
+      const float a = tau == 1.0f ? floats::load(tgt[i]) : floats::load(tgt[i]) / tau;
+      float q = i == xq ? 1.0f : 0.0f;
+      if (drf != nullptr) q = std::exp((tau == 1.0f ? floats::load(drf[i]) : floats::load(drf[i]) / tau) - lb);
+      const float r = w * std::exp(a - la) - q;
+      cs += r > 0.0f ? r : 0.0f;
+    }
+    rs += cs;
+  }
+  return static_cast<float>(rs);
+}
+
 // reference.race for one row: group sums (sequential fp32), group race W / F, then the
 // entries of the winning group race w / E.  Strict > keeps the first maximal index.
 int64_t race(const float* __restrict w, int64_t V, uint32_t k0, uint32_t k1, uint32_t c1, uint32_t c2) {
@@ -365,34 +389,11 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
     if (block_row) {
       ws.la[j] = la;
       ws.lb[j] = lb;
-      if (j >= 1) {  // h_j = r_j / (r_j + 1 - w_j), 0 where r_j = 0; coin u_{j-1}
-        const float w = std::exp(lw);
-        double rs = 0.0;
-        for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
-          const int64_t n = std::min(kChunk, V - c0);
-          float cs = 0.0f;
-          for (int64_t k = 0; k < n; ++k) {
-            const int64_t i = c0 + k;
-            const float q = OneHot ? (i == x ? 1.0f : 0.0f) : std::exp(D[i] - lb);
-            const float r = w * std::exp(A[i] - la) - q;
-            cs += r > 0.0f ? r : 0.0f;
-          }
-          rs += cs;
-        }
-        const float r = static_cast<float>(rs);
-        const float h = r > 0.0f ? r / (r + -std::expm1(lw)) : 0.0f;
-        const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(j - 1), c2, kStreamAccept));
-        if (std::log(u) <= std::log(h)) n_acc = j;
-      }
       const float logp_x = A[x] - la;
       const float logq_x = OneHot ? 0.0f : D[x] - lb;
       float inc = logq_x == -kInf ? kInf : logp_x - logq_x;
       if (logp_x == -kInf) inc = -kInf;
       lw = lw == -kInf ? -kInf : std::min(lw + inc, 0.0f);
-      if (j == nd - 1) {  // h_nd = w_nd
-        const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(j), c2, kStreamAccept));
-        if (std::log(u) <= lw) n_acc = nd;
-      }
       ws.lw[j + 1] = lw;
     }
     if (accept_step) {
@@ -415,6 +416,26 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
       out.div[1][j] = dv.kl;
       out.div[2][j] = dv.ce;
       out.div[3][j] = dv.entropy;
+    }
+  }
+
+  // 2b. block mode: tau = the last i whose coin hits, searched from the back so that r_i
+  //     is summed only at the positions after the last hit (none when all are accepted).
+  if (block_row) {
+    auto hit = [&](int64_t i) {  // log u_{i-1} <= log h_i
+      const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(i - 1), c2, kStreamAccept));
+      if (i == nd) return std::log(u) <= ws.lw[nd];
+      const float r = residual_mass(tgt + i * V, OneHot ? nullptr : drf + i * V, V, tau, ws.la[i], ws.lb[i],
+                                    tok_at(i), std::exp(ws.lw[i]));
+      const float h = r > 0.0f ? r / (r + -std::expm1(ws.lw[i])) : 0.0f;
+      return std::log(u) <= std::log(h);
+    };
+    n_acc = 0;
+    for (int64_t i = nd; i >= 1; --i) {
+      if (hit(i)) {
+        n_acc = i;
+        break;
+      }
     }
   }
 
