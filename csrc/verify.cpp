@@ -8,8 +8,16 @@
 //      sampling rows need log p(x_j) and log q(x_j), i.e. one exp pass per position
 //      (sum exp(a - max) with the max of step 1).  Without divergences the positions
 //      after the first rejection are never exponentiated.
+//   2b. block mode (method="block", sampling rows; reference._block_chain): every used
+//      position is exponentiated for its lse and log w_j; then tau is searched from the
+//      back: the last position tests log u_{nd-1} <= log w_nd, position j >= 1 the residual
+//      mass r_j = sum max(w_j p - q, 0) (fp32 chunk partials, double total, like lse) as
+//      log u_{j-1} <= log(r_j / (r_j + 1 - w_j)); tau = the first hit from the back, so
+//      r_j is summed only after the last hit (never when every draft is accepted).
+//      r_j, like lse, may differ from torch's sum in the last bit, which moves tau
+//      only when log u lies within an ulp of log h_j (probability ~1e-7 per test).
 //   3. the token at j* = num_accepted: argmax (greedy), else the two-level exponential
-//      race of reference.race: the weights w = max(0, p - q) (or p) of the sampling row
+//      race of reference.race: the weights w = max(0, w_j* p - q) (w_j* = 1 in token mode; or p) of the sampling row
 //      in one vectorised pass, then one exponential per group of kRaceGroup entries and
 //      one per entry of the winning group (V / 32 + 32 Philox words, not V).
 //   4. divergences (need_div) at every used drafted position, from the exp pass's
@@ -196,12 +204,12 @@ Div div_pass(const float* __restrict A, const float* __restrict EA, float SA, fl
   return {static_cast<float>(al), static_cast<float>(kl), -static_cast<float>(ce), -static_cast<float>(ent)};
 }
 
-// Race weights of the sampling row: p = exp(a - la) into w; with Residual, w = max(0, p - q)
+// Race weights of the sampling row: p = exp(a - la) into w; with Residual, w = max(0, scale p - q)
 // (q = exp(d - lb), or one-hot at xq when drf is null).  Returns whether any weight is
 // positive (the residual has mass).
 template <bool Residual, typename TT, typename TD>
 bool race_weights(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la, float lb,
-                  int64_t xq, float* __restrict w) {
+                  int64_t xq, float* __restrict w, float scale = 1.0f) {
   int any = 0;
   if (tau == 1.0f) {
 #pragma omp simd
@@ -219,13 +227,36 @@ bool race_weights(const TT* __restrict tgt, const TD* __restrict drf, int64_t V,
       } else {
         q = i == xq ? 1.0f : 0.0f;
       }
-      float r = w[i] - q;
+      float r = scale * w[i] - q;  // scale = w_tau of block mode, 1 in token mode
       r = r > 0.0f ? r : 0.0f;
       w[i] = r;
       any |= static_cast<int>(r > 0.0f);
     }
   }
   return any != 0;
+}
+
+// Block mode's residual mass at one position: r = sum max(w p - q, 0) with the race
+// weights' formulas (p = exp(a - la), q = exp(d - lb) or one-hot at xq), fp32 partial
+// sums over chunks, double total (as sum_f32), rounded to fp32 like the reference's sum.
+template <typename TT, typename TD>
+float residual_mass(const TT* __restrict tgt, const TD* __restrict drf, int64_t V, float tau, float la, float lb,
+                    int64_t xq, float w) {
+  double rs = 0.0;
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    float cs = 0.0f;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t i = c0 + k;
+      const float a = tau == 1.0f ? floats::load(tgt[i]) : floats::load(tgt[i]) / tau;
+      float q = i == xq ? 1.0f : 0.0f;
+      if (drf != nullptr) q = std::exp((tau == 1.0f ? floats::load(drf[i]) : floats::load(drf[i]) / tau) - lb);
+      const float r = w * std::exp(a - la) - q;
+      cs += r > 0.0f ? r : 0.0f;
+    }
+    rs += cs;
+  }
+  return static_cast<float>(rs);
 }
 
 // reference.race for one row: group sums (sequential fp32), group race W / F, then the
@@ -259,6 +290,7 @@ int64_t race(const float* __restrict w, int64_t V, uint32_t k0, uint32_t k1, uin
 struct Workspace {
   std::vector<float> A, EA, D, ED, W;
   std::vector<Scan> sa, sd;
+  std::vector<float> la, lb, lw;  // block mode: lse per drafted position, log w_j
   void reserve(int64_t V, int64_t K) {
     if (static_cast<int64_t>(A.size()) < V) {
       A.resize(V);
@@ -269,6 +301,9 @@ struct Workspace {
     }
     sa.resize(K + 1);
     sd.resize(K + 1);
+    la.resize(K + 1);
+    lb.resize(K + 1);
+    lw.resize(K + 1);
   }
 };
 
@@ -288,7 +323,8 @@ struct RowOut {
 // One row of reference.verify.  drf is null for one-hot drafts.
 template <typename TT, typename TD, bool OneHot>
 void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, int64_t V, int64_t nd,
-                float temp, int64_t seed, int64_t step, bool need_div, Workspace& ws, const RowOut& out) {
+                float temp, int64_t seed, int64_t step, bool need_div, bool block, Workspace& ws,
+                const RowOut& out) {
   nd = std::min<int64_t>(std::max<int64_t>(nd, 0), K);
   const bool greedy = temp == 0.0f;
   const float tau = greedy ? 1.0f : temp;
@@ -328,14 +364,19 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
     while (n_acc < nd && tok_at(n_acc) == ws.sa[n_acc].argmax) ++n_acc;
     decided = true;
   }
-  float la_star = 0.0f, lb_star = 0.0f;
+  float la_star = 0.0f, lb_star = 0.0f, scale = 1.0f;
+  const bool block_row = block && !greedy;
+  // Block mode (reference._block_chain): log w_j, and the last i <= nd whose coin hit.
+  float lw = 0.0f;  // log w_j of the position being visited
+  ws.lw[0] = 0.0f;
+  if (block_row) decided = true;  // every used position is visited; tau is set below
   float* A = ws.A.data();
   float* EA = ws.EA.data();
   float* D = ws.D.data();
   float* ED = ws.ED.data();
   for (int64_t j = 0; j < nd; ++j) {
     const bool accept_step = !decided;  // then j == n_acc
-    if (!accept_step && !need_div) break;
+    if (!accept_step && !need_div && !block_row) break;
     const double SA = exp_pass(tgt + j * V, V, tau, ws.sa[j].max, A, EA);
     const float la = lse_from(SA, ws.sa[j].max);
     double SB = 1.0;
@@ -345,6 +386,16 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
       lb = lse_from(SB, ws.sd[j].max);
     }
     const int64_t x = tok_at(j);
+    if (block_row) {
+      ws.la[j] = la;
+      ws.lb[j] = lb;
+      const float logp_x = A[x] - la;
+      const float logq_x = OneHot ? 0.0f : D[x] - lb;
+      float inc = logq_x == -kInf ? kInf : logp_x - logq_x;
+      if (logp_x == -kInf) inc = -kInf;
+      lw = lw == -kInf ? -kInf : std::min(lw + inc, 0.0f);
+      ws.lw[j + 1] = lw;
+    }
     if (accept_step) {
       const float logp_x = A[x] - la;
       const float logq_x = OneHot ? 0.0f : D[x] - lb;
@@ -368,6 +419,26 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
     }
   }
 
+  // 2b. block mode: tau = the last i whose coin hits, searched from the back so that r_i
+  //     is summed only at the positions after the last hit (none when all are accepted).
+  if (block_row) {
+    auto hit = [&](int64_t i) {  // log u_{i-1} <= log h_i
+      const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(i - 1), c2, kStreamAccept));
+      if (i == nd) return std::log(u) <= ws.lw[nd];
+      const float r = residual_mass(tgt + i * V, OneHot ? nullptr : drf + i * V, V, tau, ws.la[i], ws.lb[i],
+                                    tok_at(i), std::exp(ws.lw[i]));
+      const float h = r > 0.0f ? r / (r + -std::expm1(ws.lw[i])) : 0.0f;
+      return std::log(u) <= std::log(h);
+    };
+    n_acc = 0;
+    for (int64_t i = nd; i >= 1; --i) {
+      if (hit(i)) {
+        n_acc = i;
+        break;
+      }
+    }
+  }
+
   // 3. the token at j* = n_acc.
   int64_t tok;
   if (greedy) {
@@ -376,9 +447,14 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
     const TT* ts = tgt + n_acc * V;
     float* w = ws.W.data();
     bool residual = false;
+    if (block_row && n_acc < nd) {  // the residual normalise(max(0, w_tau p - q)) at tau
+      la_star = ws.la[n_acc];
+      lb_star = ws.lb[n_acc];
+      scale = std::exp(ws.lw[n_acc]);
+    }
     if (n_acc < nd) {
       residual = race_weights<true, TT, TD>(ts, OneHot ? nullptr : drf + n_acc * V, V, tau, la_star, lb_star,
-                                            tok_at(n_acc), w);
+                                            tok_at(n_acc), w, scale);
     } else {  // all drafts accepted: the bonus row's lse was not needed so far
       la_star = lse_from(exp_pass(ts, V, tau, ws.sa[n_acc].max, A, EA), ws.sa[n_acc].max);
     }
@@ -394,7 +470,7 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
 
 py::tuple verify(const at::Tensor& target_in, const py::object& draft_obj, const at::Tensor& draft_tokens_in,
                  const at::Tensor& num_draft_in, const at::Tensor& temperature_in, const at::Tensor& seed_in,
-                 const at::Tensor& step_in, bool need_div) {
+                 const at::Tensor& step_in, bool need_div, bool block) {
   TORCH_CHECK(target_in.device().is_cpu(), "the C++ backend runs on the CPU only");
   TORCH_CHECK(target_in.dim() == 3, "target_logits must be [B, K+1, V]");
   const at::Tensor target = target_in.contiguous();
@@ -456,7 +532,7 @@ py::tuple verify(const at::Tensor& target_in, const py::object& draft_obj, const
           if (need_div)
             for (int t = 0; t < 4; ++t) out.div[t] = dp[t] + b * K;
           verify_row<TT, TD, OneHot>(tgt + b * K1 * V, OneHot ? nullptr : drf + b * K * V, xp + b * K, K, V,
-                                     ndp[b], tp[b], sp[b], stp[b], need_div, ws, out);
+                                     ndp[b], tp[b], sp[b], stp[b], need_div, block, ws, out);
         } catch (...) {
 #pragma omp atomic write
           failed = 1;
@@ -513,7 +589,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "specfair_kernels C++ CPU backend (OpenMP)";
   m.def("verify", &verify, py::arg("target_logits"), py::arg("draft_logits"), py::arg("draft_tokens"),
         py::arg("num_draft"), py::arg("temperature"), py::arg("seed"), py::arg("step"), py::arg("need_divergence"),
-        "reference.verify on the CPU: (tokens, num_accepted, num_emitted, (alpha, kl, ce, entropy) | None)");
+        py::arg("block") = false,
+        "reference.verify on the CPU (method='block' when block): (tokens, num_accepted, num_emitted, (alpha, kl, ce, entropy) | None)");
   m.def("philox", &philox_py, py::arg("seed"), py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"),
         "Word 0 of Philox-4x32-10, as rng.philox (int in [0, 2**32))");
   m.def("uniform_accept", [](const at::Tensor& w) { return map_words(w, uniform_accept); },

@@ -14,6 +14,7 @@ INT_DTYPES = (torch.int32, torch.int64)
 DIVERGENCE_KINDS = autograd.KINDS
 REDUCTIONS = ("none", "mean", "sum", "per_task")
 GREEDY_BELOW = 1e-5  # temperatures under this are treated as 0 (greedy)
+VERIFY_METHODS = ("token", "block")
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _per_row(name, value, B, device, dtype, kind):
 
 def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperature=1.0, task_ids=None,
            stats: TaskStats | None = None, seed=None, step=0, return_divergence: bool = False,
-           backend: str = "auto") -> VerifyOutput:
+           backend: str = "auto", method: str = "token") -> VerifyOutput:
     """Verify a batch of drafts with exact (lossless) speculative sampling.
 
     Draft x_j is accepted with probability min(1, p(x_j) / q(x_j)); at the first
@@ -133,6 +134,15 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         position (all valid positions, not only those before the first rejection).
     backend : {"auto", "triton", "cpp", "torch"}
         "auto" honours SPECFAIR_BACKEND, else Triton on CUDA and C++ on the CPU.
+    method : {"token", "block"}
+        "token" verifies draft by draft as above.  "block" is block verification (Sun et
+        al., arXiv 2403.10444): the drafts are verified jointly, accepting the longest
+        prefix allowed by a backward chain of coin flips on the carried weight
+        w_i = min(1, w_{i-1} p(x_{i-1}) / q(x_{i-1})), then drawing from
+        normalise(max(0, w p - q)); equally exact, never fewer accepted tokens in
+        expectation.  Greedy rows are the argmax chain in both.  The random words are
+        token mode's, so the two differ only through the rule; divergences are the same.
+        See `reference.verify_ref` for the exact rule.  (torch and C++ backends; Triton not yet.)
 
     Returns
     -------
@@ -191,6 +201,10 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         seed_t = torch.randint(0, 2**62, (B,), dtype=torch.int64, device=device)
     else:
         seed_t = _per_row("seed", seed, B, device, torch.int64, "int")
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str ('token' or 'block'), got {type(method).__name__}")
+    if method not in VERIFY_METHODS:
+        raise ValueError(f"method must be one of {VERIFY_METHODS}, got {method!r}")
     if not isinstance(return_divergence, bool):
         raise TypeError(f"return_divergence must be a bool, got {type(return_divergence).__name__}")
     if stats is not None:
@@ -232,6 +246,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
                 raise ValueError(msg)
 
     name = backends.select("verify", backend, device)
+    if method == "block" and name == "triton":
+        raise NotImplementedError(f"method='block' is not implemented on the {name} backend yet; use backend='torch'")
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
             draft_tokens.to(torch.int64).contiguous(), num_draft_t, temp, seed_t, step_t)
@@ -241,13 +257,13 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         tokens, n_acc, n_emit, div = ops_verify.launch(*args, need_div, task_ids=task_t, stats=stats)
     else:
         if name == "cpp":
-            tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div)
+            tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div, method == "block")
             if div is not None:
                 div = dict(zip(DIVERGENCE_FIELDS, div))
         else:
             from . import reference
 
-            tokens, n_acc, n_emit, div = reference.verify_ref(*args, need_div)
+            tokens, n_acc, n_emit, div = reference.verify_ref(*args, need_div, method=method)
         if stats is not None:
             sums = torch.stack([div[k].sum(1) for k in DIVERGENCE_FIELDS], 1)
             stats.accumulate(task_t, num_draft_t, n_acc, n_emit > 0, sums)

@@ -119,8 +119,50 @@ def divergences(logp: torch.Tensor, logq: torch.Tensor, fields, support: torch.T
     return {f: out[f] for f in fields}
 
 
-def verify_ref(target_logits, draft_logits, draft_tokens, num_draft, temperature, seed, step, need_divergence):
-    """Canonical inputs (see api.verify) -> (tokens, num_accepted, num_emitted, divergence dict | None)."""
+def _block_chain(p, q, logp_x, logq_x, u, num_draft):
+    """Block verification's accepted length tau [B] and weight w_tau [B] (sampling rows).
+
+    Sun et al., "Block Verification Accelerates Speculative Decoding" (arXiv 2403.10444),
+    Algorithm 2, 0-indexed: p [B, K+1, V] and q [B, K, V] are the per-position
+    distributions, draft x_i is predicted at position i.  With K_b = num_draft[b]:
+    ``w_0 = 1``, ``w_i = min(1, w_{i-1} p_{i-1}(x_{i-1}) / q_{i-1}(x_{i-1}))`` (log domain:
+    a zero p(x) makes every later w 0, a zero q(x) with p(x) > 0 caps the ratio at 1);
+    ``r_i = sum_x max(w_i p_i(x) - q_i(x), 0)`` (fp32 vocabulary sum);
+    ``h_i = r_i / (r_i + 1 - w_i)`` for 1 <= i < K_b, 0 where r_i = 0 (the 0/0 case
+    w_i = 1, p_i = q_i included: nothing to stop on), and ``h_{K_b} = w_{K_b}``.
+    ``tau = max{i in 1..K_b : log(u_{i-1}) <= log h_i}``, else 0, where u_{i-1} is the
+    very word token mode compares at position i-1.
+    """
+    B, K, _ = q.shape
+    dev = p.device
+    lw_prev = torch.zeros(B, device=dev)
+    lws = [lw_prev]
+    for i in range(K):
+        inc = torch.where(logq_x[:, i] == NEG_INF, float("inf"), logp_x[:, i] - logq_x[:, i])
+        inc = torch.where(logp_x[:, i] == NEG_INF, NEG_INF, inc)
+        lw_prev = torch.where(lw_prev == NEG_INF, NEG_INF, torch.clamp(lw_prev + inc, max=0.0))
+        lws.append(lw_prev)
+    lw = torch.stack(lws, 1)  # [B, K+1]
+    w = torch.exp(lw)
+    r = torch.clamp(w[:, :K, None] * p[:, :K] - q, min=0.0).sum(-1)  # [B, K]
+    h = torch.where(r > 0, r / (r + -torch.expm1(lw[:, :K])), 0.0)
+    i = torch.arange(1, K + 1, device=dev)[None, :]
+    # log h_i for i = 1..K: the residual ratio before the row's last draft, w there.
+    log_h = torch.where(i < num_draft[:, None], torch.log(torch.cat([h[:, 1:], h[:, :1]], 1)), lw[:, 1:])
+    hit = (torch.log(u) <= log_h) & (i <= num_draft[:, None])
+    tau = torch.where(hit, i, 0).amax(1)
+    return tau, w.gather(1, tau[:, None]).squeeze(1)
+
+
+def verify_ref(target_logits, draft_logits, draft_tokens, num_draft, temperature, seed, step, need_divergence,
+               method: str = "token"):
+    """Canonical inputs (see api.verify) -> (tokens, num_accepted, num_emitted, divergence dict | None).
+
+    ``method`` "token" is the rule in the module docstring; "block" replaces steps 4-5 for
+    sampling rows by `_block_chain` (same words u_j) and draws at ``tau`` from
+    normalise(max(0, w_tau p - q)) when ``tau < num_draft`` (p if that has no mass), else
+    from p, with the same `race` keyed by ``(seed, tau, step)``.  Greedy rows are the
+    argmax chain in both methods."""
     B, K1, V = target_logits.shape
     K = K1 - 1
     dev = target_logits.device
@@ -152,6 +194,17 @@ def verify_ref(target_logits, draft_logits, draft_tokens, num_draft, temperature
     acc_greedy = x == argmax_a[:, :K]
     acc = torch.where(greedy[:, None], acc_greedy, acc_sample) & d_used
     n_acc = torch.cumprod(acc.long(), 1).sum(1)  # leading run of accepts
+    scale = None  # w_tau of block mode; token mode's residual is p - q (w = 1)
+    if method == "block" and K > 0:
+        p_all = torch.where(t_used[..., None], torch.exp(a - la[..., None]), 0.0)  # [B, K+1, V]
+        if d is not None:
+            q_all = torch.where(d_used[..., None], torch.exp(d - lb[..., None]), 0.0)
+        else:
+            q_all = (torch.arange(V, device=dev)[None, None, :] == x[..., None]).float()
+        tau_b, w_b = _block_chain(p_all, q_all, torch.where(d_used, logp_x, 0.0),
+                                  torch.where(d_used, logq_x, 0.0), u, num_draft)
+        n_acc = torch.where(greedy, n_acc, tau_b)
+        scale = torch.where(greedy, 1.0, w_b)
 
     rows = torch.arange(B, device=dev)
     a_s = a[rows, n_acc]  # [B, V] target at the sampling position
@@ -167,7 +220,7 @@ def verify_ref(target_logits, draft_logits, draft_tokens, num_draft, temperature
             q_s = torch.exp(d[rows, js] - lb[rows, js][:, None])
         else:
             q_s = (vocab[None, :] == x[rows, js][:, None]).float()
-        r = torch.clamp(p_s - q_s, min=0.0)
+        r = torch.clamp(p_s - q_s if scale is None else scale[:, None] * p_s - q_s, min=0.0)
         use_r = residual & (r > 0).any(-1)
         w = torch.where(use_r[:, None], r, p_s)
     tok = race(w, seed, n_acc, step)
