@@ -191,6 +191,9 @@ def _add_train_pair(sub) -> None:
     tp.add_argument("--heldout-fraction", type=float,
                     help="share of the corpus's split keys held out for evaluation (default 0.1)")
     tp.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"])
+    tp.add_argument("--reuse-verifier", metavar="DIR",
+                    help="an existing pair's verifier directory: keep its tokenizer and verifier "
+                         "(copied to OUT/verifier) and train only the drafter")
     tp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -301,7 +304,7 @@ def _scdf_table(report: dict) -> str:
 def _train_pair(a) -> int:
     overrides = {"out_dir": a.out}
     for name in ("steps", "drafter_steps", "batch_size", "lr", "seed", "device", "languages",
-                 "save_dtype", "heldout_fraction"):
+                 "save_dtype", "heldout_fraction", "reuse_verifier"):
         if getattr(a, name) is not None:
             overrides[name] = getattr(a, name)
     if a.corpus is not None:

@@ -15,6 +15,8 @@
 4. saves both with ``save_pretrained`` (safetensors) plus the tokenizer under
    ``<out>/verifier`` and ``<out>/drafter``, the resolved config as
    ``<out>/train_pair_config.json`` and a model card ``README.md`` per model;
+   With ``reuse_verifier`` set, steps 1-2 load the tokenizer and verifier of an existing
+   pair instead, and only the drafter is trained;
 5. measures on the held-out split, teacher-forced, per language: each model's
    perplexity, and between the two models the expected acceptance
    ``alpha = sum_x min(p(x), q(x))`` at temperature 1 and ``KL(p || q)`` (p the
@@ -27,10 +29,13 @@ Only ``python/specfair`` imports ``transformers``; ``specfair_kernels`` never do
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +141,9 @@ class TrainPairConfig:
     device: str = "cpu"                         # "cpu" | "cuda" | "cuda:N" | "auto"
     bf16_autocast_on_cuda: bool = True
     progress: bool = True                       # tqdm bars
+    # --- an existing pair's verifier/ directory: its tokenizer and verifier are loaded and
+    # copied verbatim, and only the drafter is trained (``drafter_steps`` or ``steps``)
+    reuse_verifier: str | None = None
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
@@ -358,13 +366,19 @@ def train_pair(config: TrainPairConfig) -> dict:
         raise TrainPairError(f"no training text for language(s) {missing_train}")
     mixtures = dict(zip(("verifier", "drafter"), resolve_mixtures(cfg, languages)))
 
-    # The tokenizer is trained on every language's training split, in a fixed order.
-    texts = [t for l in languages for t in corpus.tasks[l].train]
-    hf_tok = hf_tokenizer(train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency), cfg.context_length)
+    if cfg.reuse_verifier is not None:
+        hf_tok, reused, reused_info = load_verifier(cfg)
+    else:
+        # The tokenizer is trained on every language's training split, in a fixed order.
+        texts = [t for l in languages for t in corpus.tasks[l].train]
+        hf_tok = hf_tokenizer(train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency), cfg.context_length)
+        reused, reused_info = None, None
     train_streams = teacher_forced.token_streams(hf_tok, {l: corpus.tasks[l].train for l in languages})
     held_streams = teacher_forced.token_streams(hf_tok, {l: corpus.tasks[l].heldout for l in languages})
 
-    models, info = _train_models(cfg, hf_tok, train_streams, mixtures, device)
+    models, info = _train_models(cfg, hf_tok, train_streams, mixtures, device, reused)
+    if reused is not None:
+        info["verifier"] = reused_info
     ev = evaluate_pair(models["verifier"], models["drafter"], held_streams, languages, cfg, device)
     report = {
         "out_dir": str(out), "device": str(device), "languages": languages, "vocab_size": len(hf_tok),
@@ -377,7 +391,7 @@ def train_pair(config: TrainPairConfig) -> dict:
     report["seconds_total"] = time.perf_counter() - t_start
     corpus_desc = (f"`specfair.corpus` source `{corpus.name}`"
                    + (f" with options {corpus.options}" if corpus.options else ""))
-    for role in ("verifier", "drafter"):
+    for role in ("verifier", "drafter") if reused is None else ("drafter",):
         write_text(out / role / "README.md", model_card(role, cfg, report, corpus_desc))
     saved_cfg = cfg.to_dict()
     saved_cfg["resolved"] = {"languages": languages, "verifier_mixture": mixtures["verifier"],
@@ -387,13 +401,43 @@ def train_pair(config: TrainPairConfig) -> dict:
     return report
 
 
-def _train_models(cfg: TrainPairConfig, hf_tok, train_streams, mixtures, device) -> tuple[dict, dict]:
-    """Build and train the verifier, then the drafter, each on its mixture; seeds are fixed
-    per role so that the pair is reproducible."""
+def load_verifier(cfg: TrainPairConfig):
+    """Tokenizer, verifier and report entry (the source pair's ``../pair_report.json`` one, or
+    size and parameters; plus ``reused_from``) of ``cfg.reuse_verifier``; sets ``cfg.verifier``,
+    ``vocab_size`` and ``context_length`` from it, so that the saved config is true."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    src = Path(cfg.reuse_verifier)
+    if not (src / "config.json").is_file() or not (src / "tokenizer.json").is_file():
+        raise TrainPairError(f"reuse_verifier {str(src)!r} is not a verifier directory "
+                             "(config.json and tokenizer.json expected)")
+    hf_tok = AutoTokenizer.from_pretrained(src)
+    model = LlamaForCausalLM.from_pretrained(src, torch_dtype=torch.float32).eval()
+    mc = model.config
+    kv = mc.num_key_value_heads if mc.num_key_value_heads != mc.num_attention_heads else None
+    cfg.verifier = ModelSize(mc.hidden_size, mc.num_hidden_layers, mc.num_attention_heads, mc.intermediate_size, kv)
+    cfg.vocab_size, cfg.context_length = len(hf_tok), mc.max_position_embeddings
+    info = {"parameters": count_parameters(model), "size": dataclasses.asdict(cfg.verifier)}
+    src_report = src.parent / "pair_report.json"
+    old = json.loads(src_report.read_text()).get("verifier") if src_report.is_file() else None
+    if isinstance(old, dict):
+        info = {k: v for k, v in old.items() if k not in ("path", "reused_from")}
+    info["reused_from"] = str(src)
+    return hf_tok, model, info
+
+
+def _train_models(cfg: TrainPairConfig, hf_tok, train_streams, mixtures, device,
+                  verifier=None) -> tuple[dict, dict]:
+    """Build and train the verifier (unless one is given), then the drafter, each on its
+    mixture; seeds are fixed per role so that the pair is reproducible."""
     steps = {"verifier": cfg.steps, "drafter": cfg.drafter_steps or cfg.steps}
     sizes = {"verifier": cfg.verifier, "drafter": cfg.drafter}
     models, info = {}, {}
+    if verifier is not None:
+        models["verifier"] = verifier.to(device)
     for k, role in enumerate(("verifier", "drafter")):
+        if role in models:
+            continue
         model = _build_model(sizes[role], cfg, hf_tok, seed=cfg.seed * 1000 + 2 * k)
         langs = [l for l, w in mixtures[role].items() if w > 0]
         sampler = WindowSampler([train_streams[l] for l in langs], cfg.context_length,
@@ -435,6 +479,12 @@ def _save(out, cfg: TrainPairConfig, models: dict, hf_tok, report: dict) -> None
     for role in ("verifier", "drafter"):
         d = out / role
         d.mkdir(parents=True, exist_ok=True)
+        if role == "verifier" and cfg.reuse_verifier is not None:   # copied byte for byte
+            src = Path(cfg.reuse_verifier)
+            for f in sorted(f for f in src.iterdir() if f.is_file() and src.resolve() != d.resolve()):
+                shutil.copyfile(f, d / f.name)
+            report[role]["path"] = str(d)
+            continue
         m = models[role].to("cpu")
         if dtype != torch.float32:
             m = m.to(dtype)
@@ -443,3 +493,4 @@ def _save(out, cfg: TrainPairConfig, models: dict, hf_tok, report: dict) -> None
         models[role] = m
         report[role]["path"] = str(d)
         report[role]["safetensors_bytes"] = sum(f.stat().st_size for f in d.glob("*.safetensors"))
+

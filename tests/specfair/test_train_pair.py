@@ -219,6 +219,37 @@ def test_other_seed_other_weights(pair, tmp_path, corpus_file):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1)
 
 
+# ------------------------------------------------------------------ reuse_verifier
+def test_reuse_verifier_trains_only_the_drafter(pair, tmp_path, corpus_file):
+    out1, _, r1 = pair
+    out2 = tmp_path / "reused"
+    rc = cli.main(["train-pair", "--out", str(out2), "--preset", "micro", "--corpus", "jsonl",
+                   "--corpus-option", f"path={corpus_file}", "--corpus-option", "key_column=id",
+                   "--heldout-fraction", str(HELDOUT), "--no-progress", "--seed", "1",
+                   "--reuse-verifier", str(out1 / "verifier")])
+    assert rc == 0
+    # The verifier (weights, tokenizer, card) is copied byte for byte; the drafter shares its tokenizer.
+    for f in sorted((out1 / "verifier").iterdir()):
+        assert (out2 / "verifier" / f.name).read_bytes() == f.read_bytes(), f.name
+    assert (out2 / "drafter" / "tokenizer.json").read_bytes() == (out1 / "verifier" / "tokenizer.json").read_bytes()
+    # The drafter is a new one (seed 1), evaluated against the same verifier on the same held-out split.
+    s1, s2 = _state(out1 / "drafter"), _state(out2 / "drafter")
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1)
+    r2 = json.loads((out2 / "pair_report.json").read_text(encoding="utf-8"))
+    assert r2["eval"]["verifier_ppl"] == pytest.approx(r1["eval"]["verifier_ppl"], rel=1e-6)
+    assert r2["eval"]["alpha"] != r1["eval"]["alpha"]
+    assert r2["verifier"]["reused_from"] == str(out1 / "verifier")
+    assert r2["verifier"]["steps"] == r1["verifier"]["steps"]     # the source pair's training record
+    saved = json.loads((out2 / "train_pair_config.json").read_text(encoding="utf-8"))
+    assert saved["reuse_verifier"] == str(out1 / "verifier")
+    assert saved["verifier"] == json.loads((out1 / "train_pair_config.json").read_text())["verifier"]
+
+
+def test_reuse_verifier_not_a_verifier_dir(tmp_path, corpus_file):
+    with pytest.raises(TrainPairError, match="reuse_verifier .* is not a verifier directory"):
+        train_pair(micro_config(tmp_path / "out", corpus_file, reuse_verifier=str(tmp_path)))
+
+
 # ------------------------------------------------------------------ configuration errors
 def test_mixture_resolution():
     cfg = TrainPairConfig(under_represented=["ja"], under_weight=0.1)
