@@ -142,7 +142,8 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         normalise(max(0, w p - q)); equally exact, never fewer accepted tokens in
         expectation.  Greedy rows are the argmax chain in both.  The random words are
         token mode's, so the two differ only through the rule; divergences are the same.
-        See `reference.verify_ref` for the exact rule.  (torch and C++ backends; Triton not yet.)
+        See `reference.verify_ref` for the exact rule.  torch and C++ backends; Triton not yet,
+        so on CUDA 'auto' runs block mode on the torch backend.
 
     Returns
     -------
@@ -247,7 +248,10 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
 
     name = backends.select("verify", backend, device)
     if method == "block" and name == "triton":
-        raise NotImplementedError(f"method='block' is not implemented on the {name} backend yet; use backend='torch'")
+        if backend != "auto":
+            raise NotImplementedError("method='block' is not implemented on the triton backend yet; "
+                                      "use backend='torch' (or 'auto', which picks it for block mode on CUDA)")
+        name = "torch"  # the reference: no host synchronisation, so it runs (and graph-captures) on CUDA
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
             draft_tokens.to(torch.int64).contiguous(), num_draft_t, temp, seed_t, step_t)

@@ -369,3 +369,17 @@ def test_cross_backend_equal(other_backend, verify_case, draft, tdtype):
         assert torch.equal(got.tokens.cpu(), ref.tokens), (draft, s)
         assert torch.equal(got.num_accepted.cpu(), ref.num_accepted)
         assert torch.equal(got.num_emitted.cpu(), ref.num_emitted)
+
+
+def test_triton_block_is_refused_by_name_and_auto_falls_back(monkeypatch, verify_case):
+    """Until the Triton kernel has block mode: asking for it by name is a clear error, and
+    'auto' (which would pick Triton) runs block mode on the torch backend instead."""
+    from specfair_kernels import backends
+
+    case = verify_case(3, B=3, K=2, V=8)
+    with pytest.raises(NotImplementedError, match="method='block'.*triton"):
+        sk.verify(**case, backend="triton", method="block")
+    want = sk.verify(**case, backend="torch", method="block")
+    monkeypatch.setattr(backends, "select", lambda op, backend, device: "triton")  # as on CUDA
+    got = sk.verify(**case, backend="auto", method="block")
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
