@@ -9,7 +9,7 @@ import specfair_kernels as sk
 from specfair_kernels.stats import speedup as model_speedup
 
 from ._util import is_int
-from .costs import expected_tokens
+from .costs import speedup_with_verify_cost
 from .decoding import (
     CachedModel,
     Clock,
@@ -296,8 +296,8 @@ def _task_figures(generator: SpeculativeGenerator, stats: sk.TaskStats, t: int, 
         "rows": rows, "tokens": tokens, "spec_seconds": spec_s, "verifier_seconds": ver_s,
         "measured_speedup": ver_s / spec_s if spec_s > 0 else math.nan,
         "predicted_speedup": float(model_speedup(alpha, k_used, c)) if not math.isnan(alpha) else math.nan,
-        "predicted_speedup_verify_cost": (expected_tokens(alpha, k_used) / (k_used * c + r[k_used])
-                                          if r is not None and not math.isnan(alpha) else math.nan),
+        "predicted_speedup_verify_cost": (speedup_with_verify_cost(alpha, k_used, c, r[k_used])
+                                          if r is not None else math.nan),
         "acceptance": alpha,
         "realised_acceptance": float(stats.acceptance_rate()[t]),
         "tokens_per_step": float(stats.tokens_per_step()[t]),
