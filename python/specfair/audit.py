@@ -173,9 +173,6 @@ class AuditConfig:
         if self.verify_method not in drafting.VERIFY_METHOD_CHOICES:
             raise AuditError(f"verify_method must be one of {drafting.VERIFY_METHOD_CHOICES}, "
                              f"got {self.verify_method!r}")
-        if self.verify_method != "token" and not drafting.block_verify_available():
-            raise AuditError(f"verify_method={self.verify_method!r}: this specfair_kernels.verify has no "
-                             "block verification (method=)")
         if self.ngram:
             if self.num_draft == "auto":
                 raise AuditError("ngram needs an integer num_draft (auto needs a drafter's cost)")

@@ -18,27 +18,19 @@ Spread uses `specfair.spread` (the same variance and max/min ratio as the main a
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
 
-import specfair_kernels as sk
-
 from .ngram import NgramConfig
 from .spread import max_min_ratio, variance
 
-__all__ = ["VERIFY_METHOD_CHOICES", "DRAFT_CHOICES", "NgramConfig", "block_verify_available", "add_variants",
+__all__ = ["VERIFY_METHOD_CHOICES", "DRAFT_CHOICES", "NgramConfig", "add_variants",
            "task_fields", "variant_fields", "variant_summary", "markdown_sections"]
 
 VERIFY_METHOD_CHOICES = ("token", "block", "both")
 DRAFT_CHOICES = ("sample", "argmax")
 _GEN_KEYS = ("realised_acceptance", "tokens_per_step", "measured_speedup")
-
-
-def block_verify_available() -> bool:
-    """Whether this specfair_kernels' `verify` takes ``method=`` (block verification)."""
-    return "method" in inspect.signature(sk.verify).parameters
 
 
 def _histogram(gen: dict, i: int) -> list[int]:

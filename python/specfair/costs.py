@@ -27,9 +27,14 @@ __all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "spee
            "measure_costs", "measure_cost_ratio"]
 
 
-def expected_tokens(alpha: float, num_draft: int) -> float:
-    """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance."""
-    return num_draft + 1.0 if alpha >= 1 else (1 - alpha ** (num_draft + 1)) / (1 - alpha)
+def expected_tokens(alpha, num_draft: int):
+    """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance.
+    ``alpha`` a float (returns a float) or an array (elementwise; NaN stays NaN)."""
+    a = np.asarray(alpha, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tokens = np.where(a < 1, (1 - a ** (num_draft + 1)) / (1 - a), num_draft + 1.0)
+    tokens = np.where(np.isnan(a), np.nan, tokens)
+    return float(tokens) if tokens.ndim == 0 else tokens
 
 
 def speedup_with_verify_cost(alpha, num_draft: int, cost_ratio: float, verify_cost: float = 1.0):
@@ -39,11 +44,7 @@ def speedup_with_verify_cost(alpha, num_draft: int, cost_ratio: float, verify_co
     over one (``measure_costs(...)["verify_cost"][K]``); r_K = 1 gives PAPER.md's
     S(alpha; K, c) exactly.  ``alpha`` is a float (returns a float) or an array (returns an
     array, elementwise; NaN stays NaN)."""
-    a = np.asarray(alpha, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tokens = np.where(a < 1, (1 - a ** (num_draft + 1)) / (1 - a), num_draft + 1.0)
-    out = np.where(np.isnan(a), np.nan, tokens) / (num_draft * cost_ratio + verify_cost)
-    return float(out) if out.ndim == 0 else out
+    return expected_tokens(alpha, num_draft) / (num_draft * cost_ratio + verify_cost)
 
 
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 import specfair_kernels as sk
-from specfair_kernels.api import GREEDY_BELOW
+from specfair_kernels.api import GREEDY_BELOW, VERIFY_METHODS
 
 from ._util import is_int
 from .costs import choose_num_draft, measure_costs
@@ -56,7 +56,6 @@ from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
 DRAFT_MODES = ("sample", "argmax")
-VERIFY_METHODS = ("token", "block")
 
 __all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
 
@@ -353,7 +352,7 @@ class SpeculativeGenerator:
 
     def _method_kwargs(self) -> dict:
         # "token" is verify's default: older kernels without the keyword keep working
-        return {} if self.verify_method == "token" else {"method": self.verify_method}
+        return {"method": self.verify_method}
 
     def _commit(self, st: "_DecodeState", out: sk.VerifyOutput, drafts: torch.Tensor, K: int) -> bool:
         """Write a step's tokens, roll both caches back per row and drop finished rows; True

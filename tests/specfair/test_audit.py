@@ -388,19 +388,15 @@ def test_audit_reads_gguf_files(tiny, tmp_path, capsys, monkeypatch):
 # --- drafting variants: argmax drafts, the n-gram drafter, the verify rule ----------------
 
 def test_argmax_drafting_and_ngram_rows(tiny, tmp_path):
-    from specfair.audit_drafting import block_verify_available
-
     out = tmp_path / "o"
-    extra = ["--draft", "argmax", "--ngram", "--ngram-max", "2"]
-    if block_verify_available():
-        extra += ["--verify-method", "both"]
+    extra = ["--draft", "argmax", "--ngram", "--ngram-max", "2", "--verify-method", "both"]
     assert cli.main(_args(tiny, out, *extra)) == 0
     r = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     K = 3
     for t in r["tasks"]:
         assert t["draft"] == "argmax" and 0 < t["alpha_argmax"] < 1
         assert t["expected_acceptance_drafting"] == t["alpha_argmax"]
-        for prefix in ("", "ngram_") + (("block_",) if block_verify_available() else ()):
+        for prefix in ("", "ngram_", "block_"):
             h = t[f"{prefix}accept_length_histogram"]
             assert len(h) == K + 1
             if prefix == "":
@@ -422,18 +418,13 @@ def test_argmax_drafting_and_ngram_rows(tiny, tmp_path):
     assert "ngram_measured_speedup" in cols and "alpha_argmax" in cols
     h = lines[0].split(",")[cols.index("accept_length_histogram")]
     assert [int(x) for x in h.split(";")] == r["tasks"][0]["accept_length_histogram"]
-    if block_verify_available():
-        gain = d["block_minus_token"][TASKS[0]]["realised_acceptance"]
-        t0 = r["tasks"][0]
-        assert gain == pytest.approx(t0["block_realised_acceptance"] - t0["realised_acceptance"])
-        assert "block verification" in md
+    gain = d["block_minus_token"][TASKS[0]]["realised_acceptance"]
+    t0 = r["tasks"][0]
+    assert gain == pytest.approx(t0["block_realised_acceptance"] - t0["realised_acceptance"])
+    assert "block verification" in md
 
 
 def test_drafting_options_are_checked(tiny, capsys, tmp_path):
-    from specfair.audit_drafting import block_verify_available
-
     _fails(capsys, _args(tiny, tmp_path / "o", "--ngram", "--ngram-max", "1", "--ngram-min", "2"), "min_ngram")
     _fails(capsys, _args(tiny, tmp_path / "o", "--ngram", "--num-draft", "auto"), "ngram")
-    if not block_verify_available():
-        _fails(capsys, _args(tiny, tmp_path / "o", "--verify-method", "both"), "block verification")
     assert not (tmp_path / "o" / "audit.json").exists()

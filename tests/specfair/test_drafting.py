@@ -4,8 +4,6 @@ the verifier alone token for token; sampled output passes a chi-square test agai
 verifier's exact distribution (the generator's negative control shows the test can fail)."""
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 
@@ -21,9 +19,6 @@ from specfair.ngram import NgramConfig, ngram_drafts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-HAS_METHOD = "method" in inspect.signature(sk.verify).parameters
-NEEDS_BLOCK = pytest.mark.skipif(not HAS_METHOD, reason="specfair_kernels.verify has no method= keyword yet "
-                                 "(issue 14's block-ref commit on wt-a is not merged)")
 PROMPTS = [[5, 1, 6, 5, 1, 6, 3, 2], [7, 4, 7, 4]]  # repeats, so the n-gram drafter finds matches
 
 
@@ -125,7 +120,6 @@ def test_ngram_negative_control_accepting_every_draft_is_detected(pair, monkeypa
     assert p < 1e-6, p
 
 
-@NEEDS_BLOCK
 @pytest.mark.parametrize("mode", ["sample", "argmax"])
 def test_block_verification_greedy_equals_token_and_is_lossless_sampled(pair, mode):
     _, verifier = pair
