@@ -420,15 +420,17 @@ void verify_row(const TT* tgt, const TD* drf, const int64_t* xtok, int64_t K, in
   }
 
   // 2b. block mode: tau = the last i whose coin hits, searched from the back so that r_i
-  //     is summed only at the positions after the last hit (none when all are accepted).
+  //     is summed only at the positions after the last hit (none when all are accepted),
+  //     and only where the coin is at most w_i (h_i = min(r_i / (r_i + 1 - w_i), w_i)).
   if (block_row) {
     auto hit = [&](int64_t i) {  // log u_{i-1} <= log h_i
       const float u = uniform_accept(philox_w0(k0, k1, 0u, static_cast<uint32_t>(i - 1), c2, kStreamAccept));
-      if (i == nd) return std::log(u) <= ws.lw[nd];
+      const float lu = std::log(u);
+      if (i == nd || lu > ws.lw[i]) return lu <= ws.lw[i];  // h_i <= w_i: a coin above w_i misses
       const float r = residual_mass(tgt + i * V, OneHot ? nullptr : drf + i * V, V, tau, ws.la[i], ws.lb[i],
                                     tok_at(i), std::exp(ws.lw[i]));
       const float h = r > 0.0f ? r / (r + -std::expm1(ws.lw[i])) : 0.0f;
-      return std::log(u) <= std::log(h);
+      return lu <= std::min(std::log(h), ws.lw[i]);
     };
     n_acc = 0;
     for (int64_t i = nd; i >= 1; --i) {

@@ -128,8 +128,10 @@ def _block_chain(p, q, logp_x, logq_x, u, num_draft):
     ``w_0 = 1``, ``w_i = min(1, w_{i-1} p_{i-1}(x_{i-1}) / q_{i-1}(x_{i-1}))`` (log domain:
     a zero p(x) makes every later w 0, a zero q(x) with p(x) > 0 caps the ratio at 1);
     ``r_i = sum_x max(w_i p_i(x) - q_i(x), 0)`` (fp32 vocabulary sum);
-    ``h_i = r_i / (r_i + 1 - w_i)`` for 1 <= i < K_b, 0 where r_i = 0 (the 0/0 case
-    w_i = 1, p_i = q_i included: nothing to stop on), and ``h_{K_b} = w_{K_b}``.
+    ``h_i = min(r_i / (r_i + 1 - w_i), w_i)`` for 1 <= i < K_b, 0 where r_i = 0 (the 0/0
+    case w_i = 1, p_i = q_i included: nothing to stop on), and ``h_{K_b} = w_{K_b}``.  The
+    cap changes nothing in exact arithmetic (r_i <= w_i, so h_i <= w_i); in fp32 it pins the
+    bound every backend uses to skip r_i: a coin above w_i misses without the vocabulary sum.
     ``tau = max{i in 1..K_b : log(u_{i-1}) <= log h_i}``, else 0, where u_{i-1} is the
     very word token mode compares at position i-1.
     """
@@ -148,7 +150,8 @@ def _block_chain(p, q, logp_x, logq_x, u, num_draft):
     h = torch.where(r > 0, r / (r + -torch.expm1(lw[:, :K])), 0.0)
     i = torch.arange(1, K + 1, device=dev)[None, :]
     # log h_i for i = 1..K: the residual ratio before the row's last draft, w there.
-    log_h = torch.where(i < num_draft[:, None], torch.log(torch.cat([h[:, 1:], h[:, :1]], 1)), lw[:, 1:])
+    log_h = torch.where(i < num_draft[:, None], torch.minimum(torch.log(torch.cat([h[:, 1:], h[:, :1]], 1)), lw[:, 1:]),
+                        lw[:, 1:])
     hit = (torch.log(u) <= log_h) & (i <= num_draft[:, None])
     tau = torch.where(hit, i, 0).amax(1)
     return tau, w.gather(1, tau[:, None]).squeeze(1)
