@@ -9,7 +9,11 @@ Two models of the speed-up of one speculative step (K drafts, i.i.d. acceptance 
   r_K = (verifier time over K+1 tokens) / (over 1 token) as `measure_costs` measures it.
   On a CPU or with a small batch on a GPU, r_K > 1 and PAPER.md's model over-predicts.
 
-E[tokens per step] = (1 - alpha^(K+1)) / (1 - alpha) (`expected_tokens`)."""
+E[tokens per step] = (1 - alpha^(K+1)) / (1 - alpha) (`expected_tokens`).
+
+Where speculation pays at all: S(alpha; K, c, r_K) = 1 at the break-even acceptance
+(`break_even_acceptance`), the alpha with E[tokens per step] = K c + r_K; below it the
+verifier alone is faster.  When K c + r_K > K + 1 even alpha = 1 cannot pay (inf)."""
 from __future__ import annotations
 
 import math
@@ -23,8 +27,8 @@ from .models import context_length, model_device, output_vocab_size
 
 AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
 
-__all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "speedup_with_verify_cost",
-           "measure_costs", "measure_cost_ratio"]
+__all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "choose_num_draft", "expected_tokens",
+           "speedup_with_verify_cost", "measure_costs", "measure_cost_ratio"]
 
 
 def expected_tokens(alpha, num_draft: int):
@@ -45,6 +49,35 @@ def speedup_with_verify_cost(alpha, num_draft: int, cost_ratio: float, verify_co
     S(alpha; K, c) exactly.  ``alpha`` is a float (returns a float) or an array (returns an
     array, elementwise; NaN stays NaN)."""
     return expected_tokens(alpha, num_draft) / (num_draft * cost_ratio + verify_cost)
+
+
+def break_even_acceptance(num_draft: int, cost_ratio: float, verify_cost: float = 1.0, tol: float = 1e-12) -> float:
+    """The acceptance alpha at which S(alpha; K, c, r_K) = 1: speculation pays above it.
+
+    Solves E[tokens per step](alpha) = K c + r_K by bisection on [0, 1] (E is increasing
+    there, from 1 at alpha = 0 to K + 1 at alpha = 1).  Returns 0.0 when even alpha = 0
+    pays (K c + r_K <= 1), ``math.inf`` when even alpha = 1 cannot (K c + r_K > K + 1),
+    NaN when a cost is NaN.  K = 1 has the closed form c + r_1 - 1."""
+    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
+        raise ValueError(f"num_draft must be an int >= 1, got {num_draft!r}")
+    for name, v in (("cost_ratio", cost_ratio), ("verify_cost", verify_cost)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    cost = num_draft * float(cost_ratio) + float(verify_cost)
+    if math.isnan(cost):
+        return math.nan
+    if cost <= 1.0:
+        return 0.0
+    if cost >= num_draft + 1:
+        return 1.0 if cost == num_draft + 1 else math.inf
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if expected_tokens(mid, num_draft) < cost:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,

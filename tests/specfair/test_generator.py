@@ -20,7 +20,13 @@ from tiny_models import tiny_tokenizer as train_tokenizer  # noqa: E402
 import specfair  # noqa: E402
 import specfair_kernels as sk  # noqa: E402
 from specfair.baseline import generate_verifier_only, measure_speedup  # noqa: E402
-from specfair.costs import AUTO_PRIOR_ACCEPTANCE, choose_num_draft, expected_tokens, measure_costs  # noqa: E402
+from specfair.costs import (  # noqa: E402
+    AUTO_PRIOR_ACCEPTANCE,
+    break_even_acceptance,
+    choose_num_draft,
+    expected_tokens,
+    measure_costs,
+)
 from specfair.decoding import SECTIONS, process_logits  # noqa: E402
 from specfair.generator import SpeculativeGenerator  # noqa: E402
 from specfair.models import load_pair, output_vocab_size  # noqa: E402
@@ -343,7 +349,12 @@ def test_timings_and_measure_speedup_report(default_pair):
         assert r["rows"] == 2 and r["tokens"] == 16 and r["num_draft"] == 3
         assert r["measured_speedup"] == pytest.approx(r["verifier_seconds"] / r["spec_seconds"])
         assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
+        # given c (no measured r_K): break-even of S(alpha; 3, 0.25, 1), 1 + a + a^2 + a^3 = 1.75
+        assert r["break_even_acceptance"] == pytest.approx(break_even_acceptance(3, 0.25, 1.0))
+        assert expected_tokens(r["break_even_acceptance"], 3) == pytest.approx(1.75, rel=1e-9)
+        assert r["acceptance_margin"] == pytest.approx(r["acceptance"] - r["break_even_acceptance"])
         assert 1.0 <= r["tokens_per_step"] <= 4.0
+    assert set(rep["break_even_acceptance"]) == {3}
     assert rep["stats"]["per_task"]["steps"] == [int(x) for x in rep["stats"]["per_task"]["steps"]]
     # Interleaved repeats time the same work again: identical tokens and statistics (only the
     # first run adds into them), sampled rows and auto K included.
