@@ -35,7 +35,7 @@ import specfair_kernels as sk
 from specfair_kernels.api import GREEDY_BELOW, VERIFY_METHODS
 
 from ._util import is_int
-from .costs import choose_num_draft, measure_costs
+from .costs import cached_costs, choose_num_draft
 from .decoding import (
     CachedModel,
     Clock,
@@ -85,8 +85,10 @@ class SpeculativeGenerator:
     cost_ratio : float, optional
         c for ``num_draft="auto"``, which then maximises S(alpha; K, c) exactly as PAPER.md.
         When None, `measure_costs` measures c *and* the verifier's cost over K+1 tokens at
-        the batch size of the call (once per batch size, kept in ``costs``), and auto
-        maximises the speed-up with that measured verification cost.
+        the batch size of the call (once per batch size, kept in ``costs``, and shared by
+        every generator of the same two model objects through `specfair.costs.cached_costs`;
+        a few 4-round timings of widths 1, 2, the middle and K_max+1, the rest interpolated),
+        and auto maximises the speed-up with that measured verification cost.
     vocab_size : int, optional
         Shared vocabulary V; default: the smaller of the two models' output sizes (embedding
         rows past the tokenizer are padding and are never sampled).
@@ -205,9 +207,10 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------------------------
     def measured_costs(self, batch_size: int = 1) -> dict:
-        """`measure_costs` at this batch size (measured on first use, then kept)."""
+        """`measure_costs` at this batch size: measured on first use by any generator of the
+        same two model objects (`specfair.costs.cached_costs`), then kept."""
         if batch_size not in self.costs:
-            self.costs[batch_size] = measure_costs(self.drafter, self.verifier, batch_size, self.max_draft)
+            self.costs[batch_size] = cached_costs(self.drafter, self.verifier, batch_size, self.max_draft)
         return self.costs[batch_size]
 
     def cost_ratio(self, batch_size: int = 1) -> float:
