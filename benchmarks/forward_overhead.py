@@ -16,9 +16,17 @@ Variants per width W (verifier: W = K+1 for every ``--num-draft`` K, and 1; draf
   hf-mask   the same with the 2-D attention mask of ones and the position ids that
             ``generate`` passes
 
-Rounds: ``--repeats`` rounds, every variant once per round, the order rotating; one warm-up
-round first.  Reported: the median seconds per variant and ours / hf per width; the spread
-(max - min) / median says how noisy the machine was.
+Rounds: ``--repeats`` rounds (one warm-up round first); in every round each width's variants
+run back to back (the cheap drafter ones ``--drafter-repeats`` times), the order rotating.
+Reported per variant: the median seconds, the median over rounds of its time / hf's time in
+the same round (paired, so a burst of load on a shared machine mostly cancels) with the
+interquartile range of those ratios, and the spread (max - min) / median of its times.
+
+Then whole steps: ``SpeculativeGenerator(num_draft=K, temperature=0, profile=True)`` over
+``--new-tokens`` tokens from the same prompt (median of ``--step-repeats`` calls), its time
+per step split into draft / verify_forward / kernel / bookkeeping, beside what plain HF
+forwards of the same widths cost (K drafter forwards of 1 token + one verifier forward of
+K+1, the medians above).
 
     python benchmarks/forward_overhead.py --layers 24 --repeats 9 --json out.json
 """
@@ -77,8 +85,35 @@ def variants(model, prompt: torch.Tensor, width: int, keep_last: bool):
         return model(input_ids=tokens, attention_mask=full_mask, position_ids=pos, past_key_values=mask_cache,
                      use_cache=True).logits
 
-    return {"ours": (ours_fn, ours_back), "hf": (hf_fn, lambda: hf_cache.crop(L)),
-            "hf-mask": (hf_mask_fn, lambda: mask_cache.crop(L))}
+    return {"ours": (ours_fn, ours_back), "hf": (hf_fn, lambda: hf_cache.crop(-width)),
+            "hf-mask": (hf_mask_fn, lambda: mask_cache.crop(-width))}
+
+
+def whole_steps(drafter, verifier, prompt, args, med) -> list[dict]:
+    """Per-step sections of the generator against the plain forwards' medians."""
+    from specfair.generator import SpeculativeGenerator
+
+    out = []
+    for K in args.num_draft:
+        gen = SpeculativeGenerator(drafter, verifier, num_draft=K, temperature=0.0, profile=True)
+        runs = []
+        for _ in range(args.step_repeats + 1):
+            res = gen.generate(prompt, max_new_tokens=args.new_tokens, eos_token_id=[], seed=0)
+            runs.append(res.time_per_step())
+        runs = runs[1:]
+        sec = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        plain_draft = K * med["drafter W=1 hf"]
+        plain_verify = med[f"verifier W={K + 1} hf"]
+        row = {"K": K, "steps": res.steps, "per_step_ms": {k: v * 1e3 for k, v in sec.items()},
+               "plain_draft_ms": plain_draft * 1e3, "plain_verify_ms": plain_verify * 1e3,
+               "draft_over_plain": sec["draft"] / plain_draft,
+               "verify_over_plain": sec["verify_forward"] / plain_verify,
+               "outside_forwards_ms": (sec["kernel"] + sec["bookkeeping"]) * 1e3}
+        out.append(row)
+        print(f"step K={K}: draft {sec['draft'] * 1e3:.1f} ms (plain {plain_draft * 1e3:.1f}), verify_forward "
+              f"{sec['verify_forward'] * 1e3:.1f} ms (plain {plain_verify * 1e3:.1f}), kernel + bookkeeping "
+              f"{row['outside_forwards_ms']:.2f} ms, total {sec['total'] * 1e3:.1f} ms over {res.steps} steps")
+    return out
 
 
 def main(argv=None) -> int:
@@ -89,6 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--num-draft", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--drafter-repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--step-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -113,28 +151,40 @@ def main(argv=None) -> int:
                 cases[ref_key][1]()
                 torch.testing.assert_close(out[:, -ref.shape[1]:], ref[:, -out.shape[1]:], rtol=1e-4, atol=1e-4)
         names = list(cases)
+        groups = list(dict.fromkeys(n.rsplit(" ", 1)[0] for n in names))
         times = {n: [] for n in names}
+        ratios = {n: [] for n in names}
         for r in range(args.repeats + 1):
-            shift = r % len(names)
-            for n in names[shift:] + names[:shift]:
-                fn, back = cases[n]
-                t0 = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t0
-                back()
-                if r:
-                    times[n].append(dt)
+            for g in groups[r % len(groups):] + groups[:r % len(groups)]:
+                members = [n for n in names if n.startswith(g + " ")]
+                for _ in range(args.drafter_repeats if g.startswith("drafter") else 1):
+                    # a width's variants back to back, the order rotating: a burst of load hits
+                    # all of them, and the per-round ratio to hf cancels most of it
+                    order = members[r % len(members):] + members[:r % len(members)]
+                    got = {}
+                    for n in order:
+                        fn, back = cases[n]
+                        t0 = time.perf_counter()
+                        fn()
+                        got[n] = time.perf_counter() - t0
+                        back()
+                    if r:  # round 0 warms up
+                        for n in members:
+                            times[n].append(got[n])
+                            ratios[n].append(got[n] / got[f"{g} hf"])
     med = {n: statistics.median(v) for n, v in times.items()}
     rows = []
     for n in names:
-        group, variant = n.rsplit(" ", 1)
-        base = med[f"{group} hf"]
-        rows.append({"case": n, "median_ms": med[n] * 1e3, "over_hf": med[n] / base,
-                     "spread": (max(times[n]) - min(times[n])) / med[n]})
-        print(f"{n:28s} {med[n] * 1e3:9.2f} ms   / hf {med[n] / base:6.3f}   spread {rows[-1]['spread']:.2f}")
+        q = statistics.quantiles(ratios[n], n=4) if len(ratios[n]) > 1 else [ratios[n][0]] * 3
+        rows.append({"case": n, "median_ms": med[n] * 1e3, "over_hf_median_of_ratios": statistics.median(ratios[n]),
+                     "over_hf_iqr": [q[0], q[2]], "over_hf_of_medians": med[n] / med[n.rsplit(" ", 1)[0] + " hf"],
+                     "spread": (max(times[n]) - min(times[n])) / med[n], "samples": len(times[n])})
+        print(f"{n:28s} {med[n] * 1e3:9.2f} ms   / hf {rows[-1]['over_hf_median_of_ratios']:6.3f} "
+              f"(IQR {q[0]:.3f}-{q[2]:.3f})   spread {rows[-1]['spread']:.2f}")
+    steps = whole_steps(drafter, verifier, prompt, args, med)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "torch": torch.__version__,
+            json.dump({"args": vars(args), "rows": rows, "steps": steps, "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "platform": platform.platform(),
                        "python": sys.version.split()[0]}, f, indent=2)
     return 0

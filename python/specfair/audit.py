@@ -67,7 +67,7 @@ from . import teacher_forced as tf
 from ._util import check_out_dir, resolve_device
 from .audit_report import AuditReport, float_or_nan, write_report
 from .baseline import measure_speedup
-from .costs import break_even_acceptance, measure_costs, measured_over_predicted
+from .costs import break_even_acceptance, cached_costs, measured_over_predicted
 from .generator import SpeculativeGenerator
 from .models import context_length, default_pair_sources, load_pair, model_device
 from .spread import (
@@ -304,7 +304,7 @@ def _costs(cfg: AuditConfig, gen: dict | None, drafter, verifier, k_pred: int) -
     """(c, r_K at K = k_pred): from the generation's measurement, else measured here."""
     if gen:
         return gen["cost_ratio"], gen["verify_cost"][k_pred] if gen.get("verify_cost") else 1.0
-    m = measure_costs(drafter, verifier, max_draft=k_pred)
+    m = cached_costs(drafter, verifier, 1, k_pred)
     return m["cost_ratio"], m["verify_cost"][k_pred]
 
 

@@ -107,15 +107,20 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
     return (np.argmax(gain, axis=1) + 1).tolist()  # the first maximum: ties go to the smaller K
 
 
+SMALL_WIDTHS = 5   # verifier widths up to this one are all timed (see calibration_widths)
+
+
 def calibration_widths(max_draft: int) -> list[int]:
-    """The verifier widths `measure_costs` times by default: 1, 2, the middle one and
-    K_max + 1 (every width up to K_max = 3).  The r_K in between are interpolated linearly
-    in the width: on a CPU the verifier's time grows about linearly in the tokens scored,
-    and on a GPU at small batch it stays flat and then bends, which the middle anchor
-    follows.  On a CPU this times 17 tokens' worth of forwards at K_max = 8 instead of 45."""
-    if max_draft <= 3:
-        return list(range(1, max_draft + 2))
-    return sorted({1, 2, (max_draft + 3) // 2, max_draft + 1})
+    """The verifier widths `measure_costs` times by default: every width up to
+    ``SMALL_WIDTHS`` = 5, then the middle one and K_max + 1; the r_K in between are
+    interpolated linearly in the width.  Small widths are where the matrix-multiply kernels
+    switch: on this project's CPU (MKL, fp32) a linear layer over 3 rows costs more than
+    over 4 (it reads the weights once per row up to 3 rows), so r_2 > r_3 and no
+    interpolation would see it; past that the time grows about linearly on a CPU and stays
+    flat then bends on a GPU at small batch, which the middle anchor follows.  At K_max = 8
+    this times widths 1-5 and 9 (24 tokens' worth of forwards instead of 45)."""
+    top = max_draft + 1
+    return sorted({w for w in range(1, min(top, SMALL_WIDTHS) + 1)} | {(max_draft + 3) // 2, top})
 
 
 def _interpolate(times: dict[int, float], width: int) -> float:

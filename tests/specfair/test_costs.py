@@ -94,18 +94,18 @@ def _counting(monkeypatch):
 
 def test_calibration_widths_and_rounds(pair, monkeypatch, one_thread):
     assert calibration_widths(1) == [1, 2] and calibration_widths(3) == [1, 2, 3, 4]
-    assert calibration_widths(8) == [1, 2, 5, 9] and calibration_widths(4) == [1, 2, 3, 5]
+    assert calibration_widths(8) == [1, 2, 3, 4, 5, 9] and calibration_widths(4) == [1, 2, 3, 4, 5]
+    assert calibration_widths(12) == [1, 2, 3, 4, 5, 7, 13]
     d, v = pair
     calls = _counting(monkeypatch)
     m = measure_costs(d, v, batch_size=2, max_draft=8, context=8, repeats=2)
-    # round-robin: (repeats + 1) rounds (the first a warm-up) of the drafter and 4 verifier widths
-    assert len(calls) == 3 * (1 + 4) and m["measured_widths"] == [1, 2, 5, 9] and m["repeats"] == 2
+    # round-robin: (repeats + 1) rounds (the first a warm-up) of the drafter and 6 verifier widths
+    assert len(calls) == 3 * (1 + 6) and m["measured_widths"] == [1, 2, 3, 4, 5, 9] and m["repeats"] == 2
     r = m["verify_cost"]
     assert len(r) == 9 and r[0] == 1.0 and all(x > 0 for x in r)
-    # widths 3, 4 lie on the line through widths 2 and 5, 6..8 on the one through 5 and 9
-    assert r[2] - r[1] == pytest.approx((r[4] - r[1]) / 3, rel=1e-9, abs=1e-12)
-    assert r[3] - r[2] == pytest.approx((r[4] - r[1]) / 3, rel=1e-9, abs=1e-12)
-    assert r[6] - r[5] == pytest.approx((r[8] - r[4]) / 4, rel=1e-9, abs=1e-12)
+    # widths 6..8 (K = 5..7) lie on the line through widths 5 and 9
+    for k in (5, 6, 7):
+        assert r[k] - r[k - 1] == pytest.approx((r[8] - r[4]) / 4, rel=1e-9, abs=1e-12)
     calls.clear()
     full = measure_costs(d, v, batch_size=1, max_draft=3, context=8, repeats=1, widths=[2])
     assert full["measured_widths"] == [1, 2, 4] and len(calls) == 2 * 4   # 1 and K_max + 1 always timed
