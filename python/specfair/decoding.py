@@ -114,12 +114,13 @@ class CachedModel:
     place at a write pointer (the ``cumulative_length`` of its layers); cropping moves the
     pointer back and compaction gathers the valid slots to the front in place, so every
     forward sees tensors of one shape, which is what ``torch.compile`` needs.  The model
-    is then given the slot mask padded to ``static_len`` with False.  ``compiled`` (static
-    only): call ``torch.compile(model)`` (`compiled_model`) instead of the model."""
+    is then given the slot mask padded to ``static_len`` with False.  ``compile_backend``
+    (a ``torch.compile`` backend name, or None for eager): call the compiled model
+    (`compiled_model`) instead."""
 
-    def __init__(self, model, vocab_size: int, static_len: int | None = None, compiled: bool = False):
+    def __init__(self, model, vocab_size: int, static_len: int | None = None, compile_backend: str | None = None):
         self.model = model
-        self.call = compiled_model(model) if compiled else model
+        self.call = compiled_model(model, compile_backend) if compile_backend else model
         self.V = vocab_size
         self.static_len = static_len
         self.keep_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -231,11 +232,13 @@ class CachedModel:
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_model(model):
-    """``torch.compile(model)``, once per model object (kept while the model lives)."""
-    if model not in _COMPILED:
-        _COMPILED[model] = torch.compile(model)
-    return _COMPILED[model]
+def compiled_model(model, backend: str = "inductor"):
+    """``torch.compile(model, backend=backend)``, once per model object and backend (kept
+    while the model lives)."""
+    per_model = _COMPILED.setdefault(model, {})
+    if backend not in per_model:
+        per_model[backend] = torch.compile(model, backend=backend)
+    return per_model[backend]
 
 
 # --- logits processing and sampling -------------------------------------------------------------

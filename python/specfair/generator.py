@@ -121,10 +121,11 @@ class SpeculativeGenerator:
         ``DynamicCache`` (default), or a ``StaticCache`` of one fixed length per call (the
         longest prompt + ``max_new_tokens`` + K_max + 2, rounded up to a multiple of 64),
         written in place, so the decode forwards keep one shape.  Same tokens either way.
-    compile : bool
-        With ``cache="static"``: run both models through ``torch.compile`` (compiled once
-        per model object; the first calls of each width compile, which takes minutes on a
-        CPU).  Default False (eager).
+    compile : bool or str
+        With ``cache="static"``: run both models through ``torch.compile`` (once per model
+        object and backend; the first call of each width and batch size compiles, which takes
+        minutes on a CPU).  True is the "inductor" backend, a str names another
+        (``"aot_eager"``: traced, not code-generated).  Default False (eager).
 
     Examples
     --------
@@ -146,11 +147,11 @@ class SpeculativeGenerator:
         self._check_modes(drafter, num_draft, draft, ngram, verify_method)
         if cache not in CACHE_KINDS:
             raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+        if not isinstance(compile, (bool, str)):
+            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
         if compile and cache != "static":
             raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
-        self.cache_kind, self.compile = cache, compile
+        self.cache_kind, self.compile = cache, ("inductor" if compile is True else compile or None)
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
         for name, m in (("drafter", drafter), ("verifier", verifier)):
@@ -308,7 +309,7 @@ class SpeculativeGenerator:
         if self.cache_kind == "static":
             need = P + max_new_tokens + self.max_draft + 2
             static_len = -(-need // STATIC_ROUND) * STATIC_ROUND
-        kw = {"static_len": static_len, "compiled": self.compile}
+        kw = {"static_len": static_len, "compile_backend": self.compile}
         st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
         st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)
         st.start = (P - pmask.sum(1)).to(dev)
