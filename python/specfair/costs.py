@@ -134,7 +134,7 @@ def _interpolate(times: dict[int, float], width: int) -> float:
 
 
 def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
-                  repeats: int = 3, widths=None) -> dict:
+                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20) -> dict:
     """Measured costs of one speculative step, relative to one verifier decode step.
 
     Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
@@ -144,10 +144,12 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
     = time(K+1 tokens) / time(1 token) (``verify_cost[0]`` = 1; widths not timed are
     interpolated linearly, ``measured_widths`` lists the timed ones).
 
-    Timing: ``repeats`` + 1 rounds, each timing every (model, width) once, round-robin, so
-    a burst of load on a shared machine hits one round of every width rather than every
-    repeat of one width; the first round is a warm-up.  Each figure is the *minimum* over
-    the other rounds (noise only ever adds time).  The device is synchronised around every
+    Timing: rounds that each time every (model, width) once, round-robin, so a burst of
+    load on a shared machine hits one round of every width rather than every repeat of one
+    width; the first round is a warm-up, then at least ``repeats`` rounds, and more while
+    the timed rounds took under ``budget_s`` seconds in all (up to ``max_repeats``): cheap
+    models get more samples, a big one (a round of seconds) the minimum.  Each figure is
+    the *minimum* over the timed rounds (noise only ever adds time).  The device is synchronised around every
     timed forward.  `cached_costs` keeps the result per pair of models.
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
@@ -175,11 +177,15 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
 
                 steps.append(((name, n), step))
         times = {key: math.inf for key, _ in steps}
-        for r in range(repeats + 1):
+        spent, done = 0.0, -1   # round 0 warms up
+        while done < repeats or (spent < budget_s and done < max_repeats):
             for key, step in steps:
                 t = _time_forward(device, step)
-                if r:  # round 0 warms up
+                if done >= 0:
                     times[key] = min(times[key], t)
+                    spent += t
+            done += 1
+        repeats = done
     t1 = times[("verifier", 1)]
     vt = {n: times[("verifier", n)] for n in widths}
     return {"cost_ratio": times[("drafter", 1)] / t1,

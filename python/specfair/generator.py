@@ -90,7 +90,7 @@ class SpeculativeGenerator:
         When None, `measure_costs` measures c *and* the verifier's cost over K+1 tokens at
         the batch size of the call (once per batch size, kept in ``costs``, and shared by
         every generator of the same two model objects through `specfair.costs.cached_costs`;
-        a few 4-round timings of widths 1, 2, the middle and K_max+1, the rest interpolated),
+        round-robin timings of widths 1-5, the middle and K_max+1, the rest interpolated),
         and auto maximises the speed-up with that measured verification cost.
     vocab_size : int, optional
         Shared vocabulary V; default: the smaller of the two models' output sizes (embedding
