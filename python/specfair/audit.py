@@ -14,9 +14,8 @@ Two measurements per task (by default a language), on the corpus's **held-out** 
   S(alpha; K, c, r_K) with the measured cost ratio c and the measured cost r_K of a verifier
   forward over K+1 tokens (`specfair.costs`), and PAPER.md's S(alpha; K, c) (r_K = 1),
   each with measured / predicted per task.
-* **break-even**: the acceptance at which S(alpha; K, c, r_K) = 1 with the measured costs
-  (`specfair.costs.break_even_acceptance`; none when even alpha = 1 cannot pay), and per
-  task the margin alpha - break-even (negative: speculation loses on that task).
+* **break-even**: the alpha with S(alpha; K, c, r_K) = 1 (`specfair.costs.break_even_acceptance`;
+  none when even alpha = 1 cannot pay), and per task alpha - break-even (< 0: speculation loses).
 
 Statistics (documented choices):
 
@@ -277,8 +276,7 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k:
          # S(alpha; K, c, r_K) with the measured r_K, and PAPER.md's S(alpha; K, c) (r_K = 1)
          "predicted_speedup": float(speedup_array(a, k_pred, c, r_k)) if a is not None else None,
          "predicted_speedup_rk1": float(speedup(a, k_pred, c)) if a is not None else None,
-         # the acceptance at which S(alpha; K, c, r_K) = 1 (inf: even alpha = 1 cannot pay)
-         "break_even_acceptance": break_even_acceptance(k_pred, c, r_k)}
+         "break_even_acceptance": break_even_acceptance(k_pred, c, r_k)}   # inf: even alpha = 1 cannot pay
     r["acceptance_margin"] = a - r["break_even_acceptance"] if a is not None else None
     if gen:
         g = gen["per_task"][i]
@@ -455,12 +453,9 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
         "verify_cost_source": "measured: verifier time over K+1 tokens / over 1 token, at K = num_draft_for_prediction",
         "prediction_model": "predicted_speedup = S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) with the "
                             "measured r_K; predicted_speedup_rk1 = PAPER.md's S(alpha; K, c) (r_K = 1)",
-        "num_draft_for_prediction": k_pred,
-        "break_even_acceptance": break_even_acceptance(k_pred, c, r_k),
-        "speculation_can_pay": bool(break_even_acceptance(k_pred, c, r_k) <= 1.0),
-        "break_even_source": "alpha with S(alpha; K, c, r_K) = 1 at K = num_draft_for_prediction (null in JSON "
-                             "and speculation_can_pay = false when even alpha = 1 cannot pay: K c + r_K > K + 1)",
-        "unfairness": unf, "correlations": correlations,
+        "num_draft_for_prediction": k_pred, "unfairness": unf, "correlations": correlations,
+        "break_even_acceptance": (even := break_even_acceptance(k_pred, c, r_k)), "speculation_can_pay": even <= 1,
+        "break_even_source": "S(alpha; K, c, r_K) = 1 at K = num_draft_for_prediction; null: K c + r_K > K + 1",
         "spread_estimator": {"variances": SPREAD_ESTIMATOR, "ratios": RATIO_ESTIMATOR,
                              "per_task": "95% percentile bootstrap of the task's mean, windows resampled"},
         "warnings": notes,
