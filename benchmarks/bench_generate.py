@@ -152,3 +152,74 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
     median = benchmark.stats.stats.median
     benchmark.extra_info["median_s"] = median
     benchmark.extra_info["tokens_per_s"] = tokens / median
+
+
+# --- num_draft="auto" against the best fixed K ------------------------------------------------
+
+AUTO_FIXED_K = (1, 2, 3, 4, 6, 8)   # fixed K compared with auto (its K_max is 8)
+
+
+@pytest.mark.parametrize("pair,B", [pytest.param("tiny", 4, marks=pytest.mark.smoke, id="tiny-B4"),
+                                    pytest.param("default", 1, id="default-B1")])
+def test_auto_vs_best_fixed_k(benchmark, bench_ctx, pair, B):
+    """Greedy generation with num_draft="auto" and with every fixed K of AUTO_FIXED_K, timed in
+    interleaved rounds (auto, K=1, K=2, ...; the order rotates every round), medians per
+    provider.  extra_info: tokens/s of each, ``auto_over_best_fixed`` (auto's tokens/s over
+    the best fixed K's; the target is >= 0.95), the calibration seconds of a first generator
+    (the cache cleared) and the costs it measured.  The calibration is outside the timed
+    rounds: every later generator of the pair reuses it (`specfair.costs.cached_costs`)."""
+    import time
+
+    from specfair.costs import clear_cost_cache
+    from specfair.generator import SpeculativeGenerator
+
+    dev = bench_ctx.device
+    drafter, verifier, prompts = get_pair(pair, dev)
+    ids, mask = left_pad(prompts[:B], verifier.config.pad_token_id, dev)
+    clear_cost_cache()
+    auto = SpeculativeGenerator(drafter, verifier, num_draft="auto", temperature=0.0, profile=False)
+    t0 = time.perf_counter()
+    auto.cost_ratio(B)
+    calibration_s = time.perf_counter() - t0
+    gens = {"auto": auto, **{f"K{k}": SpeculativeGenerator(drafter, verifier, num_draft=k, temperature=0.0,
+                                                             profile=False) for k in AUTO_FIXED_K}}
+    times = {name: [] for name in gens}
+    ref = {"round": 0}
+
+    def one_round():
+        order = list(gens)
+        shift = ref["round"] % len(order)
+        order = order[shift:] + order[:shift]
+        ref["round"] += 1
+        for name in order:
+            bench_ctx.sync()
+            t = time.perf_counter()
+            out = gens[name].generate(ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=[], seed=0)
+            bench_ctx.sync()
+            times[name].append(time.perf_counter() - t)
+            seq = out.sequences.cpu()
+            assert torch.equal(ref.setdefault("seq", seq), seq), name   # greedy: same tokens from every K
+        return B * NEW_TOKENS
+
+    rounds = 1 if benchmark.disabled else max(5, bench_ctx.min_rounds)
+    one_round()  # warm-up round, not counted
+    for v in times.values():
+        v.clear()
+    if benchmark.disabled:
+        one_round()
+    else:
+        benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    tps = {name: B * NEW_TOKENS / s for name, s in med.items()}
+    best = max((n for n in tps if n != "auto"), key=tps.get)
+    costs = auto.costs[B]
+    benchmark.extra_info.update({
+        "pair": pair, "B": B, "new_tokens": NEW_TOKENS, "rounds": len(times["auto"]),
+        "tokens_per_s": {n: round(v, 2) for n, v in tps.items()}, "best_fixed": best,
+        "auto_over_best_fixed": tps["auto"] / tps[best],
+        "spread": {n: round((max(v) - min(v)) / med[n], 3) for n, v in times.items()},
+        "calibration_s": calibration_s, "cost_ratio": costs["cost_ratio"],
+        "verify_cost": [round(x, 3) for x in costs["verify_cost"]],
+        "auto_num_draft_last": auto.generate(ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=[],
+                                             seed=0).num_draft,
+        "threads": torch.get_num_threads(), **bench_ctx.base_info()})

@@ -14,6 +14,8 @@ Two measurements per task (by default a language), on the corpus's **held-out** 
   S(alpha; K, c, r_K) with the measured cost ratio c and the measured cost r_K of a verifier
   forward over K+1 tokens (`specfair.costs`), and PAPER.md's S(alpha; K, c) (r_K = 1),
   each with measured / predicted per task.
+* **break-even**: the alpha with S(alpha; K, c, r_K) = 1 (`specfair.costs.break_even_acceptance`;
+  none when even alpha = 1 cannot pay), and per task alpha - break-even (< 0: speculation loses).
 
 Statistics (documented choices):
 
@@ -64,7 +66,7 @@ from . import teacher_forced as tf
 from ._util import check_out_dir, resolve_device
 from .audit_report import AuditReport, float_or_nan, write_report
 from .baseline import measure_speedup
-from .costs import measure_costs, measured_over_predicted
+from .costs import break_even_acceptance, cached_costs, measured_over_predicted
 from .generator import SpeculativeGenerator
 from .models import context_length, default_pair_sources, load_pair, model_device
 from .spread import (
@@ -273,7 +275,9 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k:
          "entropy": tfr.entropy[t], "verifier_ppl": tfr.verifier_ppl[t], "drafter_ppl": tfr.drafter_ppl[t],
          # S(alpha; K, c, r_K) with the measured r_K, and PAPER.md's S(alpha; K, c) (r_K = 1)
          "predicted_speedup": float(speedup_array(a, k_pred, c, r_k)) if a is not None else None,
-         "predicted_speedup_rk1": float(speedup(a, k_pred, c)) if a is not None else None}
+         "predicted_speedup_rk1": float(speedup(a, k_pred, c)) if a is not None else None,
+         "break_even_acceptance": break_even_acceptance(k_pred, c, r_k)}   # inf: even alpha = 1 cannot pay
+    r["acceptance_margin"] = a - r["break_even_acceptance"] if a is not None else None
     if gen:
         g = gen["per_task"][i]
         r.update({"prompts": g["rows"], "generated_tokens": g["tokens"],
@@ -286,6 +290,8 @@ def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k:
                   **measured_over_predicted(g["measured_speedup"], r["predicted_speedup"], r["predicted_speedup_rk1"]),
                   "predicted_speedup_generation": g["predicted_speedup"],
                   "predicted_speedup_verify_cost": g.get("predicted_speedup_verify_cost"),
+                  "break_even_acceptance_generation": g.get("break_even_acceptance"),
+                  "acceptance_margin_generation": g.get("acceptance_margin"),
                   "seconds_draft": g["spec_timings"].get("draft"),
                   "seconds_verify_forward": g["spec_timings"].get("verify_forward"),
                   "seconds_kernel": g["spec_timings"].get("kernel")})
@@ -296,7 +302,7 @@ def _costs(cfg: AuditConfig, gen: dict | None, drafter, verifier, k_pred: int) -
     """(c, r_K at K = k_pred): from the generation's measurement, else measured here."""
     if gen:
         return gen["cost_ratio"], gen["verify_cost"][k_pred] if gen.get("verify_cost") else 1.0
-    m = measure_costs(drafter, verifier, max_draft=k_pred)
+    m = cached_costs(drafter, verifier, 1, k_pred)
     return m["cost_ratio"], m["verify_cost"][k_pred]
 
 
@@ -448,6 +454,8 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
         "prediction_model": "predicted_speedup = S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) with the "
                             "measured r_K; predicted_speedup_rk1 = PAPER.md's S(alpha; K, c) (r_K = 1)",
         "num_draft_for_prediction": k_pred, "unfairness": unf, "correlations": correlations,
+        "break_even_acceptance": (even := break_even_acceptance(k_pred, c, r_k)), "speculation_can_pay": even <= 1,
+        "break_even_source": "S(alpha; K, c, r_K) = 1 at K = num_draft_for_prediction; null: K c + r_K > K + 1",
         "spread_estimator": {"variances": SPREAD_ESTIMATOR, "ratios": RATIO_ESTIMATOR,
                              "per_task": "95% percentile bootstrap of the task's mean, windows resampled"},
         "warnings": notes,
@@ -460,6 +468,8 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
         summary["generation"] = {"speculative_seconds": gen["spec_seconds"],
                                  "verifier_seconds": gen["verifier_seconds"],
                                  "measured_speedup_overall": gen["measured_speedup"], "cost_ratio": gen["cost_ratio"],
+                                 "break_even_acceptance": {str(k): v for k, v in
+                                                           gen.get("break_even_acceptance", {}).items()},
                                  "task_stats": gen["stats"]}
     return summary
 

@@ -105,6 +105,8 @@ class AuditReport:
         L.append(f"Variances across tasks: {s['spread_estimator']['variances']}. Ratios: "
                  f"{s['spread_estimator']['ratios']}. Per task: {s['spread_estimator']['per_task']}.")
         L += [""] + [f"**Warning:** {w}" for w in s.get("warnings", [])] + ([""] if s.get("warnings") else [])
+        L.append(_break_even_sentence(s))
+        L.append("")
         L += self._task_table(gen)
         L.append("")
         L += markdown_sections(self)
@@ -119,15 +121,16 @@ class AuditReport:
 
     def _task_table(self, gen: bool) -> list[str]:
         """The per-task Markdown table, with prediction against measurement when generated."""
-        head = "| task | α | α 95% CI | KL | CE | H(p) | predicted S | S (r_K = 1) |"
-        sep = "|---|---|---|---|---|---|---|---|"
+        head = "| task | α | α 95% CI | KL | CE | H(p) | predicted S | S (r_K = 1) | α − break-even |"
+        sep = "|---|---|---|---|---|---|---|---|---|"
         if gen:
             head += " realised acceptance | tokens/step | measured S | measured ÷ predicted | measured ÷ S (r_K = 1) |"
             sep += "---|---|---|---|---|"
         L = [head, sep]
         for t in self.tasks:
             r = (f"| {t['task']} | {_f(t['alpha'])} | {_fci(t['alpha_ci95'])} | {_f(t['kl'])} | {_f(t['ce'])} | "
-                 f"{_f(t['entropy'])} | {_f(t['predicted_speedup'], 2)} | {_f(t.get('predicted_speedup_rk1'), 2)} |")
+                 f"{_f(t['entropy'])} | {_f(t['predicted_speedup'], 2)} | {_f(t.get('predicted_speedup_rk1'), 2)} | "
+                 f"{_margin(t.get('acceptance_margin'))} |")
             if gen:
                 r += (f" {_f(t.get('realised_acceptance'))} | {_f(t.get('tokens_per_step'), 2)} | "
                       f"{_f(t.get('measured_speedup'), 2)} | {_f(t.get('measured_over_predicted'), 2)} | "
@@ -145,6 +148,23 @@ class AuditReport:
         for t in self.tasks:
             w.writerow({k: ";".join(map(str, t[k])) if isinstance(t.get(k), list) else t.get(k) for k in keys})
         return buf.getvalue()
+
+
+def _break_even_sentence(s: dict) -> str:
+    """Where speculation pays, for the Markdown summary."""
+    K, even = s["num_draft_for_prediction"], s.get("break_even_acceptance")
+    if even is None or not s.get("speculation_can_pay", True) or (isinstance(even, float) and math.isinf(even)):
+        return (f"**Speculation cannot pay at K = {K}** with the measured costs: K c + r_K = "
+                f"{_f(K * s['cost_ratio'] + s.get('verify_cost', 1.0), 2)} verifier steps per step is more than the "
+                f"K + 1 = {K + 1} tokens even α = 1 would give; the verifier alone is faster for every task.")
+    return (f"Break-even acceptance at K = {K}: **α = {_f(even)}** (S(α; K, c, r_K) = 1 with the measured c and "
+            "r_K); tasks below it are slower with speculation than with the verifier alone "
+            "(column α − break-even).")
+
+
+def _margin(v) -> str:
+    """alpha - break-even, "cannot pay" when the break-even is past alpha = 1."""
+    return "cannot pay" if v == -math.inf else _f(v)
 
 
 def _int_list(v: list) -> bool:

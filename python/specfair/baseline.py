@@ -9,7 +9,7 @@ import specfair_kernels as sk
 from specfair_kernels.stats import speedup as model_speedup
 
 from ._util import is_int
-from .costs import speedup_with_verify_cost
+from .costs import break_even_acceptance, speedup_with_verify_cost
 from .decoding import (
     CachedModel,
     Clock,
@@ -172,9 +172,14 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
         (S(alpha_t; K_t, c) of PAPER.md), "predicted_speedup_verify_cost" (the same with the
         measured cost r_K of a (K+1)-token verifier forward in place of 1; NaN when
         ``cost_ratio`` is given), "acceptance" (expected, sum min(p, q)),
-        "realised_acceptance", "tokens_per_step", "num_draft" (K_t),
+        "realised_acceptance", "tokens_per_step", "num_draft" (K_t), "cost_ratio" (c), "verify_cost" (the
+        measured r_K list, None when ``cost_ratio`` is given), "break_even_acceptance" (the
+        acceptance at which S(alpha; K_t, c, r_K) = 1 with the costs above, r_K = 1 when
+        ``cost_ratio`` is given; inf when even alpha = 1 cannot pay), "acceptance_margin"
+        (acceptance - break_even_acceptance: < 0 means speculation loses at that K),
         "spec_tokens_per_s", "verifier_tokens_per_s", "spec_timings" (seconds per section)}},
-        plus ``cost_ratio``, ``stats`` (TaskStats.to_dict), and the totals
+        plus ``cost_ratio``, ``break_even_acceptance`` ({K: break-even acceptance} for every K
+        a task used, with the first task's costs), ``stats`` (TaskStats.to_dict), and the totals
         ``spec_seconds``, ``verifier_seconds``, ``measured_speedup``.
     """
     ids, mask = prepare_prompts(input_ids, attention_mask, generator.pad_token_id, generator.device)
@@ -220,7 +225,12 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
     spec_total = sum(v["spec_seconds"] for v in per_task.values())
     ver_total = sum(v["verifier_seconds"] for v in per_task.values())
     c_all = next((v["cost_ratio"] for v in per_task.values()), math.nan)
-    return {"per_task": per_task, "cost_ratio": c_all, "stats": stats.to_dict(cost_ratio=c_all),
+    first = next(iter(per_task.values()), None)
+    break_even = {} if first is None else {
+        k: break_even_acceptance(k, first["cost_ratio"], first["verify_cost"][k] if first["verify_cost"] else 1.0)
+        for k in sorted({v["num_draft"] for v in per_task.values() if v["num_draft"] >= 1})}
+    return {"per_task": per_task, "cost_ratio": c_all, "break_even_acceptance": break_even,
+            "stats": stats.to_dict(cost_ratio=c_all),
             "spec_seconds": spec_total, "verifier_seconds": ver_total,
             "measured_speedup": ver_total / spec_total if spec_total > 0 else math.nan}
 
@@ -292,6 +302,7 @@ def _task_figures(generator: SpeculativeGenerator, stats: sk.TaskStats, t: int, 
     c = cost_ratio if cost_ratio is not None else generator.cost_ratio(batch)
     r = None if cost_ratio is not None else generator.verify_cost(batch)
     alpha = float(stats.expected_acceptance()[t])
+    even = break_even_acceptance(k_used, c, r[k_used] if r is not None else 1.0) if k_used >= 1 else math.nan
     return {
         "rows": rows, "tokens": tokens, "spec_seconds": spec_s, "verifier_seconds": ver_s,
         "measured_speedup": ver_s / spec_s if spec_s > 0 else math.nan,
@@ -301,7 +312,8 @@ def _task_figures(generator: SpeculativeGenerator, stats: sk.TaskStats, t: int, 
         "acceptance": alpha,
         "realised_acceptance": float(stats.acceptance_rate()[t]),
         "tokens_per_step": float(stats.tokens_per_step()[t]),
-        "num_draft": k_used, "cost_ratio": c,
+        "num_draft": k_used, "cost_ratio": c, "verify_cost": None if r is None else list(r),
+        "break_even_acceptance": even, "acceptance_margin": alpha - even,
         "spec_tokens_per_s": tokens / spec_s if spec_s > 0 else math.nan,
         "verifier_tokens_per_s": tokens / ver_s if ver_s > 0 else math.nan,
     }

@@ -9,11 +9,16 @@ Two models of the speed-up of one speculative step (K drafts, i.i.d. acceptance 
   r_K = (verifier time over K+1 tokens) / (over 1 token) as `measure_costs` measures it.
   On a CPU or with a small batch on a GPU, r_K > 1 and PAPER.md's model over-predicts.
 
-E[tokens per step] = (1 - alpha^(K+1)) / (1 - alpha) (`expected_tokens`)."""
+E[tokens per step] = (1 - alpha^(K+1)) / (1 - alpha) (`expected_tokens`).
+
+Where speculation pays at all: S(alpha; K, c, r_K) = 1 at the break-even acceptance
+(`break_even_acceptance`), the alpha with E[tokens per step] = K c + r_K; below it the
+verifier alone is faster.  When K c + r_K > K + 1 even alpha = 1 cannot pay (inf)."""
 from __future__ import annotations
 
 import math
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -23,8 +28,8 @@ from .models import context_length, model_device, output_vocab_size
 
 AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
 
-__all__ = ["AUTO_PRIOR_ACCEPTANCE", "choose_num_draft", "expected_tokens", "speedup_with_verify_cost",
-           "measure_costs", "measure_cost_ratio"]
+__all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "cached_costs", "calibration_widths", "choose_num_draft",
+           "clear_cost_cache", "expected_tokens", "speedup_with_verify_cost", "measure_costs", "measure_cost_ratio"]
 
 
 def expected_tokens(alpha, num_draft: int):
@@ -47,6 +52,35 @@ def speedup_with_verify_cost(alpha, num_draft: int, cost_ratio: float, verify_co
     return expected_tokens(alpha, num_draft) / (num_draft * cost_ratio + verify_cost)
 
 
+def break_even_acceptance(num_draft: int, cost_ratio: float, verify_cost: float = 1.0, tol: float = 1e-12) -> float:
+    """The acceptance alpha at which S(alpha; K, c, r_K) = 1: speculation pays above it.
+
+    Solves E[tokens per step](alpha) = K c + r_K by bisection on [0, 1] (E is increasing
+    there, from 1 at alpha = 0 to K + 1 at alpha = 1).  Returns 0.0 when even alpha = 0
+    pays (K c + r_K <= 1), ``math.inf`` when even alpha = 1 cannot (K c + r_K > K + 1),
+    NaN when a cost is NaN.  K = 1 has the closed form c + r_1 - 1."""
+    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
+        raise ValueError(f"num_draft must be an int >= 1, got {num_draft!r}")
+    for name, v in (("cost_ratio", cost_ratio), ("verify_cost", verify_cost)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    cost = num_draft * float(cost_ratio) + float(verify_cost)
+    if math.isnan(cost):
+        return math.nan
+    if cost <= 1.0:
+        return 0.0
+    if cost >= num_draft + 1:
+        return 1.0 if cost == num_draft + 1 else math.inf
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if expected_tokens(mid, num_draft) < cost:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
                      prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE) -> list[int]:
     """Per task, the K in 1..max_draft that maximises the expected speed-up.
@@ -58,73 +92,150 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
     ``alpha`` is a [T] tensor or sequence of expected acceptances (NaN: no data yet, use
     ``prior_acceptance``).  Ties go to the smaller K.
     """
-    values = [float(a) for a in (alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha)]
+    values = np.array([float(a) for a in (alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha)],
+                      dtype=np.float64)
     if verify_cost is not None and len(verify_cost) < max_draft + 1:
         raise ValueError(f"verify_cost must have max_draft + 1 = {max_draft + 1} entries, got {len(verify_cost)}")
-    def gain(a, k):
-        return speedup_with_verify_cost(a, k, cost_ratio, 1.0 if verify_cost is None else verify_cost[k])
+    if values.size == 0:
+        return []
+    a = np.clip(np.where(np.isnan(values), prior_acceptance, values), 0.0, 1.0)[:, None]   # [T, 1]
+    ks = np.arange(1, max_draft + 1)
+    r = np.ones(max_draft) if verify_cost is None else np.asarray(verify_cost[1:max_draft + 1], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tokens = np.where(a < 1, (1 - a ** (ks + 1)) / (1 - a), ks + 1.0)
+    gain = tokens / (ks * cost_ratio + r)          # [T, K_max]
+    return (np.argmax(gain, axis=1) + 1).tolist()  # the first maximum: ties go to the smaller K
 
-    out = []
-    for a in values:
-        a = prior_acceptance if math.isnan(a) else min(max(a, 0.0), 1.0)
-        out.append(max(range(1, max_draft + 1), key=lambda k, a=a: (gain(a, k), -k)))
-    return out
+
+SMALL_WIDTHS = 5   # verifier widths up to this one are all timed (see calibration_widths)
 
 
-def _time_forward(device, fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 2):  # the first two are warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    times = sorted(times[2:])
-    return times[len(times) // 2]
+def calibration_widths(max_draft: int) -> list[int]:
+    """The verifier widths `measure_costs` times by default: every width up to
+    ``SMALL_WIDTHS`` = 5, then the middle one and K_max + 1; the r_K in between are
+    interpolated linearly in the width.  Small widths are where the matrix-multiply kernels
+    switch: on this project's CPU (MKL, fp32) a linear layer over 3 rows costs more than
+    over 4 (it reads the weights once per row up to 3 rows), so r_2 > r_3 and no
+    interpolation would see it; past that the time grows about linearly on a CPU and stays
+    flat then bends on a GPU at small batch, which the middle anchor follows.  At K_max = 8
+    this times widths 1-5 and 9 (24 tokens' worth of forwards instead of 45)."""
+    top = max_draft + 1
+    return sorted({w for w in range(1, min(top, SMALL_WIDTHS) + 1)} | {(max_draft + 3) // 2, top})
+
+
+def _interpolate(times: dict[int, float], width: int) -> float:
+    """Piecewise-linear interpolation of ``times`` {width: seconds} at ``width``."""
+    if width in times:
+        return times[width]
+    xs = sorted(times)
+    hi = next(x for x in xs if x > width)
+    lo = max(x for x in xs if x < width)
+    return times[lo] + (times[hi] - times[lo]) * (width - lo) / (hi - lo)
 
 
 def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
-                  repeats: int = 10) -> dict:
+                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20) -> dict:
     """Measured costs of one speculative step, relative to one verifier decode step.
 
     Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
-    then the median time of one-token forwards with the KV cache (the cache is cropped back
-    after each, so the context stays fixed) gives ``cost_ratio`` c = drafter / verifier, and
-    verifier forwards over n = 1..max_draft+1 tokens give ``verify_cost[K]`` = time(K+1
-    tokens) / time(1 token) (``verify_cost[0]`` = 1).  The device is synchronised around
-    every timed forward.
+    then one-token forwards with the KV cache (the cache is cropped back after each, so the
+    context stays fixed) give ``cost_ratio`` c = drafter / verifier, and verifier forwards
+    over n tokens, n in ``widths`` (default `calibration_widths`), give ``verify_cost[K]``
+    = time(K+1 tokens) / time(1 token) (``verify_cost[0]`` = 1; widths not timed are
+    interpolated linearly, ``measured_widths`` lists the timed ones).
+
+    Timing: rounds that each time every (model, width) once, round-robin, so a burst of
+    load on a shared machine hits one round of every width rather than every repeat of one
+    width; the first round is a warm-up, then at least ``repeats`` rounds, and more while
+    the timed rounds took under ``budget_s`` seconds in all (up to ``max_repeats``): cheap
+    models get more samples, a big one (a round of seconds) the minimum.  Each figure is
+    the *minimum* over the timed rounds (noise only ever adds time).  The device is synchronised around every
+    timed forward.  `cached_costs` keeps the result per pair of models.
     """
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    widths = calibration_widths(max_draft) if widths is None else sorted(set(widths) | {1, max_draft + 1})
+    if any(not isinstance(w, int) or w < 1 or w > max_draft + 1 for w in widths):
+        raise ValueError(f"widths must be ints in [1, max_draft + 1 = {max_draft + 1}], got {widths!r}")
     device = model_device(verifier)
     V = min(output_vocab_size(drafter), output_vocab_size(verifier))
     limit = min(x for x in (context_length(drafter), context_length(verifier), 1 << 30) if x)
     context = max(1, min(context, limit - max_draft - 2))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (batch_size, context), generator=gen).to(device)
-    step_times = {}
+    steps = []
     with torch.inference_mode():
         for name, model in (("drafter", drafter), ("verifier", verifier)):
             m = CachedModel(model, V)
             m.reset(batch_size, device)
             m.forward(prompt, None, keep=1)
-            widths = range(1, max_draft + 2) if name == "verifier" else (1,)
-            for n in widths:
-                tokens = prompt[:, -n:]
-
-                def step(m=m, tokens=tokens, n=n):
+            for n in (widths if name == "verifier" else (1,)):
+                def step(m=m, tokens=prompt[:, -n:], n=n):
                     m.forward(tokens, None, keep=None if n > 1 else 1)
                     m.crop_end(n)
                     m.pos = m.pos - n
 
-                step_times[(name, n)] = _time_forward(device, step, repeats)
-    t1 = step_times[("verifier", 1)]
-    return {"cost_ratio": step_times[("drafter", 1)] / t1,
-            "verify_cost": [1.0] + [step_times[("verifier", k + 1)] / t1 for k in range(1, max_draft + 1)],
-            "verifier_step_s": t1, "drafter_step_s": step_times[("drafter", 1)], "batch_size": batch_size}
+                steps.append(((name, n), step))
+        times = {key: math.inf for key, _ in steps}
+        spent, done = 0.0, -1   # round 0 warms up
+        while done < repeats or (spent < budget_s and done < max_repeats):
+            for key, step in steps:
+                t = _time_forward(device, step)
+                if done >= 0:
+                    times[key] = min(times[key], t)
+                    spent += t
+            done += 1
+        repeats = done
+    t1 = times[("verifier", 1)]
+    vt = {n: times[("verifier", n)] for n in widths}
+    return {"cost_ratio": times[("drafter", 1)] / t1,
+            "verify_cost": [1.0] + [_interpolate(vt, k + 1) / t1 for k in range(1, max_draft + 1)],
+            "verifier_step_s": t1, "drafter_step_s": times[("drafter", 1)], "batch_size": batch_size,
+            "measured_widths": list(widths), "repeats": repeats}
 
 
-def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 10) -> float:
+def _time_forward(device, fn) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+# Costs per pair of models, reused by every generator of the same pair (see `cached_costs`).
+_COST_CACHE: dict[tuple, tuple] = {}
+
+
+def _model_key(model) -> tuple:
+    p = next(model.parameters(), None)
+    return (id(model), None if p is None else (str(p.device), str(p.dtype)))
+
+
+def cached_costs(drafter, verifier, batch_size: int, max_draft: int) -> dict:
+    """`measure_costs` once per pair of model *objects*, device and dtype (a model moved by
+    ``.to()`` is measured again), batch size and K_max; later calls, from any generator of
+    the same pair, return the same dict without timing anything.  The cache holds weak
+    references, so it never keeps a model alive, and an id reused by a new model is not
+    mistaken for the old one.  `clear_cost_cache` empties it."""
+    key = (_model_key(drafter), _model_key(verifier), batch_size, max_draft)
+    hit = _COST_CACHE.get(key)
+    if hit is not None and hit[0]() is drafter and hit[1]() is verifier:
+        return hit[2]
+    costs = measure_costs(drafter, verifier, batch_size, max_draft)
+    for k in [k for k, v in _COST_CACHE.items() if v[0]() is None or v[1]() is None]:
+        del _COST_CACHE[k]   # entries of models that are gone
+    _COST_CACHE[key] = (weakref.ref(drafter), weakref.ref(verifier), costs)
+    return costs
+
+
+def clear_cost_cache() -> None:
+    """Forget every cached measurement (`cached_costs`): the next generator times again."""
+    _COST_CACHE.clear()
+
+
+def measure_cost_ratio(drafter, verifier, batch_size: int = 1, context: int = 32, repeats: int = 3) -> float:
     """c = (drafter decode-step time) / (verifier decode-step time), measured (`measure_costs`)."""
     return measure_costs(drafter, verifier, batch_size, 0, context, repeats)["cost_ratio"]
 

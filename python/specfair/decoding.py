@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -106,11 +107,22 @@ class Clock:
 
 
 class CachedModel:
-    """A causal LM with its KV cache, slot mask [B, L] (bool) and valid-token counts [B]."""
+    """A causal LM with its KV cache, slot mask [B, L] (bool) and valid-token counts [B].
 
-    def __init__(self, model, vocab_size: int):
+    ``static_len`` None: a Hugging Face ``DynamicCache`` that grows by concatenation and is
+    cropped by slicing.  An int: a ``StaticCache`` of that many slots per row, written in
+    place at a write pointer (the ``cumulative_length`` of its layers); cropping moves the
+    pointer back and compaction gathers the valid slots to the front in place, so every
+    forward sees tensors of one shape, which is what ``torch.compile`` needs.  The model
+    is then given the slot mask padded to ``static_len`` with False.  ``compile_backend``
+    (a ``torch.compile`` backend name, or None for eager): call the compiled model
+    (`compiled_model`) instead."""
+
+    def __init__(self, model, vocab_size: int, static_len: int | None = None, compile_backend: str | None = None):
         self.model = model
+        self.call = compiled_model(model, compile_backend) if compile_backend else model
         self.V = vocab_size
+        self.static_len = static_len
         self.keep_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.cache = None
         self.mask: torch.Tensor | None = None
@@ -118,23 +130,35 @@ class CachedModel:
 
     def reset(self, batch: int, device):
         self.cache = None
+        if self.static_len is not None:
+            from transformers import StaticCache
+
+            self.cache = StaticCache(config=self.model.config, max_cache_len=self.static_len)
         self.mask = torch.zeros(batch, 0, dtype=torch.bool, device=device)
         self.pos = torch.zeros(batch, dtype=torch.int64, device=device)
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, keep: int | None) -> torch.Tensor:
         """Append ``tokens`` [B, W] (``valid`` [B, W] bool, None = all valid); logits of the last
         ``keep`` positions (all if None), sliced to the shared vocabulary."""
+        W = tokens.shape[1]
+        if self.static_len is not None and self.mask.shape[1] + W > self.static_len:
+            self.compact()   # holes take the room: gather the valid slots first
+            if self.mask.shape[1] + W > self.static_len:
+                raise RuntimeError(f"the static KV cache of {self.static_len} slots is full")
         if valid is None:
-            pos_ids = self.pos[:, None] + torch.arange(tokens.shape[1], device=tokens.device)
+            pos_ids = self.pos[:, None] + torch.arange(W, device=tokens.device)
             valid = torch.ones_like(tokens, dtype=torch.bool)
-            self.pos = self.pos + tokens.shape[1]
+            self.pos = self.pos + W
         else:
             pos_ids = self.pos[:, None] + (valid.cumsum(1) - 1).clamp(min=0)
             self.pos = self.pos + valid.sum(1)
         self.mask = torch.cat([self.mask, valid], 1)
+        attn = self.mask.long()
+        if self.static_len is not None:
+            attn = torch.nn.functional.pad(attn, (0, self.static_len - attn.shape[1]))
         kwargs = {"logits_to_keep": keep} if (self.keep_kw and keep is not None) else {}
-        out = self.model(input_ids=tokens, attention_mask=self.mask.long(), position_ids=pos_ids,
-                         past_key_values=self.cache, use_cache=True, **kwargs)
+        out = self.call(input_ids=tokens, attention_mask=attn, position_ids=pos_ids,
+                        past_key_values=self.cache, use_cache=True, **kwargs)
         self.cache = out.past_key_values
         logits = out.logits.to(tokens.device)   # a model spread over devices may return them elsewhere
         if keep is not None and logits.shape[1] != keep:
@@ -145,12 +169,20 @@ class CachedModel:
     def _layers(self):
         return getattr(self.cache, "layers", None) if self.cache is not None else None
 
+    def _static_layers(self):
+        return [la for la in (self._layers() or []) if getattr(la, "is_initialized", False)]
+
     def crop_end(self, n: int):
         """Drop the last ``n`` slots of every row (slots no row uses)."""
         if n <= 0:
             return
         layers = self._layers()
         if layers is None:  # unknown cache type: keep the slots, the mask already hides them
+            return
+        if self.static_len is not None:
+            for layer in self._static_layers():
+                layer.cumulative_length.sub_(n)   # the next write lands on the dropped slots
+            self.mask = self.mask[:, :-n]
             return
         for layer in layers:
             if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 and layer.keys.shape[-2] > 0:
@@ -159,7 +191,11 @@ class CachedModel:
         self.mask = self.mask[:, :-n]
 
     def select_rows(self, rows: torch.Tensor):
-        if self.cache is not None:
+        if self.static_len is not None:   # StaticLayer has no batch_select_indices
+            for layer in self._static_layers():
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+                layer.batch_size = len(rows)
+        elif self.cache is not None:
             self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
         self.pos = self.pos[rows]
@@ -177,14 +213,32 @@ class CachedModel:
         s = torch.arange(L_new, device=self.mask.device)
         pad = (L_new - count)[:, None]
         src = order.gather(1, (s[None, :] - pad).clamp(min=0))  # [B, L_new]
-        for layer in layers:
+        for layer in (self._static_layers() if self.static_len is not None else layers):
             for name in ("keys", "values"):
                 t = getattr(layer, name, None)
+                if self.static_len is not None:   # in place: the buffers keep their address
+                    H, D = t.shape[1], t.shape[3]
+                    t[:, :, :L_new] = t[:, :, :L].gather(2, src[:, None, :, None].expand(B, H, L_new, D))
+                    continue
                 if t is None or t.dim() != 4 or t.shape[-2] != L:
                     continue
                 H, D = t.shape[1], t.shape[3]
                 setattr(layer, name, t.gather(2, src[:, None, :, None].expand(B, H, L_new, D)))
+            if self.static_len is not None:
+                layer.cumulative_length.fill_(L_new)
         self.mask = s[None, :] >= pad
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_model(model, backend: str = "inductor"):
+    """``torch.compile(model, backend=backend)``, once per model object and backend (kept
+    while the model lives)."""
+    per_model = _COMPILED.setdefault(model, {})
+    if backend not in per_model:
+        per_model[backend] = torch.compile(model, backend=backend)
+    return per_model[backend]
 
 
 # --- logits processing and sampling -------------------------------------------------------------
@@ -281,6 +335,43 @@ def prepare_prompts(input_ids, attention_mask, pad_token_id: int, device) -> tup
             raise ValueError("input_ids holds an empty prompt (a row whose attention_mask is all 0); "
                              "every prompt needs at least one token")
     return ids, mask
+
+
+def prepare_tasks(task_ids, num_tasks, stats, B: int, dev, max_draft: int):
+    """-> (task ids [B] int64 on ``dev``, the TaskStats to add into: ``stats`` checked, or a new one)."""
+    if stats is not None:
+        if not isinstance(stats, sk.TaskStats):
+            raise TypeError(f"stats must be a specfair_kernels.TaskStats, got {type(stats).__name__}")
+        if stats.device != dev:
+            raise ValueError(f"stats is on {stats.device} but the models are on {dev}")
+        if stats.max_draft < max_draft:
+            raise ValueError(f"stats has max_draft={stats.max_draft} but this generator drafts up to "
+                             f"{max_draft} tokens; make it with max_draft >= {max_draft}")
+        if num_tasks is not None and num_tasks != stats.num_tasks:
+            raise ValueError(f"num_tasks={num_tasks} but stats has num_tasks={stats.num_tasks}")
+        num_tasks = stats.num_tasks
+    if num_tasks is not None and (not is_int(num_tasks) or num_tasks < 1):
+        raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
+    if task_ids is None:
+        task_t = torch.zeros(B, dtype=torch.int64, device=dev)
+    else:
+        if isinstance(task_ids, (list, tuple)):
+            if not all(is_int(t) for t in task_ids):
+                raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
+            task_ids = torch.tensor(task_ids, dtype=torch.int64)
+        if not isinstance(task_ids, torch.Tensor) or task_ids.is_floating_point() or task_ids.dtype == torch.bool:
+            raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
+        if tuple(task_ids.shape) != (B,):
+            raise ValueError(f"task_ids must have shape [B]=[{B}], got {tuple(task_ids.shape)}")
+        task_t = task_ids.to(device=dev, dtype=torch.int64)
+    lo, hi = int(task_t.min()), int(task_t.max())
+    if num_tasks is None:
+        num_tasks = hi + 1
+    if lo < 0 or hi >= num_tasks:
+        raise ValueError(f"task_ids must lie in [0, num_tasks)=[0, {num_tasks}), got values in [{lo}, {hi}]")
+    if stats is None:
+        stats = sk.TaskStats(num_tasks, max_draft, device=dev)
+    return task_t, stats
 
 
 def eos_list(eos_token_id, default) -> list[int]:

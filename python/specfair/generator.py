@@ -35,7 +35,7 @@ import specfair_kernels as sk
 from specfair_kernels.api import GREEDY_BELOW, VERIFY_METHODS
 
 from ._util import is_int
-from .costs import choose_num_draft, measure_costs
+from .costs import cached_costs, choose_num_draft
 from .decoding import (
     CachedModel,
     Clock,
@@ -47,6 +47,7 @@ from .decoding import (
     eos_list,
     finish_output,
     prepare_prompts,
+    prepare_tasks,
     process_logits,
     row_seeds,
     sample_tokens,
@@ -56,6 +57,8 @@ from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
 DRAFT_MODES = ("sample", "argmax")
+CACHE_KINDS = ("dynamic", "static")
+STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
 
 __all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
 
@@ -85,8 +88,10 @@ class SpeculativeGenerator:
     cost_ratio : float, optional
         c for ``num_draft="auto"``, which then maximises S(alpha; K, c) exactly as PAPER.md.
         When None, `measure_costs` measures c *and* the verifier's cost over K+1 tokens at
-        the batch size of the call (once per batch size, kept in ``costs``), and auto
-        maximises the speed-up with that measured verification cost.
+        the batch size of the call (once per batch size, kept in ``costs``, and shared by
+        every generator of the same two model objects through `specfair.costs.cached_costs`;
+        round-robin timings of widths 1-5, the middle and K_max+1, the rest interpolated),
+        and auto maximises the speed-up with that measured verification cost.
     vocab_size : int, optional
         Shared vocabulary V; default: the smaller of the two models' output sizes (embedding
         rows past the tokenizer are padding and are never sampled).
@@ -111,6 +116,16 @@ class SpeculativeGenerator:
         cost ratio c defaults to 0 (no drafter forward).
     verify_method : "token" | "block"
         `specfair_kernels.verify`'s acceptance rule (token-by-token, or block verification).
+    cache : "dynamic" | "static"
+        KV caches of both models (`specfair.decoding.CachedModel`): Hugging Face's
+        ``DynamicCache`` (default), or a ``StaticCache`` of one fixed length per call (the
+        longest prompt + ``max_new_tokens`` + K_max + 2, rounded up to a multiple of 64),
+        written in place, so the decode forwards keep one shape.  Same tokens either way.
+    compile : bool or str
+        With ``cache="static"``: run both models through ``torch.compile`` (once per model
+        object and backend; the first call of each width and batch size compiles, which takes
+        minutes on a CPU).  True is the "inductor" backend, a str names another
+        (``"aot_eager"``: traced, not code-generated).  Default False (eager).
 
     Examples
     --------
@@ -127,8 +142,16 @@ class SpeculativeGenerator:
                  top_p: float | None = None, backend: str = "auto", max_draft: int = DEFAULT_MAX_DRAFT,
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
                  compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
-                 ngram: NgramConfig | None = None, verify_method: str = "token"):
+                 ngram: NgramConfig | None = None, verify_method: str = "token", cache: str = "dynamic",
+                 compile: bool = False):
         self._check_modes(drafter, num_draft, draft, ngram, verify_method)
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
+        if not isinstance(compile, (bool, str)):
+            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
+        if compile and cache != "static":
+            raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
+        self.cache_kind, self.compile = cache, ("inductor" if compile is True else compile or None)
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
         for name, m in (("drafter", drafter), ("verifier", verifier)):
@@ -205,9 +228,10 @@ class SpeculativeGenerator:
 
     # ------------------------------------------------------------------------------------
     def measured_costs(self, batch_size: int = 1) -> dict:
-        """`measure_costs` at this batch size (measured on first use, then kept)."""
+        """`measure_costs` at this batch size: measured on first use by any generator of the
+        same two model objects (`specfair.costs.cached_costs`), then kept."""
         if batch_size not in self.costs:
-            self.costs[batch_size] = measure_costs(self.drafter, self.verifier, batch_size, self.max_draft)
+            self.costs[batch_size] = cached_costs(self.drafter, self.verifier, batch_size, self.max_draft)
         return self.costs[batch_size]
 
     def cost_ratio(self, batch_size: int = 1) -> float:
@@ -269,7 +293,7 @@ class SpeculativeGenerator:
         if bool((((ids < 0) | (ids >= self.vocab_size)) & pmask).any()):
             raise ValueError(f"input_ids must lie in [0, vocab_size)=[0, {self.vocab_size}) on prompt tokens")
         check_context(int(pmask.sum(1).max()), max_new_tokens, self.context_limits)
-        task_t, stats = self._prepare_tasks(task_ids, num_tasks, stats, B)
+        task_t, stats = prepare_tasks(task_ids, num_tasks, stats, B, self.device, self.max_draft)
         gen, seeds = row_seeds(seed, B, dev)
 
         st = _DecodeState(ids=ids, task_t=task_t, seeds=seeds, gen=gen, max_new_tokens=max_new_tokens,
@@ -281,8 +305,13 @@ class SpeculativeGenerator:
         clock.start()
         if max_new_tokens == 0:
             return self._output(st, stats, clock)
-        st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size)
-        st.verifier = CachedModel(self.verifier, self.vocab_size)
+        static_len = None
+        if self.cache_kind == "static":
+            need = P + max_new_tokens + self.max_draft + 2
+            static_len = -(-need // STATIC_ROUND) * STATIC_ROUND
+        kw = {"static_len": static_len, "compile_backend": self.compile}
+        st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
+        st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)
         st.start = (P - pmask.sum(1)).to(dev)
         ids_in = ids.masked_fill(~pmask, 0)  # padding never reaches an embedding lookup
         for m in st.models():
@@ -417,42 +446,6 @@ class SpeculativeGenerator:
                 if L and 1 - int(pos_h.max()) / L > self.compact_threshold:
                     m.compact()
         return False
-
-    def _prepare_tasks(self, task_ids, num_tasks, stats, B):
-        dev = self.device
-        if stats is not None:
-            if not isinstance(stats, sk.TaskStats):
-                raise TypeError(f"stats must be a specfair_kernels.TaskStats, got {type(stats).__name__}")
-            if stats.device != dev:
-                raise ValueError(f"stats is on {stats.device} but the models are on {dev}")
-            if stats.max_draft < self.max_draft:
-                raise ValueError(f"stats has max_draft={stats.max_draft} but this generator drafts up to "
-                                 f"{self.max_draft} tokens; make it with max_draft >= {self.max_draft}")
-            if num_tasks is not None and num_tasks != stats.num_tasks:
-                raise ValueError(f"num_tasks={num_tasks} but stats has num_tasks={stats.num_tasks}")
-            num_tasks = stats.num_tasks
-        if num_tasks is not None and (not is_int(num_tasks) or num_tasks < 1):
-            raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
-        if task_ids is None:
-            task_t = torch.zeros(B, dtype=torch.int64, device=dev)
-        else:
-            if isinstance(task_ids, (list, tuple)):
-                if not all(is_int(t) for t in task_ids):
-                    raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
-                task_ids = torch.tensor(task_ids, dtype=torch.int64)
-            if not isinstance(task_ids, torch.Tensor) or task_ids.is_floating_point() or task_ids.dtype == torch.bool:
-                raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
-            if tuple(task_ids.shape) != (B,):
-                raise ValueError(f"task_ids must have shape [B]=[{B}], got {tuple(task_ids.shape)}")
-            task_t = task_ids.to(device=dev, dtype=torch.int64)
-        lo, hi = int(task_t.min()), int(task_t.max())
-        if num_tasks is None:
-            num_tasks = hi + 1
-        if lo < 0 or hi >= num_tasks:
-            raise ValueError(f"task_ids must lie in [0, num_tasks)=[0, {num_tasks}), got values in [{lo}, {hi}]")
-        if stats is None:
-            stats = sk.TaskStats(num_tasks, self.max_draft, device=dev)
-        return task_t, stats
 
 
 @dataclass

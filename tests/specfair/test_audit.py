@@ -100,6 +100,8 @@ def test_json_schema(report):
     assert len(csv_lines) == 1 + len(TASKS) and csv_lines[0].startswith("task,")
     md = (out / "audit.md").read_text(encoding="utf-8")
     assert f"Fastest task: {s['fastest_task']}" in md and "| task |" in md
+    assert ("Break-even acceptance at K = 3" in md) == s["speculation_can_pay"]
+    assert ("Speculation cannot pay at K = 3" in md) == (not s["speculation_can_pay"])
 
 
 def test_figures_equal_direct_computation(report, tiny):
@@ -143,6 +145,16 @@ def test_figures_equal_direct_computation(report, tiny):
             rows[t]["measured_speedup"] / rows[t]["predicted_speedup"], rel=1e-9)
         assert rows[t]["measured_over_predicted_rk1"] == pytest.approx(
             rows[t]["measured_speedup"] / rows[t]["predicted_speedup_rk1"], rel=1e-9)
+        # break-even: E[tokens](alpha*) = K c + r_K, or none (null) when K c + r_K > K + 1
+        cost = 3 * c + r_k
+        assert r["summary"]["speculation_can_pay"] == (cost <= 4)
+        even = rows[t]["break_even_acceptance"]
+        if cost > 4:
+            assert even is None and rows[t]["acceptance_margin"] is None
+        else:
+            assert (1 - even ** 4) / (1 - even) == pytest.approx(max(cost, 1.0), rel=1e-9)
+            assert rows[t]["acceptance_margin"] == pytest.approx(rows[t]["alpha"] - even, rel=1e-12)
+        assert rows[t]["num_draft_used"] == 3 and str(3) in r["summary"]["generation"]["break_even_acceptance"]
     ces = np.array([rows[t]["ce"] for t in TASKS])
     al = np.array([rows[t]["alpha"] for t in TASKS])
     meas = np.array([rows[t]["measured_speedup"] for t in TASKS])
@@ -188,7 +200,8 @@ def test_same_seed_same_report(report, tiny):
     timing = {"speculative_seconds", "verifier_seconds", "measured_speedup", "predicted_speedup",
               "measured_over_predicted", "measured_over_predicted_rk1", "predicted_speedup_rk1",
               "predicted_speedup_generation", "predicted_speedup_verify_cost", "seconds_draft",
-              "seconds_verify_forward", "seconds_kernel"}
+              "seconds_verify_forward", "seconds_kernel", "break_even_acceptance", "acceptance_margin",
+              "break_even_acceptance_generation", "acceptance_margin_generation"}
     for ra, rb in zip(a["tasks"], b["tasks"]):
         for k in ra:
             if k not in timing:

@@ -20,7 +20,13 @@ from tiny_models import tiny_tokenizer as train_tokenizer  # noqa: E402
 import specfair  # noqa: E402
 import specfair_kernels as sk  # noqa: E402
 from specfair.baseline import generate_verifier_only, measure_speedup  # noqa: E402
-from specfair.costs import AUTO_PRIOR_ACCEPTANCE, choose_num_draft, expected_tokens, measure_costs  # noqa: E402
+from specfair.costs import (  # noqa: E402
+    AUTO_PRIOR_ACCEPTANCE,
+    break_even_acceptance,
+    choose_num_draft,
+    expected_tokens,
+    measure_costs,
+)
 from specfair.decoding import SECTIONS, process_logits  # noqa: E402
 from specfair.generator import SpeculativeGenerator  # noqa: E402
 from specfair.models import load_pair, output_vocab_size  # noqa: E402
@@ -126,12 +132,14 @@ def test_load_pair_gguf_arguments(tiny_dirs, tmp_path, monkeypatch):
 
 # --- greedy: token for token the verifier's own greedy decoding -----------------------------
 
-@pytest.mark.parametrize("num_draft,compact", [(1, 0.5), (4, 0.0), (4, None)])
-def test_greedy_equals_hf_greedy_batched_with_different_prompt_lengths(tiny_pair, num_draft, compact):
+@pytest.mark.parametrize("num_draft,compact,cache", [(1, 0.5, "dynamic"), (4, 0.0, "dynamic"), (4, None, "dynamic"),
+                                                    (1, 0.5, "static"), (4, 0.0, "static"), (4, None, "static")])
+def test_greedy_equals_hf_greedy_batched_with_different_prompt_lengths(tiny_pair, num_draft, compact, cache):
     drafter, verifier, tok = tiny_pair
     ids, mask = prompts(tok, ["the", "speculative decoding drafts tokens", "numbers 0 1 2", "le renard brun"])
     assert len(set(mask.sum(1).tolist())) > 1
-    gen = SpeculativeGenerator(drafter, verifier, num_draft=num_draft, temperature=0, compact_threshold=compact)
+    gen = SpeculativeGenerator(drafter, verifier, num_draft=num_draft, temperature=0, compact_threshold=compact,
+                               cache=cache)
     out = gen.generate(ids, mask, max_new_tokens=30, eos_token_id=[], seed=0)
     assert torch.equal(out.sequences, hf_greedy(verifier, ids, mask, 30))
     assert out.num_new_tokens.tolist() == [30] * 4
@@ -198,8 +206,8 @@ def test_same_seed_same_tokens_different_seed_different(default_pair):
     assert not torch.equal(a.sequences, c.sequences)
 
 
-@pytest.mark.parametrize("compact", [0.0, None])
-def test_caches_roll_back_exactly_under_random_per_row_rejections(tiny_pair, monkeypatch, compact):
+@pytest.mark.parametrize("compact,cache", [(0.0, "dynamic"), (None, "dynamic"), (0.0, "static"), (None, "static")])
+def test_caches_roll_back_exactly_under_random_per_row_rejections(tiny_pair, monkeypatch, compact, cache):
     """The drafter is the verifier itself, and `verify` is told a random number of valid
     drafts per row, so rows keep random prefixes of their drafts (some all K, some none).
     If either cache, mask or position id were rolled back wrong, the drafter's q would differ
@@ -214,7 +222,8 @@ def test_caches_roll_back_exactly_under_random_per_row_rejections(tiny_pair, mon
 
     monkeypatch.setattr(sk, "verify", random_cut)
     ids, mask = prompts(tok, ["the", "speculative decoding drafts tokens and", "numbers 0 1", "le renard"])
-    gen = SpeculativeGenerator(verifier, verifier, num_draft=3, temperature=1.0, compact_threshold=compact)
+    gen = SpeculativeGenerator(verifier, verifier, num_draft=3, temperature=1.0, compact_threshold=compact,
+                               cache=cache)
     out = gen.generate(ids, mask, max_new_tokens=30, eos_token_id=[], seed=5)
     st = out.stats
     hist = st.hist[0].tolist()
@@ -238,12 +247,13 @@ def small_vocab_pair():
 LOSSLESS_CASES = [(1.0, None, None), (0.7, 3, None), (1.3, None, 0.75), (1.0, 4, 0.8)]
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", LOSSLESS_CASES)
-def test_sampled_output_is_distributed_as_the_verifier(small_vocab_pair, temperature, top_k, top_p):
+@pytest.mark.parametrize("temperature,top_k,top_p,cache", [c + ("dynamic",) for c in LOSSLESS_CASES]
+                         + [LOSSLESS_CASES[0] + ("static",)])
+def test_sampled_output_is_distributed_as_the_verifier(small_vocab_pair, temperature, top_k, top_p, cache):
     drafter, verifier = small_vocab_pair
     prompt_a, prompt_b = [5, 1, 6, 3, 2], [7, 4]  # two lengths in one batch: left padding
     gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=temperature, top_k=top_k, top_p=top_p,
-                               pad_token_id=0)
+                               pad_token_id=0, cache=cache)
     counts, out = sample_three(gen, [prompt_a, prompt_b], 3000, seed=1234)
     acc = float(out.stats.acceptance_rate()[0])
     assert 0.2 < acc < 0.9, acc  # both accept and reject paths produce the samples
@@ -343,7 +353,12 @@ def test_timings_and_measure_speedup_report(default_pair):
         assert r["rows"] == 2 and r["tokens"] == 16 and r["num_draft"] == 3
         assert r["measured_speedup"] == pytest.approx(r["verifier_seconds"] / r["spec_seconds"])
         assert r["predicted_speedup"] == pytest.approx(model_speedup(r["acceptance"], 3, 0.25))
+        # given c (no measured r_K): break-even of S(alpha; 3, 0.25, 1), 1 + a + a^2 + a^3 = 1.75
+        assert r["break_even_acceptance"] == pytest.approx(break_even_acceptance(3, 0.25, 1.0))
+        assert expected_tokens(r["break_even_acceptance"], 3) == pytest.approx(1.75, rel=1e-9)
+        assert r["acceptance_margin"] == pytest.approx(r["acceptance"] - r["break_even_acceptance"])
         assert 1.0 <= r["tokens_per_step"] <= 4.0
+    assert set(rep["break_even_acceptance"]) == {3}
     assert rep["stats"]["per_task"]["steps"] == [int(x) for x in rep["stats"]["per_task"]["steps"]]
     # Interleaved repeats time the same work again: identical tokens and statistics (only the
     # first run adds into them), sampled rows and auto K included.
