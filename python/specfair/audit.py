@@ -269,11 +269,10 @@ def _generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier, **varia
     return out
 
 
-def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k: float) -> dict:
-    a = tfr.alpha[t]
-    r = {"task": t, "heldout_tokens": tfr.tokens[t], "alpha": a, "kl": tfr.kl[t], "ce": tfr.ce[t],
+def _task_row(t: str, i: int, tfr, gen: dict | None, k_pred: int, c: float, r_k: float, draft: str) -> dict:
+    a = tfr.alpha_argmax.get(t) if draft == "argmax" else tfr.alpha[t]  # the drafting's acceptance
+    r = {"task": t, "heldout_tokens": tfr.tokens[t], "alpha": tfr.alpha[t], "kl": tfr.kl[t], "ce": tfr.ce[t],
          "entropy": tfr.entropy[t], "verifier_ppl": tfr.verifier_ppl[t], "drafter_ppl": tfr.drafter_ppl[t],
-         # S(alpha; K, c, r_K) with the measured r_K, and PAPER.md's S(alpha; K, c) (r_K = 1)
          "predicted_speedup": float(speedup_array(a, k_pred, c, r_k)) if a is not None else None,
          "predicted_speedup_rk1": float(speedup(a, k_pred, c)) if a is not None else None,
          "break_even_acceptance": break_even_acceptance(k_pred, c, r_k)}   # inf: even alpha = 1 cannot pay
@@ -345,7 +344,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
         gen = _generative(cfg, tok, corpus, tasks, drafter, verifier)
     k_pred = cfg.num_draft if isinstance(cfg.num_draft, int) else 4  # "auto": shown at K = 4
     c, r_k = _costs(cfg, gen, drafter, verifier, k_pred)
-    rows = [_task_row(t, i, tfr, gen, k_pred, c, r_k) for i, t in enumerate(tasks)]
+    rows = [_task_row(t, i, tfr, gen, k_pred, c, r_k, cfg.draft) for i, t in enumerate(tasks)]
     drafting.add_variants(cfg, rows, tfr, tasks, gen, lambda **v: _generative(cfg, tok, corpus, tasks, drafter,
                                                                           verifier, **v), say)
     summary = _summary(cfg, rows, tfr, tasks, gen, c, k_pred, r_k)
@@ -452,7 +451,8 @@ def _summary(cfg: AuditConfig, rows: list[dict], tfr, tasks: list[str], gen: dic
         "verify_cost": float(r_k),
         "verify_cost_source": "measured: verifier time over K+1 tokens / over 1 token, at K = num_draft_for_prediction",
         "prediction_model": "predicted_speedup = S(alpha; K, c, r_K) = E[tokens per step] / (K c + r_K) with the "
-                            "measured r_K; predicted_speedup_rk1 = PAPER.md's S(alpha; K, c) (r_K = 1)",
+                            "measured r_K; _rk1: r_K = 1 (PAPER.md); per task at the drafting's acceptance "
+                            "(alpha_argmax under --draft argmax), spreads at alpha = sum min(p, q)",
         "num_draft_for_prediction": k_pred, "unfairness": unf, "correlations": correlations,
         "break_even_acceptance": (even := break_even_acceptance(k_pred, c, r_k)), "speculation_can_pay": even <= 1,
         "break_even_source": "S(alpha; K, c, r_K) = 1 at K = num_draft_for_prediction; null: K c + r_K > K + 1",

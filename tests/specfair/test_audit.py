@@ -409,6 +409,9 @@ def test_argmax_drafting_and_ngram_rows(tiny, tmp_path):
     for t in r["tasks"]:
         assert t["draft"] == "argmax" and 0 < t["alpha_argmax"] < 1
         assert t["expected_acceptance_drafting"] == t["alpha_argmax"]
+        # the prediction follows the drafting: p(argmax q), not sum min(p, q)
+        a, c, r_k = t["alpha_argmax"], r["summary"]["cost_ratio"], r["summary"]["verify_cost"]
+        assert t["predicted_speedup"] == pytest.approx((1 - a ** 4) / (1 - a) / (3 * c + r_k), rel=1e-9)
         for prefix in ("", "ngram_", "block_"):
             h = t[f"{prefix}accept_length_histogram"]
             assert len(h) == K + 1
