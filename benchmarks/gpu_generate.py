@@ -344,7 +344,9 @@ def main(argv=None):
               "seconds": {}}
 
     def write():
-        path.write_text(json.dumps(result, indent=1, default=str, allow_nan=True))
+        from specfair._util import json_safe
+
+        path.write_text(json.dumps(json_safe(result), indent=1, default=str, allow_nan=False))  # inf -> null
 
     t_all = time.perf_counter()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tempfile
@@ -79,6 +80,17 @@ def atomic_write(path, write: Callable[[Any], None], binary: bool = False) -> No
 def write_text(path, text: str) -> None:
     """``atomic_write`` of a string (UTF-8)."""
     atomic_write(path, lambda f: f.write(text))
+
+
+def json_safe(o):
+    """``o`` with every non-finite float (NaN, inf) as None, so that it is strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    return o
 
 
 def write_json(path, obj: Any) -> None:

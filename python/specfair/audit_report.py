@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._util import json_safe
 from .audit_drafting import markdown_sections
 from .spread import speedup_lower_bound
 
@@ -192,21 +193,11 @@ def _fci(ci, nd: int = 3) -> str:
     return f"[{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"
 
 
-def _clean_json(o):
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _clean_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean_json(v) for v in o]
-    return o
-
-
 def write_report(report: AuditReport, out_dir: Path) -> dict:
     """Write every file into a temporary directory beside ``out_dir``, then move them in."""
     tmp = Path(tempfile.mkdtemp(prefix=".specfair-audit-", dir=out_dir))
     try:
-        (tmp / "audit.json").write_text(json.dumps(_clean_json(report.to_dict()), indent=2, allow_nan=False) + "\n",
+        (tmp / "audit.json").write_text(json.dumps(json_safe(report.to_dict()), indent=2, allow_nan=False) + "\n",
                                         encoding="utf-8")
         (tmp / "audit.csv").write_text(report.csv(), encoding="utf-8")
         (tmp / "audit.md").write_text(report.markdown(), encoding="utf-8")
