@@ -190,11 +190,10 @@ def _stream_div(tc, dc, L, s, l2a, l2d, q2, WITH_D: tl.constexpr, ROWS: tl.const
 
 @triton.jit
 def _race_tile(tc, dc, o0, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p,
-               alpha, h, kl, wsc, xr, mass, RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr,
+               alpha, h, kl, wsc, mass, RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr,
                BLOCK: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr, VEC: tl.constexpr):
     """One group of RACE_GROUP entries per slot: weights summed, one exponential per group.
-    BLOCK: the residual weights are max(0, wsc p - q) (q one-hot at chunk offset xr for
-    one-hot drafts) and their sum is also added to ``mass``."""
+    BLOCK: the residual weights are max(0, wsc p - q) and their sum is also added to ``mass``."""
     w_r = tl.zeros([ROWS], tl.float32)
     w_p = tl.zeros([ROWS], tl.float32)
     for k in tl.static_range(RACE_GROUP // VEC):
@@ -216,11 +215,13 @@ def _race_tile(tc, dc, o0, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best
             if DIV:
                 alpha += tl.sum(tl.minimum(p, q), 1)
                 kl += tl.sum(p * tl.where(p > 0.0, t - lq, 0.0), 1)
-        if RESIDUAL and ONE_HOT and BLOCK:
-            w_r += tl.sum(tl.maximum(wsc * p - tl.where(o == xr, 1.0, 0.0), 0.0), 1)
     g = g0 + o0 // RACE_GROUP + tl.arange(0, ROWS)
-    if ONE_HOT and not BLOCK:
-        w_r = tl.where(g == gx, wx, w_p)  # max(0, p - onehot(x)) differs from p in x's group only
+    if ONE_HOT:
+        # max(0, w p - onehot(x)) differs from w p in x's group only (block mode scales the group sum)
+        if BLOCK:
+            w_r = tl.where(g == gx, wx, wsc * w_p)
+        else:
+            w_r = tl.where(g == gx, wx, w_p)
     if BLOCK:
         mass += w_r
     f = exponential(philox_word0(seed, g, j, step, STREAM_GROUP))
@@ -258,18 +259,20 @@ def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2, wsc, 
     og = gx * RACE_GROUP - c0 + tl.arange(0, RACE_GROUP)
     wx = 0.0
     mass = alpha
-    if ONE_HOT and not BLOCK:
+    if ONE_HOT:
         px = tl.exp2(tl.load(tc + og, mask=(og >= 0) & (og < L), other=float("-inf")).to(tl.float32) * s - l2a)
+        if BLOCK:
+            px = wsc * px
         wx = tl.sum(tl.maximum(px - tl.where(og == x - c0, 1.0, 0.0), 0.0), 0)
     full = L // TILE * TILE
     for o in range(0, full, TILE):
         best_r, grp_r, best_p, grp_p, alpha, h, kl, mass = _race_tile(
             tc, dc, o, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p, alpha, h,
-            kl, wsc, x - c0, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, False, ROWS, VEC)
+            kl, wsc, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, False, ROWS, VEC)
     if full < L:
         best_r, grp_r, best_p, grp_p, alpha, h, kl, mass = _race_tile(
             tc, dc, full, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p, alpha,
-            h, kl, wsc, x - c0, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, True, ROWS, VEC)
+            h, kl, wsc, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, True, ROWS, VEC)
     v = tl.max(best_p, 0)
     tl.store(rf + R_BONUS, v)
     tl.store(ri + R_BONUS, tl.min(tl.where(best_p == v, grp_p, BIG_INDEX), 0))
@@ -857,11 +860,18 @@ GPU_VARIANT = dict(ROWS=512, RACE_ROWS=256, NT_P2=64, KP=8)
 With 4 warps the launcher halves ROWS and RACE_ROWS: the same code per thread."""
 
 
-def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str) -> dict:
-    """The constexprs of the compiled `_verify_kernel` variant for a mode (tests/compile_kernels.py)."""
+METHODS = ("token", "block")
+"""verify(method=...): "block" compiles the BLOCK variant of `_verify_kernel`."""
+
+
+def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str, method: str = "token") -> dict:
+    """The constexprs of the compiled `_verify_kernel` variant for a mode and method
+    (tests/compile_kernels.py)."""
     need_div, has_stats, det = MODES[mode]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return dict(HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det, ALIGNED=True,
-                VEC=_vec(elem_bytes), **GPU_VARIANT)
+                VEC=_vec(elem_bytes), **GPU_VARIANT, BLOCK=method == "block")
 
 
 def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_draft=True,
