@@ -17,6 +17,20 @@ started before it, so the waits always end (the decoupled look-back argument).  
   every drafted position.  The last pass-2 item of a request races the entries of the
   winning group and writes tokens, counts, divergences and the TaskStats row.
 
+Block verification (``method="block"``, `reference._block_chain`) is the ``BLOCK`` constexpr
+variant; token mode's code is unchanged.  Stats items are the same.  `_merge_accept` runs the
+chain of log w_j over the [KP] positions (the reference's sequential clamped sum).  If the coin
+of position n hits log w_n the row accepts every draft (tau = n): token mode's bonus case, no
+vocabulary sum needed.  Otherwise the row is MODE_BLOCK and its candidates are position 0 and
+each i in 1..n-1 whose coin passes the cap w_i (h_i <= w_i: any other position misses without
+r_i).  Pass 2 then spans every position (P2 = K+1 even without divergences): at each candidate
+j the item races the weights max(0, w_j p - q) and p as in token mode (race scratch per
+position) and stores the chunk's residual mass sum max(0, w_j p - q) over its consumed stats
+partial (``P_MASS``).  `_finish` sums the masses into r_i, decides h_i = r_i / (r_i + 1 - w_i)
+and log u_{i-1} <= min(log h_i, log w_i) with the reference's scalar formulas (exp, log and
+expm1 through fp64, IEEE division), takes tau = the last hit (else 0) and races the entries of
+the winning group at tau.  Greedy rows are token mode's argmax chain.
+
 Tickets interleave the requests in waves: stats of wave w + 1 run before pass 2 of wave
 w, so the rows that pass 2 re-reads were read one wave earlier and, with waves sized to
 a third of L2, are still there.  Each logit of a used position is read from DRAM once.
@@ -29,7 +43,10 @@ after the loop.  Chunks are whole tiles but for one masked tail tile.
 Numerics: decisions use the reference's formulas where they are scalars (a[x] = x / tau
 by IEEE division, log u + log q <= log p, W / F and w / E by IEEE division); lse, p and
 the group sums differ from torch in the last bits (summation order, exp2), which flips a
-token only on an fp32 near-tie.  On the GPU exp2 flushes results below 2^-126 to 0, so a
+token only on an fp32 near-tie.  Block mode adds r_i (a sum over the vocabulary like lse),
+w_i p - q (which the GPU compiler may contract into one FMA; one-hot drafts scale a group's
+sum of p by w_i outside x's group) and exp/log/expm1 rounded from fp64, all last-bit
+differences of the same kind.  On the GPU exp2 flushes results below 2^-126 to 0, so a
 p that small counts as 0 (the reference keeps fp32 denormals); a tempered logit above
 FLT_MAX / log2(e) (~2.4e38) makes its row invalid here while the reference accepts it.
 """
@@ -875,7 +892,7 @@ def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str, method: str 
 
 
 def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_draft=True,
-               residual_fraction=1.0) -> list[dict]:
+               residual_fraction=1.0, method="token", candidates=1.0) -> list[dict]:
     """One dict per launch for a verify call of this shape, in launch order:
     {"kernel": kernel function name, "constexprs": the variant's constexpr dict (as listed in
      tests/compile_kernels.py), "num_warps": int, "programs": grid size,
@@ -892,35 +909,47 @@ def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_
     of the sync words (a few bytes per row) precedes the kernel: "memset_bytes".  Re-reads
     count as L2 traffic when a wave of requests fits in ``l2_bytes / L2_FRACTION``, else as
     DRAM.
+
+    ``method="block"`` (the BLOCK variant): ``residual_fraction`` of the requests do not
+    accept every draft, and each races ``candidates`` positions on average (position 0 and
+    the positions whose coin passes the cap w_i; between 1 and K), target and draft rows;
+    the pass-2 items cover every position; race scratch is per position.
     """
     need_div, has_stats, det = MODES[mode]
     has_draft = has_draft and K > 0
+    block = method == "block" and K > 0
     rf = residual_fraction if K > 0 else 0.0
+    cands = candidates if block else 1.0
+    if block and not 1.0 <= cands <= K:
+        raise ValueError(f"candidates must lie in [1, K]=[1, {K}], got {candidates}")
     K1 = K + 1
     plan = _plan(B, K, V, elem_bytes, True, num_sms, l2_bytes)
     NT, WAVE = plan["NT"], plan["WAVE"]
-    P2 = K1 if need_div else 1
+    P2 = K1 if need_div or block else 1
     programs = triton.cdiv(B, WAVE) * WAVE * NT * (K1 + P2)
     BV = B * V
     tensors = 2 if has_draft else 1
     if has_draft:
-        loops = [2 * K * BV, BV, round(2 * rf * BV), round((1 - rf) * BV)]
+        loops = [2 * K * BV, BV, round(2 * rf * cands * BV), round((1 - rf) * BV)]
     else:
-        loops = [K1 * BV, round(rf * BV), round((1 - rf) * BV)]
-    rereads = round(((1 + (1 if has_draft else 0)) * rf + (1 - rf)) * BV)  # the sampling row
+        loops = [K1 * BV, round(rf * cands * BV), round((1 - rf) * BV)]
+    rereads = round(((1 + (1 if has_draft else 0)) * rf * cands + (1 - rf)) * BV)  # the raced rows
     if need_div:
-        div_rows = round((K - rf) * BV)  # drafted rows other than the residual race row
+        div_rows = round((K - rf * cands) * BV)  # drafted rows other than the residual race rows
         loops.append(tensors * div_rows)
         rereads += tensors * div_rows
     logits = (K1 + (K if has_draft else 0)) * BV
     R = B * K1
     npart, npos, nrow, nrace, nq, ndiv, nsum = (int(c) for c in (NPART, NPOS, NROW, NRACE, NQ, NDIV, NSUM))
-    scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + B * NT * 2 * nrace + (R * NT * nq if need_div else 0))
+    race_rows = R if block else B
+    scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + race_rows * NT * 2 * nrace
+                   + (R * NT * nq if need_div else 0))
     outputs = B * K1 * 8 + 2 * B * 4 + (ndiv * B * K * 4 if need_div else 0) + (B * nsum * 8 if det else 0)
     reread_bytes = rereads * elem_bytes
     fits = (2 * K + 1) * V * elem_bytes * WAVE <= l2_bytes // L2_FRACTION
     dram = logits * elem_bytes + 2 * scratch + outputs + (0 if fits else reread_bytes)
-    out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode),
+    out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode,
+                                                                         "block" if block else "token"),
             "num_warps": plan["num_warps"], "programs": programs, "loops": [{"elements": e} for e in loops],
             "dram_bytes": dram, "l2_bytes": reread_bytes if fits else 0, "memset_bytes": 4 * (1 + 3 * B)}]
     if det:

@@ -201,3 +201,28 @@ def test_block_candidates_early_out_and_chunks_match_the_reference(one_hot, mode
         torch.testing.assert_close(stats.sums.cpu(), want.sums, rtol=1e-5, atol=1e-5)
         for f in DIVERGENCE_FIELDS:
             torch.testing.assert_close(div[f].cpu(), rd[f], rtol=1e-4, atol=1e-4, equal_nan=True, msg=f)
+
+
+@pytest.mark.parametrize("mode", ["tokens", "stats"])
+def test_work_model_block(mode):
+    """The BLOCK variant: pass 2 covers every position, each rejecting request races
+    ``candidates`` rows (target and draft), the others the bonus row; the logits still once."""
+    B, K, V, eb = 64, 4, 128256, 2
+    need_div = ov.MODES[mode][0]
+    main = ov.work_model(B, K, V, eb, mode, method="block", residual_fraction=0.75, candidates=2.0)[0]
+    token = ov.work_model(B, K, V, eb, mode, residual_fraction=0.75)[0]
+    assert main["constexprs"] == ov.variant_constexprs(eb, True, mode, "block") and main["constexprs"]["BLOCK"]
+    assert not token["constexprs"]["BLOCK"]
+    assert [lp["elements"] for lp in main["loops"][:2]] == [lp["elements"] for lp in token["loops"][:2]]
+    assert main["loops"][2]["elements"] == round(2 * 0.75 * 2.0 * B * V)  # two candidate races
+    assert main["loops"][3]["elements"] == token["loops"][3]["elements"]  # the bonus races
+    if need_div:  # every drafted row once more in pass 2, raced or not
+        assert main["loops"][2]["elements"] + main["loops"][4]["elements"] == 2 * B * K * V
+    else:
+        assert token["programs"] < main["programs"]  # P2 = K+1 positions without divergences too
+    logits = B * (2 * K + 1) * V
+    assert logits * eb <= main["dram_bytes"] < logits * eb * 1.01
+    with pytest.raises(ValueError, match="candidates"):
+        ov.work_model(B, K, V, eb, mode, method="block", candidates=K + 1)
+    with pytest.raises(ValueError, match="method"):
+        ov.variant_constexprs(eb, True, mode, "blocks")
