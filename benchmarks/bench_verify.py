@@ -131,8 +131,6 @@ def test_verify(benchmark, bench_ctx, provider, launch, mode, B, K, V, dtype, me
     benchmark.group = f"verify {mode} B={B} K={K} V={V} {dtype}"
     if provider in SK_BACKENDS:
         ctx.require_backend(provider)
-    if method == "block" and provider == "triton":
-        pytest.skip("method='block' is not implemented in the Triton backend yet")
     if provider == "torch.compile" and not ctx.compile_enabled and benchmark.disabled:
         # Smoke runs still check the argument path the compiled provider uses.
         target, draft, tokens = make_inputs(B, K, V, getattr(torch, dtype), device)

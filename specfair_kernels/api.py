@@ -142,8 +142,7 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         normalise(max(0, w p - q)); equally exact, never fewer accepted tokens in
         expectation.  Greedy rows are the argmax chain in both.  The random words are
         token mode's, so the two differ only through the rule; divergences are the same.
-        See `reference.verify_ref` for the exact rule.  torch and C++ backends; Triton not yet,
-        so on CUDA 'auto' runs block mode on the torch backend.
+        See `reference.verify_ref` for the exact rule.  Every backend implements both.
 
     Returns
     -------
@@ -247,18 +246,13 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
                 raise ValueError(msg)
 
     name = backends.select("verify", backend, device)
-    if method == "block" and name == "triton":
-        if backend != "auto":
-            raise NotImplementedError("method='block' is not implemented on the triton backend yet; "
-                                      "use backend='torch' (or 'auto', which picks it for block mode on CUDA)")
-        name = "torch"  # the reference: no host synchronisation, so it runs (and graph-captures) on CUDA
     need_div = return_divergence or stats is not None
     args = (target_logits.contiguous(), None if draft_logits is None else draft_logits.contiguous(),
             draft_tokens.to(torch.int64).contiguous(), num_draft_t, temp, seed_t, step_t)
     if name == "triton":
         from .ops import verify as ops_verify
 
-        tokens, n_acc, n_emit, div = ops_verify.launch(*args, need_div, task_ids=task_t, stats=stats)
+        tokens, n_acc, n_emit, div = ops_verify.launch(*args, need_div, task_ids=task_t, stats=stats, method=method)
     else:
         if name == "cpp":
             tokens, n_acc, n_emit, div = backends.cpp_extension().verify(*args, need_div, method == "block")

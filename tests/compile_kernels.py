@@ -25,6 +25,10 @@ holds their hot loops to the per-logit instruction budget.  The other kernels me
 or finish rows.  Rename here, and only here, when a kernel is renamed or replaced."""
 
 
+BLOCK_MODES = ("tokens", "stats_deterministic")
+"""Modes whose block-verification variant (BLOCK=True) is compiled too; see `variants`."""
+
+
 def _p(t):
     return "*" + t
 
@@ -48,9 +52,10 @@ def compile_kernel(module, name, signature, constexprs, num_warps=4):
     return re.findall(r"Used \d+ registers", out)[-1]
 
 
-def verify_variant(dtype, has_draft, mode):
+def verify_variant(dtype, has_draft, mode, method="token"):
     """(signature, constexprs, num_warps) of `_verify_kernel` as the launcher compiles it for a
-    large batch on the GPU (8 warps, 128-bit aligned rows); mode as in ops.verify.MODES."""
+    large batch on the GPU (8 warps, 128-bit aligned rows); mode as in ops.verify.MODES, method
+    "token" or "block" (the BLOCK variant)."""
     from specfair_kernels.ops import verify as ov
 
     sig = dict(target_ptr=_p(dtype), draft_ptr=_p(dtype), xtok_ptr="*i64", num_draft_ptr="*i64", temp_ptr="*fp32",
@@ -60,15 +65,19 @@ def verify_variant(dtype, has_draft, mode):
                out_tokens_ptr="*i64", out_nacc_ptr="*i32", out_nemit_ptr="*i32", div_ptr="*fp32",
                task_ptr="*i64", counts_ptr="*i64", hist_ptr="*i64", sums_ptr="*fp64", rowsum_ptr="*fp64",
                B="i32", K="i32", V="i32", NT="i32", CHUNK="i32", WAVE="i32", HIST_W="i32")
-    return sig, ov.variant_constexprs(4 if dtype == "fp32" else 2, has_draft, mode), 8
+    return sig, ov.variant_constexprs(4 if dtype == "fp32" else 2, has_draft, mode, method), 8
 
 
 def variants():
     for dtype in ("fp32", "bf16", "fp16"):
         for has_draft in (True, False):
             for mode in ("tokens", "divergence", "stats", "stats_deterministic"):
-                sig, const, warps = verify_variant(dtype, has_draft, mode)
-                yield VERIFY, "_verify_kernel", sig, const, warps
+                # Block variants for the two modes at the ends (every flag off, every flag on):
+                # BLOCK's code meets NEED_DIV only, and HAS_STATS/DETERMINISTIC's code does not
+                # depend on BLOCK, so the middle modes add compile time (minutes) and no coverage.
+                for method in ("token", "block") if mode in BLOCK_MODES else ("token",):
+                    sig, const, warps = verify_variant(dtype, has_draft, mode, method)
+                    yield VERIFY, "_verify_kernel", sig, const, warps
     yield (VERIFY, "_task_reduce_kernel", dict(task_ptr="*i64", rowsum_ptr="*fp64", sums_ptr="*fp64", B="i32"),
            dict(BLOCK_B=256), 4)
     from specfair_kernels.ops import divergence as od

@@ -17,6 +17,20 @@ started before it, so the waits always end (the decoupled look-back argument).  
   every drafted position.  The last pass-2 item of a request races the entries of the
   winning group and writes tokens, counts, divergences and the TaskStats row.
 
+Block verification (``method="block"``, `reference._block_chain`) is the ``BLOCK`` constexpr
+variant; token mode's code is unchanged.  Stats items are the same.  `_merge_accept` runs the
+chain of log w_j over the [KP] positions (the reference's sequential clamped sum).  If the coin
+of position n hits log w_n the row accepts every draft (tau = n): token mode's bonus case, no
+vocabulary sum needed.  Otherwise the row is MODE_BLOCK and its candidates are position 0 and
+each i in 1..n-1 whose coin passes the cap w_i (h_i <= w_i: any other position misses without
+r_i).  Pass 2 then spans every position (P2 = K+1 even without divergences): at each candidate
+j the item races the weights max(0, w_j p - q) and p as in token mode (race scratch per
+position) and stores the chunk's residual mass sum max(0, w_j p - q) over its consumed stats
+partial (``P_MASS``).  `_finish` sums the masses into r_i, decides h_i = r_i / (r_i + 1 - w_i)
+and log u_{i-1} <= min(log h_i, log w_i) with the reference's scalar formulas (exp, log and
+expm1 through fp64, IEEE division), takes tau = the last hit (else 0) and races the entries of
+the winning group at tau.  Greedy rows are token mode's argmax chain.
+
 Tickets interleave the requests in waves: stats of wave w + 1 run before pass 2 of wave
 w, so the rows that pass 2 re-reads were read one wave earlier and, with waves sized to
 a third of L2, are still there.  Each logit of a used position is read from DRAM once.
@@ -29,7 +43,10 @@ after the loop.  Chunks are whole tiles but for one masked tail tile.
 Numerics: decisions use the reference's formulas where they are scalars (a[x] = x / tau
 by IEEE division, log u + log q <= log p, W / F and w / E by IEEE division); lse, p and
 the group sums differ from torch in the last bits (summation order, exp2), which flips a
-token only on an fp32 near-tie.  On the GPU exp2 flushes results below 2^-126 to 0, so a
+token only on an fp32 near-tie.  Block mode adds r_i (a sum over the vocabulary like lse),
+w_i p - q (which the GPU compiler may contract into one FMA; one-hot drafts scale a group's
+sum of p by w_i outside x's group) and exp/log/expm1 rounded from fp64, all last-bit
+differences of the same kind.  On the GPU exp2 flushes results below 2^-126 to 0, so a
 p that small counts as 0 (the reference keeps fp32 denormals); a tempered logit above
 FLT_MAX / log2(e) (~2.4e38) makes its row invalid here while the reference accepts it.
 """
@@ -52,18 +69,22 @@ BIG_INDEX = C(2**30)
 # stats item partials: part [B*(K+1), NT, NPART] fp32; pidx [B*(K+1), NT] int32 (first argmax)
 NPART = C(4)
 P_MAX_A, P_SUM_A, P_MAX_D, P_SUM_D = C(0), C(1), C(2), C(3)
+P_MASS = C(0)  # block pass 2: the chunk's residual mass sum max(w p - q, 0), over a merged (consumed) partial
 # per position: posf [B*(K+1), NPOS] fp32
-NPOS = C(3)
+NPOS = C(5)
 POS_L2_A, POS_L2_D = C(0), C(1)  # log2-domain lse: p = exp2(target * s - POS_L2_A), likewise q
 POS_LOGP_X = C(2)  # log p(x_j) at the drafted token (natural log)
+POS_LW, POS_CAND = C(3), C(4)  # block mode: log w_j, and 1.0 where tau may be j (candidate), else 0.0
 # per request: row [B, NROW] int32
 NROW = C(4)
 ROW_NACC, ROW_MODE, ROW_GTOK, ROW_BAD = C(0), C(1), C(2), C(3)
 MODE_GREEDY, MODE_RESIDUAL, MODE_BONUS = C(0), C(1), C(2)
+MODE_BLOCK = C(3)  # block mode, some draft not accepted: tau is decided by _finish among the candidates
 # pass-2 chunk sums at drafted positions: q2 [B*(K+1), NT, NQ] fp32, in log2 units for H and KL
 NQ = C(3)
 Q_ALPHA, Q_H, Q_KL = C(0), C(1), C(2)
 # group race per chunk of the sampling row: race_f [B, NT, NRACE] fp32 best W / F, race_i its group
+# (block mode: [B*(K+1), NT, NRACE], one row per position, since every candidate position races)
 NRACE = C(2)
 R_RES, R_BONUS = C(0), C(1)
 # divergence outputs [len(DIVERGENCE_FIELDS), B, K] and TaskStats.sums columns
@@ -186,9 +207,10 @@ def _stream_div(tc, dc, L, s, l2a, l2d, q2, WITH_D: tl.constexpr, ROWS: tl.const
 
 @triton.jit
 def _race_tile(tc, dc, o0, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p,
-               alpha, h, kl, RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr,
-               MASKED: tl.constexpr, ROWS: tl.constexpr, VEC: tl.constexpr):
-    """One group of RACE_GROUP entries per slot: weights summed, one exponential per group."""
+               alpha, h, kl, wsc, mass, RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr,
+               BLOCK: tl.constexpr, MASKED: tl.constexpr, ROWS: tl.constexpr, VEC: tl.constexpr):
+    """One group of RACE_GROUP entries per slot: weights summed, one exponential per group.
+    BLOCK: the residual weights are max(0, wsc p - q) and their sum is also added to ``mass``."""
     w_r = tl.zeros([ROWS], tl.float32)
     w_p = tl.zeros([ROWS], tl.float32)
     for k in tl.static_range(RACE_GROUP // VEC):
@@ -203,13 +225,22 @@ def _race_tile(tc, dc, o0, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best
         if RESIDUAL and not ONE_HOT:
             lq = _tile(dc, o, L, MASKED) * s - l2d
             q = tl.exp2(lq)
-            w_r += tl.sum(tl.maximum(p - q, 0.0), 1)
+            if BLOCK:
+                w_r += tl.sum(tl.maximum(wsc * p - q, 0.0), 1)
+            else:
+                w_r += tl.sum(tl.maximum(p - q, 0.0), 1)
             if DIV:
                 alpha += tl.sum(tl.minimum(p, q), 1)
                 kl += tl.sum(p * tl.where(p > 0.0, t - lq, 0.0), 1)
     g = g0 + o0 // RACE_GROUP + tl.arange(0, ROWS)
     if ONE_HOT:
-        w_r = tl.where(g == gx, wx, w_p)  # max(0, p - onehot(x)) differs from p in x's group only
+        # max(0, w p - onehot(x)) differs from w p in x's group only (block mode scales the group sum)
+        if BLOCK:
+            w_r = tl.where(g == gx, wx, wsc * w_p)
+        else:
+            w_r = tl.where(g == gx, wx, w_p)
+    if BLOCK:
+        mass += w_r
     f = exponential(philox_word0(seed, g, j, step, STREAM_GROUP))
     sc = tl.math.div_rn(w_p, f)
     better = sc > best_p  # strict: a slot's groups come in increasing order
@@ -220,16 +251,17 @@ def _race_tile(tc, dc, o0, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best
         better = sc > best_r
         best_r = tl.where(better, sc, best_r)
         grp_r = tl.where(better, g, grp_r)
-    return best_r, grp_r, best_p, grp_p, alpha, h, kl
+    return best_r, grp_r, best_p, grp_p, alpha, h, kl, mass
 
 
 @triton.jit
-def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2,
-                 RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr, ROWS: tl.constexpr,
-                 VEC: tl.constexpr):
+def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2, wsc, mp,
+                 RESIDUAL: tl.constexpr, ONE_HOT: tl.constexpr, DIV: tl.constexpr, BLOCK: tl.constexpr,
+                 ROWS: tl.constexpr, VEC: tl.constexpr):
     """Group race over the chunk of L logits at c0 of the sampling row: best W / F and its group into rf / ri
     for the residual weights max(0, p - q) (RESIDUAL) and the bonus weights p; with DIV the
-    divergence sums of this (drafted) position into q2."""
+    divergence sums of this (drafted) position into q2.  BLOCK (with RESIDUAL): the residual
+    weights are max(0, wsc p - q), wsc = w_j, and their sum over the chunk goes to mp."""
     TILE: tl.constexpr = ROWS * RACE_GROUP
     offs = tl.arange(0, ROWS)[:, None] * RACE_GROUP + tl.arange(0, VEC)[None, :]
     best_r = tl.full([ROWS], -1.0, tl.float32)  # scores are >= 0: the first group always enters
@@ -243,18 +275,21 @@ def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2,
     gx = x // RACE_GROUP  # one-hot drafts: the group of the drafted token x
     og = gx * RACE_GROUP - c0 + tl.arange(0, RACE_GROUP)
     wx = 0.0
+    mass = alpha
     if ONE_HOT:
         px = tl.exp2(tl.load(tc + og, mask=(og >= 0) & (og < L), other=float("-inf")).to(tl.float32) * s - l2a)
+        if BLOCK:
+            px = wsc * px
         wx = tl.sum(tl.maximum(px - tl.where(og == x - c0, 1.0, 0.0), 0.0), 0)
     full = L // TILE * TILE
     for o in range(0, full, TILE):
-        best_r, grp_r, best_p, grp_p, alpha, h, kl = _race_tile(
+        best_r, grp_r, best_p, grp_p, alpha, h, kl, mass = _race_tile(
             tc, dc, o, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p, alpha, h,
-            kl, RESIDUAL, ONE_HOT, DIV, False, ROWS, VEC)
+            kl, wsc, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, False, ROWS, VEC)
     if full < L:
-        best_r, grp_r, best_p, grp_p, alpha, h, kl = _race_tile(
+        best_r, grp_r, best_p, grp_p, alpha, h, kl, mass = _race_tile(
             tc, dc, full, offs, L, g0, s, l2a, l2d, gx, wx, seed, j, step, best_r, grp_r, best_p, grp_p, alpha,
-            h, kl, RESIDUAL, ONE_HOT, DIV, True, ROWS, VEC)
+            h, kl, wsc, mass, RESIDUAL, ONE_HOT, DIV, BLOCK, True, ROWS, VEC)
     v = tl.max(best_p, 0)
     tl.store(rf + R_BONUS, v)
     tl.store(ri + R_BONUS, tl.min(tl.where(best_p == v, grp_p, BIG_INDEX), 0))
@@ -262,6 +297,8 @@ def _stream_race(tc, dc, c0, L, s, l2a, l2d, x, seed, j, step, rf, ri, q2,
         v = tl.max(best_r, 0)
         tl.store(rf + R_RES, v)
         tl.store(ri + R_RES, tl.min(tl.where(best_r == v, grp_r, BIG_INDEX), 0))
+        if BLOCK:
+            tl.store(mp, tl.sum(mass, 0))
         if DIV:
             tl.store(q2 + Q_H, tl.sum(h, 0))
             if not ONE_HOT:
@@ -289,11 +326,82 @@ def _merge_lse(part, F_MAX: tl.constexpr, F_SUM: tl.constexpr, mask, s, tau):
 
 
 @triton.jit
+def _log32(x):
+    """fp32 log through fp64: the correctly rounded value but for a double rounding (block decisions)."""
+    return tl.log(x.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _exp32(x):
+    """fp32 exp through fp64, like `_log32`."""
+    return tl.exp(x.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _expm1_32(x):
+    """fp32 expm1 through fp64 (Kahan's (e - 1) * x / log e: accurate for tiny |x| too)."""
+    xd = x.to(tl.float64)
+    e = tl.exp(xd)
+    em1 = e - 1.0
+    regular = (em1 != 0.0) & (em1 != -1.0)
+    kahan = em1 * xd / tl.log(tl.where(regular, e, 2.0))
+    return tl.where(regular, kahan, tl.where(em1 == 0.0, xd, -1.0)).to(tl.float32)
+
+
+@triton.jit
+def _block_chain(logp, logq, u, jj, n, drafted, KP: tl.constexpr):
+    """Block mode's chain up to the vocabulary sums (reference._block_chain), as [KP] vectors:
+    log w_j at every position, whether every draft is accepted (the coin of position n hits
+    log h_n = log w_n; always for n = 0), and the candidates: position 0 and each i in 1..n-1
+    whose coin passes the cap w_i (h_i <= w_i, so any other misses without r_i)."""
+    inc = tl.where(logq == float("-inf"), float("inf"), logp - logq)
+    inc = tl.where(logp == float("-inf"), float("-inf"), inc)
+    inc = tl.where(drafted, inc, 0.0)  # the reference's masked positions: log p = log q = 0
+    lu = _log32(u)  # coin of position jj + 1
+    lw = tl.zeros([KP], tl.float32)
+    cap = tl.where(jj == 0, 1, 0)  # 1 where log u_{i-1} <= log w_i at position i
+    cur = tl.sum(lw, 0)  # log w_0 = 0, then the reference's sequential clamped sum
+    for i in tl.static_range(1, KP):
+        cur = tl.where(cur == float("-inf"), float("-inf"),
+                       tl.minimum(cur + tl.sum(tl.where(jj == i - 1, inc, 0.0), 0), 0.0))
+        lw = tl.where(jj == i, cur, lw)
+        cap = tl.where(jj == i, tl.where(tl.sum(tl.where(jj == i - 1, lu, 0.0), 0) <= cur, 1, 0), cap)
+    all_acc = (n == 0) | (tl.sum(tl.where(jj == n, cap, 0), 0) > 0)
+    cand = (cap != 0) & (jj < n)
+    return lw, cand, all_acc
+
+
+@triton.jit
+def _block_tau(posf_ptr, part_ptr, seed, step, r0, n, NT, NT_P2: tl.constexpr, KP: tl.constexpr):
+    """Block mode's accepted length tau among the candidates of `_block_chain`, with r_i the sum
+    of pass 2's chunk masses: h_i = r_i / (r_i + 1 - w_i) (0 if r_i = 0), hit where log u_{i-1}
+    <= min(log h_i, log w_i); tau = the last hit, else 0.  Returns (tau, w_tau)."""
+    jj = tl.arange(0, KP)
+    tt = tl.arange(0, NT_P2)
+    pf = posf_ptr + (r0 + jj) * NPOS
+    drafted = jj < n
+    cand = (tl.load(pf + POS_CAND, mask=drafted, other=0.0, cache_modifier=".cg") != 0.0) & (jj >= 1)
+    lw = tl.load(pf + POS_LW, mask=drafted, other=0.0, cache_modifier=".cg")
+    pm = part_ptr + ((r0 + jj)[:, None] * NT + tt[None, :]) * NPART + P_MASS
+    r = tl.sum(tl.load(pm, mask=cand[:, None] & (tt < NT)[None, :], other=0.0, cache_modifier=".cg"), 1)
+    pos = r > 0.0
+    h = tl.where(pos, tl.math.div_rn(r, tl.where(pos, r + -_expm1_32(lw), 1.0)), 0.0)
+    log_h = tl.minimum(tl.where(h > 0.0, _log32(tl.where(h > 0.0, h, 1.0)), float("-inf")), lw)
+    u = uniform_accept(philox_word0(seed, 0, tl.maximum(jj - 1, 0), step, STREAM_ACCEPT))
+    hit = cand & (_log32(u) <= log_h)
+    tau = tl.max(tl.where(hit, jj, 0), 0)
+    return tau, _exp32(tl.sum(tl.where(jj == tau, lw, 0.0), 0))
+
+
+@triton.jit
 def _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr, posf_ptr,
-                  row_ptr, b, n, K, V, NT, HAS_DRAFT: tl.constexpr, NT_P2: tl.constexpr, KP: tl.constexpr):
+                  row_ptr, b, n, K, V, NT, HAS_DRAFT: tl.constexpr, BLOCK: tl.constexpr, NT_P2: tl.constexpr,
+                  KP: tl.constexpr):
     """Last stats item of request b: merge every used position's chunks (lse, first argmax,
     validity, log p(x_j), log q(x_j)) and run the accept chain, all as [KP] vectors: one
-    round of loads and no loop (B=1 is latency-bound).  Writes posf and row[b]."""
+    round of loads and no loop (B=1 is latency-bound).  Writes posf and row[b].  BLOCK:
+    sampling rows run `_block_chain`; all accepted is token mode's bonus case (tau = n),
+    otherwise the row is MODE_BLOCK and tau waits for the candidates' masses (`_finish`)."""
     b64 = b.to(tl.int64)
     r0 = b64 * (K + 1)
     jj = tl.arange(0, KP)
@@ -323,13 +431,20 @@ def _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr,
     u = uniform_accept(philox_word0(tl.load(seed_ptr + b), 0, jj, tl.load(step_ptr + b), STREAM_ACCEPT))
     acc = tl.where(greedy, x == amax, (logp > float("-inf")) & (tl.log(u) + logq <= logp)) & drafted
     n_acc = tl.min(tl.where(acc, KP, jj), 0)  # the first position not accepted
+    mode = tl.where(greedy, MODE_GREEDY, tl.where(n_acc < n, MODE_RESIDUAL, MODE_BONUS))
     pf = posf_ptr + (r0 + jj) * NPOS
     tl.store(pf + POS_L2_A, l2a, mask=used)
     tl.store(pf + POS_L2_D, l2d, mask=used)
     tl.store(pf + POS_LOGP_X, logp, mask=used)
+    if BLOCK:
+        lw, cand, all_acc = _block_chain(logp, logq, u, jj, n, drafted, KP)
+        tl.store(pf + POS_LW, lw, mask=used)
+        tl.store(pf + POS_CAND, tl.where(cand, 1.0, 0.0), mask=used)
+        n_acc = tl.where(greedy, n_acc, tl.where(all_acc, n.to(tl.int32), 0))
+        mode = tl.where(greedy, MODE_GREEDY, tl.where(all_acc, MODE_BONUS, MODE_BLOCK))
     rp = row_ptr + b * NROW
     tl.store(rp + ROW_NACC, n_acc)
-    tl.store(rp + ROW_MODE, tl.where(greedy, MODE_GREEDY, tl.where(n_acc < n, MODE_RESIDUAL, MODE_BONUS)))
+    tl.store(rp + ROW_MODE, mode)
     tl.store(rp + ROW_GTOK, tl.sum(tl.where(jj == n_acc, amax, 0), 0))
     tl.store(rp + ROW_BAD, tl.max(tl.where(used & bad, 1, 0), 0))
 
@@ -337,8 +452,8 @@ def _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr,
 @triton.jit
 def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr,
                 posf_ptr, row_ptr, reqcnt_ptr, ready_ptr, b, j, t, K, V, NT, CHUNK,
-                HAS_DRAFT: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr,
-                NT_P2: tl.constexpr, KP: tl.constexpr):
+                HAS_DRAFT: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr,
+                ROWS: tl.constexpr, NT_P2: tl.constexpr, KP: tl.constexpr):
     n = tl.load(num_draft_ptr + b)
     if j <= n:
         temp = tl.load(temp_ptr + b)
@@ -366,27 +481,32 @@ def _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_p
         tl.debug_barrier()
         if tl.atomic_add(reqcnt_ptr + b, 1, sem="acq_rel") == (n + 1) * NT - 1:
             _merge_accept(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr, pidx_ptr,
-                          posf_ptr, row_ptr, b, n, K, V, NT, HAS_DRAFT, NT_P2, KP)
+                          posf_ptr, row_ptr, b, n, K, V, NT, HAS_DRAFT, BLOCK, NT_P2, KP)
             tl.debug_barrier()
             tl.atomic_xchg(ready_ptr + b, 1, sem="release")
 
 
 @triton.jit
-def _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
+def _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, part_ptr,
                 q2_ptr, race_f_ptr, race_i_ptr, b, jj, t, n, K, V, NT, CHUNK,
-                HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr,
-                ROWS: tl.constexpr, RACE_ROWS: tl.constexpr):
+                HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr,
+                VEC: tl.constexpr, ROWS: tl.constexpr, RACE_ROWS: tl.constexpr):
     rp = row_ptr + b * NROW
     n_acc = tl.load(rp + ROW_NACC, cache_modifier=".cg")
     mode = tl.load(rp + ROW_MODE, cache_modifier=".cg")
     bad = tl.load(rp + ROW_BAD, cache_modifier=".cg")
-    if NEED_DIV:
+    if NEED_DIV or BLOCK:
         j = jj
     else:
         j = n_acc
     if (bad == 0) & (j <= n):
         do_div = NEED_DIV & (j < n)
-        do_race = (j == n_acc) & (mode != MODE_GREEDY)
+        if BLOCK:  # MODE_BLOCK: every candidate position races (and sums its residual mass)
+            cand = tl.load(posf_ptr + (b.to(tl.int64) * (K + 1) + j) * NPOS + POS_CAND, mask=mode == MODE_BLOCK,
+                           other=0.0, cache_modifier=".cg")
+            do_race = (cand != 0.0) | ((j == n_acc) & (mode == MODE_BONUS))
+        else:
+            do_race = (j == n_acc) & (mode != MODE_GREEDY)
         if do_div | do_race:
             temp = tl.load(temp_ptr + b)
             tau = tl.where(temp > 0, temp, 1.0)
@@ -405,30 +525,49 @@ def _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, p
             if do_race:
                 seed = tl.load(seed_ptr + b)
                 step = tl.load(step_ptr + b)
-                rf = race_f_ptr + (b.to(tl.int64) * NT + t) * NRACE
-                ri = race_i_ptr + (b.to(tl.int64) * NT + t) * NRACE
-                if mode == MODE_RESIDUAL:
+                if BLOCK:
+                    rf = race_f_ptr + (r * NT + t) * NRACE
+                    ri = race_i_ptr + (r * NT + t) * NRACE
+                else:
+                    rf = race_f_ptr + (b.to(tl.int64) * NT + t) * NRACE
+                    ri = race_i_ptr + (b.to(tl.int64) * NT + t) * NRACE
+                if BLOCK:
+                    if mode == MODE_BLOCK:
+                        wsc = _exp32(tl.load(posf_ptr + r * NPOS + POS_LW, cache_modifier=".cg"))
+                        mp = part_ptr + (r * NT + t) * NPART + P_MASS
+                        if HAS_DRAFT:
+                            _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2, wsc, mp,
+                                         True, False, NEED_DIV, True, RACE_ROWS, VEC)
+                        else:
+                            xq = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j), 0), V - 1)
+                            _stream_race(tc, dc, c0, L, s, l2a, l2d, xq, seed, j, step, rf, ri, q2, wsc, mp,
+                                         True, True, NEED_DIV, True, RACE_ROWS, VEC)
+                    else:
+                        _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2, 1.0, rf,
+                                     False, False, False, False, RACE_ROWS, VEC)
+                elif mode == MODE_RESIDUAL:
                     if HAS_DRAFT:
-                        _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2,
-                                     True, False, NEED_DIV, RACE_ROWS, VEC)
+                        _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2, 1.0, rf,
+                                     True, False, NEED_DIV, False, RACE_ROWS, VEC)
                     else:
                         xq = tl.minimum(tl.maximum(tl.load(xtok_ptr + b.to(tl.int64) * K + j), 0), V - 1)
-                        _stream_race(tc, dc, c0, L, s, l2a, l2d, xq, seed, j, step, rf, ri, q2,
-                                     True, True, NEED_DIV, RACE_ROWS, VEC)
+                        _stream_race(tc, dc, c0, L, s, l2a, l2d, xq, seed, j, step, rf, ri, q2, 1.0, rf,
+                                     True, True, NEED_DIV, False, RACE_ROWS, VEC)
                 else:
-                    _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2,
-                                 False, False, False, RACE_ROWS, VEC)
+                    _stream_race(tc, dc, c0, L, s, l2a, l2d, 0, seed, j, step, rf, ri, q2, 1.0, rf,
+                                 False, False, False, False, RACE_ROWS, VEC)
             else:
                 _stream_div(tc, dc, L, s, l2a, l2d, q2, HAS_DRAFT, ROWS, VEC)
 
 
 @triton.jit
-def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr,
+def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, part_ptr,
             q2_ptr, race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr, div_ptr, task_ptr,
             counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
             HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, HAS_STATS: tl.constexpr,
-            DETERMINISTIC: tl.constexpr, NT_P2: tl.constexpr, KP: tl.constexpr):
-    """Request b after its last pass-2 item: the entry race, tokens, counts, divergences."""
+            DETERMINISTIC: tl.constexpr, BLOCK: tl.constexpr, NT_P2: tl.constexpr, KP: tl.constexpr):
+    """Request b after its last pass-2 item: (BLOCK, MODE_BLOCK: tau by `_block_tau`) the entry
+    race, tokens, counts, divergences."""
     b64 = b.to(tl.int64)
     rp = row_ptr + b * NROW
     n_acc = tl.load(rp + ROW_NACC, cache_modifier=".cg")
@@ -438,8 +577,16 @@ def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_
     tt = tl.arange(0, NT_P2)
     tmask = tt < NT
     tok = tl.load(rp + ROW_GTOK, cache_modifier=".cg").to(tl.int64)
+    wsc = tl.full((), 1.0, tl.float32)  # w_tau: scales p in block mode's residual
+    if BLOCK:
+        if (mode == MODE_BLOCK) & (bad_i == 0):
+            n_acc, wsc = _block_tau(posf_ptr, part_ptr, tl.load(seed_ptr + b), tl.load(step_ptr + b),
+                                    b64 * (K + 1), n, NT, NT_P2, KP)
     if (mode != MODE_GREEDY) & (bad_i == 0):
-        rb = (b64 * NT + tt) * NRACE
+        if BLOCK:
+            rb = ((b64 * (K + 1) + n_acc) * NT + tt) * NRACE
+        else:
+            rb = (b64 * NT + tt) * NRACE
         v = tl.load(race_f_ptr + rb + R_RES, mask=tmask, other=-1.0, cache_modifier=".cg")
         best_r = tl.max(v, 0)
         grp_r = tl.min(tl.where(v == best_r, tl.load(race_i_ptr + rb + R_RES, mask=tmask, other=BIG_INDEX,
@@ -447,7 +594,10 @@ def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_
         v = tl.load(race_f_ptr + rb + R_BONUS, mask=tmask, other=-1.0, cache_modifier=".cg")
         grp_p = tl.min(tl.where(v == tl.max(v, 0), tl.load(race_i_ptr + rb + R_BONUS, mask=tmask,
                                                           other=BIG_INDEX, cache_modifier=".cg"), BIG_INDEX), 0)
-        use_r = (mode == MODE_RESIDUAL) & (best_r > 0.0)  # else no residual mass: the bonus weights
+        if BLOCK:
+            use_r = (mode == MODE_BLOCK) & (best_r > 0.0)
+        else:
+            use_r = (mode == MODE_RESIDUAL) & (best_r > 0.0)  # else no residual mass: the bonus weights
         grp = tl.where(use_r, grp_r, grp_p)
         temp = tl.load(temp_ptr + b)
         s = LOG2E / tl.where(temp > 0, temp, 1.0)
@@ -465,7 +615,10 @@ def _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_
             else:
                 xq = tl.minimum(tl.maximum(tl.load(xtok_ptr + b64 * K + n_acc), 0), V - 1)
                 q = tl.where(idx == xq, 1.0, 0.0)
-            w = tl.maximum(w - q, 0.0)
+            if BLOCK:
+                w = tl.maximum(wsc * w - q, 0.0)
+            else:
+                w = tl.maximum(w - q, 0.0)
         e = exponential(philox_word0(tl.load(seed_ptr + b), idx, n_acc, tl.load(step_ptr + b), STREAM_RACE))
         sc = tl.where(inside, tl.math.div_rn(w, e), -1.0)
         tok = tl.min(tl.where(sc == tl.max(sc, 0), idx, BIG_INDEX), 0).to(tl.int64)
@@ -549,12 +702,12 @@ def _verify_kernel(
     temp_ptr,        # [B] fp32, 0 = greedy (divergences and lse then at tau = 1)
     seed_ptr,        # [B] int64
     step_ptr,        # [B] int64
-    part_ptr,        # [B*(K+1), NT, NPART] fp32 scratch: chunk partials
+    part_ptr,        # [B*(K+1), NT, NPART] fp32 scratch: chunk partials (BLOCK: then P_MASS)
     pidx_ptr,        # [B*(K+1), NT] int32 scratch: chunk first argmax
     posf_ptr,        # [B*(K+1), NPOS] fp32 scratch: per-position normalisers
     row_ptr,         # [B, NROW] int32 scratch: accept result
     q2_ptr,          # [B*(K+1), NT, NQ] fp32 scratch: divergence chunk sums (NEED_DIV)
-    race_f_ptr,      # [B, NT, NRACE] fp32 scratch: best group score per chunk
+    race_f_ptr,      # [B, NT, NRACE] fp32 scratch: best group score per chunk ([B*(K+1), ...] if BLOCK)
     race_i_ptr,      # [B, NT, NRACE] int32 scratch: its group
     ticket_ptr,      # [1] int32, zero: next ticket
     reqcnt_ptr,      # [B] int32, zero: finished stats items per request
@@ -572,14 +725,15 @@ def _verify_kernel(
     B, K, V, NT, CHUNK, WAVE, HIST_W,
     HAS_DRAFT: tl.constexpr, NEED_DIV: tl.constexpr, HAS_STATS: tl.constexpr, DETERMINISTIC: tl.constexpr,
     ALIGNED: tl.constexpr, VEC: tl.constexpr, ROWS: tl.constexpr, RACE_ROWS: tl.constexpr,
-    NT_P2: tl.constexpr, KP: tl.constexpr,
+    NT_P2: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Ticket order: S(0), S(1), P(0), S(2), P(1), ..., S(NW-1), P(NW-2), P(NW-1), where S(w)
     # are the stats items of wave w (WAVE requests x (K+1) positions x NT chunks, request-major)
-    # and P(w) its pass-2 items (x P2 positions: every position with divergences, else the
-    # sampling one).  A pass-2 item waits only for stats items of its own wave: smaller tickets.
+    # and P(w) its pass-2 items (x P2 positions: every position with divergences or in block
+    # mode, else the sampling one).  A pass-2 item waits only for stats items of its own wave:
+    # smaller tickets.
     k = tl.atomic_add(ticket_ptr, 1, sem="relaxed")
-    if NEED_DIV:
+    if NEED_DIV or BLOCK:
         P2 = K + 1
     else:
         P2 = 1
@@ -599,7 +753,7 @@ def _verify_kernel(
         if b < B:
             _stats_item(target_ptr, draft_ptr, xtok_ptr, num_draft_ptr, temp_ptr, seed_ptr, step_ptr, part_ptr,
                         pidx_ptr, posf_ptr, row_ptr, reqcnt_ptr, ready_ptr, b, rr // NT, rr % NT, K, V, NT, CHUNK,
-                        HAS_DRAFT, ALIGNED, VEC, ROWS, NT_P2, KP)
+                        HAS_DRAFT, BLOCK, ALIGNED, VEC, ROWS, NT_P2, KP)
     else:
         b = wave * WAVE + r // (P2 * NT)
         rr = r % (P2 * NT)
@@ -607,15 +761,15 @@ def _verify_kernel(
             while tl.atomic_add(ready_ptr + b, 0, sem="acquire") == 0:
                 pass
             n = tl.load(num_draft_ptr + b)
-            _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, q2_ptr,
-                        race_f_ptr, race_i_ptr, b, rr // NT, rr % NT, n, K, V, NT, CHUNK,
-                        HAS_DRAFT, NEED_DIV, ALIGNED, VEC, ROWS, RACE_ROWS)
+            _pass2_item(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, part_ptr,
+                        q2_ptr, race_f_ptr, race_i_ptr, b, rr // NT, rr % NT, n, K, V, NT, CHUNK,
+                        HAS_DRAFT, NEED_DIV, BLOCK, ALIGNED, VEC, ROWS, RACE_ROWS)
             tl.debug_barrier()
             if tl.atomic_add(fincnt_ptr + b, 1, sem="acq_rel") == P2 * NT - 1:
-                _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, q2_ptr,
-                        race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr, div_ptr, task_ptr,
-                        counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
-                        HAS_DRAFT, NEED_DIV, HAS_STATS, DETERMINISTIC, NT_P2, KP)
+                _finish(target_ptr, draft_ptr, xtok_ptr, temp_ptr, seed_ptr, step_ptr, posf_ptr, row_ptr, part_ptr,
+                        q2_ptr, race_f_ptr, race_i_ptr, out_tokens_ptr, out_nacc_ptr, out_nemit_ptr, div_ptr,
+                        task_ptr, counts_ptr, hist_ptr, sums_ptr, rowsum_ptr, b, n, B, K, V, NT, HIST_W,
+                        HAS_DRAFT, NEED_DIV, HAS_STATS, DETERMINISTIC, BLOCK, NT_P2, KP)
 
 
 @triton.jit
@@ -723,15 +877,22 @@ GPU_VARIANT = dict(ROWS=512, RACE_ROWS=256, NT_P2=64, KP=8)
 With 4 warps the launcher halves ROWS and RACE_ROWS: the same code per thread."""
 
 
-def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str) -> dict:
-    """The constexprs of the compiled `_verify_kernel` variant for a mode (tests/compile_kernels.py)."""
+METHODS = ("token", "block")
+"""verify(method=...): "block" compiles the BLOCK variant of `_verify_kernel`."""
+
+
+def variant_constexprs(elem_bytes: int, has_draft: bool, mode: str, method: str = "token") -> dict:
+    """The constexprs of the compiled `_verify_kernel` variant for a mode and method
+    (tests/compile_kernels.py)."""
     need_div, has_stats, det = MODES[mode]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return dict(HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=det, ALIGNED=True,
-                VEC=_vec(elem_bytes), **GPU_VARIANT)
+                VEC=_vec(elem_bytes), **GPU_VARIANT, BLOCK=method == "block")
 
 
 def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_draft=True,
-               residual_fraction=1.0) -> list[dict]:
+               residual_fraction=1.0, method="token", candidates=1.0) -> list[dict]:
     """One dict per launch for a verify call of this shape, in launch order:
     {"kernel": kernel function name, "constexprs": the variant's constexpr dict (as listed in
      tests/compile_kernels.py), "num_warps": int, "programs": grid size,
@@ -748,35 +909,47 @@ def work_model(B, K, V, elem_bytes, mode, num_sms=132, l2_bytes=50 * 2**20, has_
     of the sync words (a few bytes per row) precedes the kernel: "memset_bytes".  Re-reads
     count as L2 traffic when a wave of requests fits in ``l2_bytes / L2_FRACTION``, else as
     DRAM.
+
+    ``method="block"`` (the BLOCK variant): ``residual_fraction`` of the requests do not
+    accept every draft, and each races ``candidates`` positions on average (position 0 and
+    the positions whose coin passes the cap w_i; between 1 and K), target and draft rows;
+    the pass-2 items cover every position; race scratch is per position.
     """
     need_div, has_stats, det = MODES[mode]
     has_draft = has_draft and K > 0
+    block = method == "block" and K > 0
     rf = residual_fraction if K > 0 else 0.0
+    cands = candidates if block else 1.0
+    if block and not 1.0 <= cands <= K:
+        raise ValueError(f"candidates must lie in [1, K]=[1, {K}], got {candidates}")
     K1 = K + 1
     plan = _plan(B, K, V, elem_bytes, True, num_sms, l2_bytes)
     NT, WAVE = plan["NT"], plan["WAVE"]
-    P2 = K1 if need_div else 1
+    P2 = K1 if need_div or block else 1
     programs = triton.cdiv(B, WAVE) * WAVE * NT * (K1 + P2)
     BV = B * V
     tensors = 2 if has_draft else 1
     if has_draft:
-        loops = [2 * K * BV, BV, round(2 * rf * BV), round((1 - rf) * BV)]
+        loops = [2 * K * BV, BV, round(2 * rf * cands * BV), round((1 - rf) * BV)]
     else:
-        loops = [K1 * BV, round(rf * BV), round((1 - rf) * BV)]
-    rereads = round(((1 + (1 if has_draft else 0)) * rf + (1 - rf)) * BV)  # the sampling row
+        loops = [K1 * BV, round(rf * cands * BV), round((1 - rf) * BV)]
+    rereads = round(((1 + (1 if has_draft else 0)) * rf * cands + (1 - rf)) * BV)  # the raced rows
     if need_div:
-        div_rows = round((K - rf) * BV)  # drafted rows other than the residual race row
+        div_rows = round((K - rf * cands) * BV)  # drafted rows other than the residual race rows
         loops.append(tensors * div_rows)
         rereads += tensors * div_rows
     logits = (K1 + (K if has_draft else 0)) * BV
     R = B * K1
     npart, npos, nrow, nrace, nq, ndiv, nsum = (int(c) for c in (NPART, NPOS, NROW, NRACE, NQ, NDIV, NSUM))
-    scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + B * NT * 2 * nrace + (R * NT * nq if need_div else 0))
+    race_rows = R if block else B
+    scratch = 4 * (R * NT * (npart + 1) + R * npos + B * nrow + race_rows * NT * 2 * nrace
+                   + (R * NT * nq if need_div else 0))
     outputs = B * K1 * 8 + 2 * B * 4 + (ndiv * B * K * 4 if need_div else 0) + (B * nsum * 8 if det else 0)
     reread_bytes = rereads * elem_bytes
     fits = (2 * K + 1) * V * elem_bytes * WAVE <= l2_bytes // L2_FRACTION
     dram = logits * elem_bytes + 2 * scratch + outputs + (0 if fits else reread_bytes)
-    out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode),
+    out = [{"kernel": "_verify_kernel", "constexprs": variant_constexprs(elem_bytes, has_draft, mode,
+                                                                         "block" if block else "token"),
             "num_warps": plan["num_warps"], "programs": programs, "loops": [{"elements": e} for e in loops],
             "dram_bytes": dram, "l2_bytes": reread_bytes if fits else 0, "memset_bytes": 4 * (1 + 3 * B)}]
     if det:
@@ -791,8 +964,9 @@ def _aligned(t: torch.Tensor | None, vec: int) -> bool:
 
 
 def launch(target, draft, draft_tokens, num_draft, temperature, seed, step, need_div,
-           task_ids=None, stats=None, block=None, chunk=None, num_warps=None, wave=None):
+           task_ids=None, stats=None, block=None, chunk=None, num_warps=None, wave=None, method="token"):
     """Canonical inputs (see api.verify); updates ``stats`` in place; no host sync.
+    ``method`` "token" | "block" (the BLOCK variant); ``block`` is the stats tile (see `_plan`).
 
     Returns (tokens [B, K+1] int64, num_accepted [B] int32, num_emitted [B] int32,
     {field: [B, K] fp32} in DIVERGENCE_FIELDS order, or None without ``need_div``).
@@ -813,8 +987,10 @@ def launch(target, draft, draft_tokens, num_draft, temperature, seed, step, need
     posf = torch.empty(R, NPOS, dtype=f32, device=dev)
     row = torch.empty(B, NROW, dtype=i32, device=dev)
     q2 = torch.empty(R if need_div else 1, NT, NQ, dtype=f32, device=dev)
-    race_f = torch.empty(B, NT, NRACE, dtype=f32, device=dev)
-    race_i = torch.empty(B, NT, NRACE, dtype=i32, device=dev)
+    is_block = method == "block" and K > 0
+    race_rows = R if is_block else B  # block mode: every candidate position races
+    race_f = torch.empty(race_rows, NT, NRACE, dtype=f32, device=dev)
+    race_i = torch.empty(race_rows, NT, NRACE, dtype=i32, device=dev)
     sync = torch.zeros(1 + 3 * B, dtype=i32, device=dev)  # the one memset of the call
     ticket, reqcnt, ready, fincnt = sync.split([1, B, B, B])
     tokens = torch.empty(B, K1, dtype=torch.int64, device=dev)
@@ -830,14 +1006,14 @@ def launch(target, draft, draft_tokens, num_draft, temperature, seed, step, need
         s_task = s_counts = s_hist = s_sums = n_acc
         hist_w = 1
     nw = triton.cdiv(B, WAVE)
-    grid = (nw * WAVE * NT * (K1 + (K1 if need_div else 1)),)
+    grid = (nw * WAVE * NT * (K1 + (K1 if need_div or is_block else 1)),)
     _verify_kernel[grid](
         target, draft_arg, draft_tokens, num_draft, temperature, seed, step, part, pidx, posf, row, q2,
         race_f, race_i, ticket, reqcnt, ready, fincnt, tokens, n_acc, n_emit, div,
         s_task, s_counts, s_hist, s_sums, rowsum, B, K, V, NT, plan["CHUNK"], WAVE, hist_w,
         HAS_DRAFT=has_draft, NEED_DIV=need_div, HAS_STATS=has_stats, DETERMINISTIC=deterministic,
         ALIGNED=aligned, VEC=plan["VEC"], ROWS=plan["ROWS"], RACE_ROWS=plan["RACE_ROWS"],
-        NT_P2=plan["NT_P2"], KP=plan["KP"], num_warps=plan["num_warps"])
+        NT_P2=plan["NT_P2"], KP=plan["KP"], BLOCK=is_block, num_warps=plan["num_warps"])
     if deterministic:
         _task_reduce_kernel[(stats.num_tasks,)](task_ids, rowsum, stats.sums, B,
                                                 BLOCK_B=min(triton.next_power_of_2(B), 256))

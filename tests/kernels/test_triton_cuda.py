@@ -18,13 +18,14 @@ def _case(verify_case, B, K, V, dtype, seed=0, onehot=False):
 
 
 @cuda
+@pytest.mark.parametrize("method", ["token", "block"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,K,V", [(1, 4, 151936), (16, 4, 32000), (64, 8, 128256)])
-def test_triton_equals_reference_on_gpu(B, K, V, dtype, verify_case):
+def test_triton_equals_reference_on_gpu(B, K, V, dtype, method, verify_case):
     target, draft, tokens, num_draft, temp = _case(verify_case, B, K, V, dtype)
     seed = torch.arange(B, device="cuda") * 7 + 1
     outs = {be: sk.verify(target, draft, tokens, num_draft=num_draft, temperature=temp, seed=seed, step=3,
-                          return_divergence=True, backend=be) for be in ("triton", "torch")}
+                          return_divergence=True, backend=be, method=method) for be in ("triton", "torch")}
     a, b = outs["triton"], outs["torch"]
     assert torch.equal(a.tokens, b.tokens)
     assert torch.equal(a.num_accepted, b.num_accepted)
@@ -33,22 +34,25 @@ def test_triton_equals_reference_on_gpu(B, K, V, dtype, verify_case):
 
 
 @cuda
-def test_one_hot_drafts_on_gpu(verify_case):
+@pytest.mark.parametrize("method", ["token", "block"])
+def test_one_hot_drafts_on_gpu(verify_case, method):
     target, draft, tokens, num_draft, temp = _case(verify_case, 8, 4, 50000, torch.bfloat16, onehot=True)
-    outs = [sk.verify(target, None, tokens, num_draft=num_draft, temperature=temp, seed=5, backend=be)
-            for be in ("triton", "torch")]
+    outs = [sk.verify(target, None, tokens, num_draft=num_draft, temperature=temp, seed=5, backend=be,
+                      method=method) for be in ("triton", "torch")]
     assert torch.equal(outs[0].tokens, outs[1].tokens)
 
 
 @cuda
-def test_cuda_graph_capture_and_replay(verify_case):
+@pytest.mark.parametrize("method", ["token", "block"])
+def test_cuda_graph_capture_and_replay(verify_case, method):
     B, K, V = 4, 4, 151936
     target, draft, tokens, num_draft, temp = _case(verify_case, B, K, V, torch.bfloat16)
     seed = torch.arange(B, device="cuda") + 11
     step = torch.zeros(B, dtype=torch.int64, device="cuda")
     stats = sk.TaskStats(2, K, device="cuda")
     task_ids = torch.arange(B, device="cuda") % 2
-    kw = dict(num_draft=num_draft, temperature=temp, seed=seed, step=step, task_ids=task_ids, stats=stats)
+    kw = dict(num_draft=num_draft, temperature=temp, seed=seed, step=step, task_ids=task_ids, stats=stats,
+              method=method)
     eager = sk.verify(target, draft, tokens, backend="triton", **kw)  # also warms up / compiles
     stats.reset()
     s = torch.cuda.Stream()

@@ -32,7 +32,7 @@ from specfair_kernels import rng
 from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 P_MIN, P_CONTROL = 1e-3, 1e-6
-BLOCK_READY = ("torch", "cpp")  # backends implementing method="block"
+BLOCK_READY = ("torch", "cpp", "triton")  # backends implementing method="block"
 
 # --- (a), (b): the closed form -------------------------------------------------------------
 
@@ -371,15 +371,17 @@ def test_cross_backend_equal(other_backend, verify_case, draft, tdtype):
         assert torch.equal(got.num_emitted.cpu(), ref.num_emitted)
 
 
-def test_triton_block_is_refused_by_name_and_auto_falls_back(monkeypatch, verify_case):
-    """Until the Triton kernel has block mode: asking for it by name is a clear error, and
-    'auto' (which would pick Triton) runs block mode on the torch backend instead."""
+def test_auto_picks_triton_for_block_mode(monkeypatch, interpreted_backend, verify_case):
+    """Where 'auto' picks Triton (CUDA), block mode runs on the Triton kernel too (no fallback)."""
     from specfair_kernels import backends
+    from specfair_kernels.ops import verify as ops_verify
 
     case = verify_case(3, B=3, K=2, V=8)
-    with pytest.raises(NotImplementedError, match="method='block'.*triton"):
-        sk.verify(**case, backend="triton", method="block")
     want = sk.verify(**case, backend="torch", method="block")
+    calls = []
+    launch = ops_verify.launch
+    monkeypatch.setattr(ops_verify, "launch", lambda *a, **kw: calls.append(kw["method"]) or launch(*a, **kw))
     monkeypatch.setattr(backends, "select", lambda op, backend, device: "triton")  # as on CUDA
     got = sk.verify(**case, backend="auto", method="block")
+    assert calls == ["block"]
     assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
