@@ -289,8 +289,10 @@ def bench_shapes() -> list[dict]:
     rows = []
     for B, K, V, dtype, tag in bv.SHAPES:
         for mode in bv.MODES:
-            rows.append({"op": "verify", "shape": {"B": B, "K": K, "V": V}, "mode": mode, "dtype": dtype, "tag": tag,
-                         "floor_bytes": bv.verify_bytes(B, K, V, ELEM_BYTES[dtype], mode)})
+            for method in bv.METHODS:
+                rows.append({"op": "verify", "shape": {"B": B, "K": K, "V": V}, "mode": mode, "method": method,
+                             "dtype": dtype, "tag": tag, "floor_bytes": bv.verify_bytes(B, K, V, ELEM_BYTES[dtype],
+                                                                                        mode)})
     for N, V, dtype, tag in bd.SHAPES:
         for kind in bd.KINDS:
             # bench_divergence's bytes_moved: both logits read once, the gradient written once
@@ -302,7 +304,10 @@ def bench_shapes() -> list[dict]:
 def shape_work(row, num_sms):
     eb = ELEM_BYTES[row["dtype"]]
     if row["op"] == "verify":
-        return work_model("verify", **row["shape"], elem_bytes=eb, mode=row["mode"], num_sms=num_sms)
+        # block: the worst case, every drafted position a candidate (races and residual masses at all K)
+        block = row.get("method") == "block"
+        return work_model("verify", **row["shape"], elem_bytes=eb, mode=row["mode"], num_sms=num_sms,
+                          method=row.get("method", "token"), candidates=row["shape"]["K"] if block else 1.0)
     return work_model("token_divergence", **row["shape"], elem_bytes=eb, kind=row["mode"], need_grad=True,
                       num_sms=num_sms)
 
@@ -314,8 +319,15 @@ def gpu_of(device: str) -> str | None:
     return None
 
 
-def _record_key(op, shape, mode, dtype):
-    return (op, mode, dtype) + tuple(sorted(shape.items()))
+def _mode_str(row) -> str:
+    """The mode column: verify's block rows say so (``tokens/block``)."""
+    return row["mode"] + ("/block" if row.get("method") == "block" else "")
+
+
+def _record_key(op, shape, mode, dtype, method="token"):
+    """Records of verify's method="token" (and those saved before verify had ``method``) share
+    the key of the token rows."""
+    return (op, mode, dtype, method or "token") + tuple(sorted(shape.items()))
 
 
 def measured_times(results_dir=RESULTS_DIR) -> dict:
@@ -335,7 +347,8 @@ def measured_times(results_dir=RESULTS_DIR) -> dict:
             dims = ("B", "K", "V") if info.get("op") == "verify" else ("N", "V")
             if any(d not in info for d in dims):
                 continue
-            key = _record_key(info.get("op"), {d: info[d] for d in dims}, info.get("mode"), info.get("dtype"))
+            key = _record_key(info.get("op"), {d: info[d] for d in dims}, info.get("mode"), info.get("dtype"),
+                              info.get("method"))
             old = out.setdefault(key, {}).get(gpu)
             if old is not None and old["launch"] == "graph" and info.get("launch") != "graph":
                 continue
@@ -501,7 +514,7 @@ class Report:
                             "programs": e["programs"], "elements": [lp["elements"] for lp in e["loops"]],
                             "dram_bytes": e["dram_bytes"], "l2_bytes": e["l2_bytes"], "issued": n,
                             "registers": variant.get("registers") if variant else None})
-        key = _record_key(row["op"], row["shape"], row["mode"], row["dtype"])
+        key = _record_key(row["op"], row["shape"], row["mode"], row["dtype"], row.get("method"))
         out = dict(row, work_model=source, kernels=kernels, launches=len(entries),
                    dram_bytes=sum(e["dram_bytes"] for e in entries), l2_bytes=sum(e["l2_bytes"] for e in entries),
                    issued=sum(n or 0.0 for n in issued), notes=notes, predicted={}, floor_us={}, measured={})
@@ -582,13 +595,13 @@ def format_text(rep: dict) -> str:
     gpus, seen = list(g), _measured_gpus(rep)
     out.append("Per benchmark shape: predicted = sum over launches of max(DRAM bytes / bandwidth, issued "
                "instructions / issue rate) + launches x overhead; measured = committed GPU result")
-    hdr = f"{'op':<16} {'shape':<22} {'mode':<10} {'dt':<4} {'L':>2} {'DRAM MB':>8} {'Ginstr':>7} |"
+    hdr = f"{'op':<16} {'shape':<22} {'mode':<16} {'dt':<4} {'L':>2} {'DRAM MB':>8} {'Ginstr':>7} |"
     for gpu in gpus:
         hdr += f" {gpu + ' pred':>10} {'bound':<7} {'floor':>7}"
         hdr += f" {'measured':>9} {'meas/pred':>9} |" if gpu in seen else " |"
     out.append(hdr)
     for s in rep["shapes"]:
-        line = (f"{s['op']:<16} {_shape_str(s):<22} {s['mode']:<10} {SHORT_DTYPE[s['dtype']]:<4} {s['launches']:>2} "
+        line = (f"{s['op']:<16} {_shape_str(s):<22} {_mode_str(s):<16} {SHORT_DTYPE[s['dtype']]:<4} {s['launches']:>2} "
                 f"{s['dram_bytes'] / 1e6:>8.1f} {s['issued'] / 1e9:>7.2f} |")
         for gpu in gpus:
             p, m = s["predicted"][gpu], s["measured"].get(gpu)
@@ -639,7 +652,7 @@ def format_markdown(rep: dict) -> str:
     out += [head, rule]
     for s in rep["shapes"]:
         dt = "" if s["dtype"] == "bfloat16" else f" {SHORT_DTYPE[s['dtype']]}"
-        line = f"| {s['op']} | {_shape_str(s)}{dt} | {s['mode']} | {s['launches']} |"
+        line = f"| {s['op']} | {_shape_str(s)}{dt} | {_mode_str(s)} | {s['launches']} |"
         for g in gpus:
             p, m = s["predicted"][g], s["measured"].get(g)
             line += f" {p['us']:.1f} ({p['bound']}) | {s['floor_us'][g]:.1f} |"

@@ -54,7 +54,8 @@ if [[ $WHAT == all ]]; then
     # The kernels first: equality with the reference at real vocabularies, CUDA-graph capture.
     stamp "CUDA kernel tests"
     "$PY" -m pytest tests/kernels/test_triton_cuda.py tests/kernels/test_divergence_cuda.py \
-        tests/kernels/test_verify_triton.py tests/kernels/test_verify_race.py -x -q -p no:cacheprovider \
+        tests/kernels/test_verify_triton.py tests/kernels/test_verify_race.py tests/kernels/test_verify_block.py \
+        -x -q -p no:cacheprovider \
         2>&1 | tee "$OUT/tests_kernels_gpu.log"
     test_rc=${PIPESTATUS[0]}
     stamp "kernel tests done (exit $test_rc)"
