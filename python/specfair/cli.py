@@ -50,6 +50,17 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
+def _search_values(text: str) -> tuple[str, list[float]]:
+    key, sep, vals = text.partition("=")
+    try:
+        values = [float(v) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not sep or not key.strip() or not values:
+        raise argparse.ArgumentTypeError(f"expected KNOB=V1,V2,... with numbers, got {text!r}")
+    return key.strip(), values
+
+
 def _corpus_arguments(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("--corpus", default=default,
                    help="specfair.corpus source: default (Debian installation guide), django, mgsm, jsonl, csv")
@@ -133,7 +144,14 @@ def _add_scdf(sub) -> None:
                     help="run every method (or --methods) under one budget and write a comparison report "
                          "(JSON, Markdown, PNG) in --out")
     sc.add_argument("--methods", type=_comma_list, default=list(METHODS), help="methods for --compare")
-    sc.add_argument("--seeds", type=_comma_list, default=["0"], help="comma-separated seeds for --compare")
+    sc.add_argument("--seeds", type=_comma_list, default=["0", "1", "2"],
+                    help="comma-separated seeds for --compare (default 0,1,2)")
+    sc.add_argument("--search-budget", type=int, default=4,
+                    help="--compare: candidate knob settings per method, each run with every seed and measured on "
+                         "the validation split (default %(default)s)")
+    sc.add_argument("--search", action="append", default=[], type=_search_values, metavar="KNOB=V1,V2,...",
+                    help="--compare: values searched for a knob (lr, uniform_mix, balance_mix, temperature_lr) "
+                         "instead of the defaults of specfair.scdf_select (repeatable)")
     sc.add_argument("--prefix", default="scdf_compare",
                     help="--compare report file names (<out>/<prefix>.json/.md/.png)")
     sc.add_argument("--work-dir", help="--compare: where each run's drafter and checkpoint go "
@@ -142,7 +160,11 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--drafter", help="drafter: hub name, directory or GGUF file (default: the shipped pair)")
     _corpus_arguments(sc, d.corpus_source)
     sc.add_argument("--tasks", type=_comma_list, help="comma-separated tasks (default: every task of the corpus)")
-    sc.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction)
+    sc.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
+                    help="share of split keys held out for reporting (default %(default)s)")
+    sc.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                    help="share of split keys for validation, taken from training text; --compare chooses knobs "
+                         "there (default %(default)s)")
     sc.add_argument("--steps", type=int, default=d.steps)
     sc.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step per rank")
     sc.add_argument("--context-length", type=int, default=d.context_length)
@@ -154,6 +176,8 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--temperature", type=float, default=d.temperature)
     sc.add_argument("--uniform-mix", type=float, default=d.uniform_mix,
                     help="share of balanced sampling mixed into the s-CDF probabilities")
+    sc.add_argument("--balance-mix", type=float, default=d.balance_mix,
+                    help="balanced: share of 1/m sampling, the rest token-proportional (default %(default)s)")
     sc.add_argument("--stats-decay", type=float, default=d.stats_decay)
     sc.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: full fine-tune (default)")
     sc.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
@@ -204,6 +228,8 @@ def _add_corpus(sub) -> None:
                     help=f"one of: default ({DEFAULT_SOURCE}), {', '.join(list_sources())}")
     co.add_argument("--tasks", type=_comma_list, help="comma-separated tasks (default: all)")
     co.add_argument("--heldout-fraction", type=float, default=0.1)
+    co.add_argument("--validation-fraction", type=float, default=0.0,
+                    help="share of split keys for validation, taken from training text (default %(default)s)")
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--max-items-per-task", type=int)
     co.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
@@ -257,7 +283,8 @@ def scdf_config(a) -> ScdfConfig:
     return ScdfConfig(
         out_dir=a.out, method=a.method, verifier=a.verifier, drafter=a.drafter,
         corpus_source=a.corpus, corpus_options=dict(a.corpus_option),
-        tasks=a.tasks, heldout_fraction=a.heldout_fraction, steps=a.steps, batch_size=a.batch_size,
+        tasks=a.tasks, heldout_fraction=a.heldout_fraction, validation_fraction=a.validation_fraction,
+        balance_mix=a.balance_mix, steps=a.steps, batch_size=a.batch_size,
         context_length=a.context_length, lr=a.lr, warmup_steps=a.warmup_steps, loss=a.loss,
         weight_divergence=a.weight_divergence, temperature=a.temperature, uniform_mix=a.uniform_mix,
         stats_decay=a.stats_decay, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, seed=a.seed,
@@ -273,7 +300,8 @@ def _scdf(a) -> int:
             seeds = [int(s) for s in a.seeds]
         except ValueError:
             raise ScdfError(f"--seeds must be comma-separated integers, got {','.join(a.seeds)!r}") from None
-        summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir)
+        summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir,
+                                 budget=a.search_budget, search=dict(a.search))
         print(summary["markdown_table"])
         print(f"report: {summary['paths']['json']}, {summary['paths']['markdown']}, {summary['paths']['png']}")
         return 0
@@ -329,7 +357,8 @@ def _train_pair(a) -> int:
 
 
 def _corpus(a) -> int:
-    c = load_corpus(a.source, a.tasks, a.heldout_fraction, a.seed, a.max_items_per_task, **dict(a.option))
+    c = load_corpus(a.source, a.tasks, a.heldout_fraction, a.seed, a.max_items_per_task,
+                    validation_fraction=a.validation_fraction, **dict(a.option))
     print(c.summary())
     return 0
 

@@ -10,7 +10,9 @@ steps for every method):
 
 ``uniform``      plain distillation: windows drawn uniformly from the pooled training
                  split of every task (a task's chance is its share of training tokens).
-``balanced``     data balancing: each task equally likely (1/m), then a uniform window.
+``balanced``     data balancing: each task equally likely (1/m), then a uniform window
+                 (``balance_mix < 1`` mixes that share of 1/m with token-proportional
+                 sampling: 0 is ``uniform``).
 ``temperature``  temperature tuning: the drafter's weights stay as they are and one
                  scalar softmax temperature tau of the drafter (q = softmax(z / tau)) is
                  fitted by the same loss on balanced batches.  tau is then folded into the
@@ -31,6 +33,11 @@ steps for every method):
                  per-batch mean loss proportional to sum_t w_t grad D_t, the paper's shaped
                  gradient (1/m) sum_t w_t grad D_t, up to a positive factor that Adam
                  does not see.  If every w_t is 0 (all tasks equal) sampling is balanced.
+
+Data: the corpus is split three ways by a stable hash of each item's split key
+(`specfair.corpus`): training text (the only text any method trains on), validation text
+(``validation_fraction``, where `specfair.scdf_compare` chooses every method's knobs) and
+held-out text (``heldout_fraction``, the only text reported).
 
 Choices the paper leaves open, and what this module does
 --------------------------------------------------------
@@ -99,7 +106,8 @@ from .models import load_pair
 from .spread import before_after
 from .training import WindowSampler, decay_groups, fingerprint, lr_at
 
-__all__ = ["ScdfConfig", "ScdfError", "ScdfResult", "evaluate_drafter", "load_models", "prepare_eval_cache", "train"]
+__all__ = ["ScdfConfig", "ScdfError", "ScdfResult", "evaluate_drafter", "load_models", "load_task_corpus",
+           "prepare_eval_cache", "train"]
 
 from .scdf_config import (
     LORA_TARGETS,
@@ -151,14 +159,26 @@ def load_models(cfg: ScdfConfig):
     return verifier, drafter, tokenizer
 
 
-def prepare_eval_cache(ec: dict, cfg: ScdfConfig, verifier, tokenizer, corpus, names, device) -> dict:
-    """Fill ``ec`` with the held-out windows and the verifier's logits on them (once), so that
-    several runs share them."""
+def load_task_corpus(cfg: ScdfConfig):
+    """The corpus of ``cfg``, split train / validation / held-out (`specfair.corpus`)."""
+    return corpus_mod.load_corpus(cfg.corpus_source, tasks=cfg.tasks, heldout_fraction=cfg.heldout_fraction,
+                                  seed=cfg.corpus_seed, max_items_per_task=cfg.max_items_per_task,
+                                  validation_fraction=cfg.validation_fraction, **cfg.corpus_options)
+
+
+def prepare_eval_cache(ec: dict, cfg: ScdfConfig, verifier, tokenizer, corpus, names, device,
+                       split: str = "heldout") -> dict:
+    """Fill ``ec`` with the windows of ``split`` ("heldout" by default, or "validation") and
+    the verifier's logits on them (once), so that several runs share them.  A cache holds
+    one split (``ec["split"]``); asking it for another is an error."""
+    if ec.setdefault("split", split) != split:
+        raise ScdfError(f"this evaluation cache holds the {ec['split']} split, not {split}")
     if "windows" not in ec:
-        held = {t: corpus.tasks[t].heldout for t in names}
-        if not any(held.values()):
-            raise ScdfError("the corpus has no held-out text to evaluate on; raise heldout_fraction")
-        ec["windows"] = tf.token_windows(tokenizer, held, cfg.context_length, cfg.eval_tokens_per_task)
+        texts = {t: corpus.tasks[t].split(split) for t in names}
+        if not any(texts.values()):
+            knob = "heldout_fraction" if split == "heldout" else "validation_fraction"
+            raise ScdfError(f"the corpus has no {split} text to evaluate on; raise {knob}")
+        ec["windows"] = tf.token_windows(tokenizer, texts, cfg.context_length, cfg.eval_tokens_per_task)
     if "target_logits" not in ec:
         ec["target_logits"] = tf.verifier_logits(verifier, ec["windows"], batch_size=cfg.eval_batch_size,
                                                  device=device, progress=cfg.progress)
@@ -225,9 +245,7 @@ class _Run:
             v, d, tk = load_models(cfg)
             verifier, drafter, tokenizer = verifier or v, drafter or d, tokenizer or tk
         if corpus is None:
-            corpus = corpus_mod.load_corpus(cfg.corpus_source, tasks=cfg.tasks,
-                                            heldout_fraction=cfg.heldout_fraction, seed=cfg.corpus_seed,
-                                            max_items_per_task=cfg.max_items_per_task, **cfg.corpus_options)
+            corpus = load_task_corpus(cfg)
         self.names = [t for t in corpus.task_names if corpus.tasks[t].train]
         if len(self.names) < 2:
             raise ScdfError(f"s-CDF needs at least 2 tasks with training text, got {self.names}")
@@ -375,7 +393,7 @@ class _Run:
                    total=cfg.steps, disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
         for step in bar:
             est = self.stats.mean()
-            probs = task_probabilities(cfg.method, est[:, 0], self.train_tokens, cfg.uniform_mix)
+            probs = task_probabilities(cfg.method, est[:, 0], self.train_tokens, cfg.uniform_mix, cfg.balance_mix)
             for gr in self.opt.param_groups:
                 gr["lr"] = lr_at(step, gr["base_lr"], cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             batch, tasks = self.sampler.sample(probs, cfg.batch_size)

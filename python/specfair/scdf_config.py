@@ -39,6 +39,7 @@ class ScdfConfig:
     corpus_options: dict = field(default_factory=dict)
     tasks: list[str] | None = None
     heldout_fraction: float = 0.1
+    validation_fraction: float = 0.1     # carved from training text: where knobs are chosen (scdf_compare)
     corpus_seed: int = 0
     max_items_per_task: int | None = None
     context_length: int = 128
@@ -58,6 +59,7 @@ class ScdfConfig:
     weight_divergence: str = "kl"
     temperature: float = 1.0
     uniform_mix: float = 0.5
+    balance_mix: float = 1.0              # "balanced": p_t = (1 - mix) n_t / sum n + mix / m
     stats_decay: float = 0.9
     init_windows_per_task: int = 2
     # --- drafter parametrisation
@@ -117,6 +119,10 @@ class ScdfConfig:
             raise ScdfError(f"temperature must be finite and > 0, got {self.temperature}")
         if not 0 <= self.uniform_mix <= 1:
             raise ScdfError(f"uniform_mix must be in [0, 1], got {self.uniform_mix}")
+        if not 0 <= self.balance_mix <= 1:
+            raise ScdfError(f"balance_mix must be in [0, 1], got {self.balance_mix}")
+        if not 0 <= self.validation_fraction <= 1 - self.heldout_fraction:
+            raise ScdfError(f"validation_fraction must be in [0, 1 - heldout_fraction], got {self.validation_fraction}")
         if not 0 <= self.stats_decay < 1:
             raise ScdfError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
         if self.stop_after is not None and self.stop_after < 1:
@@ -138,18 +144,22 @@ class ScdfResult:
 
 
 # ----------------------------------------------------------------------------- weights
-def task_probabilities(method: str, divergence, train_tokens, uniform_mix: float):
+def task_probabilities(method: str, divergence, train_tokens, uniform_mix: float, balance_mix: float = 1.0):
     """Per-task sampling probabilities ([m] float64 tensor) for a method.
 
     divergence : [m] current D_t estimates (only ``scdf`` uses them)
-    train_tokens : [m] training tokens per task (only ``uniform`` uses them)
+    train_tokens : [m] training tokens per task (``uniform``, and ``balanced`` with
+        ``balance_mix < 1``, use them)
+    balance_mix : ``balanced`` mixes ``(1 - balance_mix)`` of token-proportional sampling
+        into the flat 1/m (1: fully balanced, 0: the same as ``uniform``)
     """
     d = torch.as_tensor(divergence, dtype=torch.float64)
     m = d.numel()
     flat = torch.full((m,), 1.0 / m, dtype=torch.float64)
-    if method == "uniform":
+    if method == "uniform" or (method == "balanced" and balance_mix < 1):
         n = torch.as_tensor(train_tokens, dtype=torch.float64)
-        return n / n.sum()
+        prop = n / n.sum()
+        return prop if method == "uniform" else (1 - balance_mix) * prop + balance_mix * flat
     if method in ("balanced", "temperature"):
         return flat
     if method != "scdf":

@@ -61,7 +61,8 @@ def assets(tmp_path_factory):
 def config(assets, out, **kw) -> ScdfConfig:
     base = dict(out_dir=str(out), verifier=str(assets / "verifier"), drafter=str(assets / "drafter"),
                 corpus_source="jsonl", corpus_options={"path": str(assets / "corpus.jsonl"), "key_column": "id"},
-                heldout_fraction=0.25, context_length=CTX, steps=6, batch_size=4, warmup_steps=2, lr=1e-2,
+                heldout_fraction=0.25, validation_fraction=0.25, context_length=CTX, steps=6, batch_size=4,
+                warmup_steps=2, lr=1e-2,
                 checkpoint_every=3, eval_tokens_per_task=64, eval_batch_size=8, progress=False,
                 init_windows_per_task=2, log_every=1)
     base.update(kw)
@@ -124,7 +125,7 @@ def test_methods_train_the_drafter_only(assets, tmp_path, method):
     assert kl_a < kl_b
     # the sampling probabilities are the method's function of the estimates it saw
     for rec in res.history:
-        p = task_probabilities(method, torch.tensor(rec["divergence"]),
+        p = task_probabilities(method, torch.tensor(rec["divergence"], dtype=torch.float64),
                                torch.tensor([1.0] * 3), 0.5 if method == "scdf" else 0.1)
         if method == "scdf":
             torch.testing.assert_close(torch.tensor(rec["probabilities"], dtype=torch.float64), p)
@@ -207,7 +208,8 @@ def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
                        "--prefix", "scdf_t", "--verifier", str(assets / "verifier"), "--drafter",
                        str(assets / "drafter"), "--corpus", "jsonl", "--corpus-option",
                        f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
-                       "--heldout-fraction", "0.25", "--steps", "3", "--batch-size", "4", "--context-length",
+                       "--heldout-fraction", "0.25", "--validation-fraction", "0.25", "--search-budget", "1",
+                       "--steps", "3", "--batch-size", "4", "--context-length",
                        str(CTX), "--eval-tokens-per-task", "64", "--no-progress"])
     assert cli.main(["scdf", *argv]) == 0        # `specfair scdf ...`
     rep = json.loads((tmp_path / "r" / "scdf_t.json").read_text())
@@ -289,3 +291,107 @@ def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys, monkeypatch):
     assert rep["verifier_unchanged"] and rep["steps"] == 2 and "heldout" in rep
     tuned = AutoModelForCausalLM.from_pretrained(out / "drafter")     # saved as a plain Hugging Face model
     assert tuned.config.vocab_size == AutoModelForCausalLM.from_pretrained(assets / "drafter").config.vocab_size
+
+
+# ----------------------------------------------------------------------------- selection on validation
+def test_candidates_give_every_method_the_same_budget():
+    from specfair.scdf_select import SEARCH_SPACE, candidates, merge_space
+
+    for budget in (1, 2, 4):
+        picked = {m: candidates(m, budget, merge_space(m, None)) for m in SEARCH_SPACE}
+        assert {len(v) for v in picked.values()} == {budget}
+        assert picked == {m: candidates(m, budget, merge_space(m, None)) for m in SEARCH_SPACE}   # deterministic
+        for m, cands in picked.items():
+            assert all(set(c) == set(SEARCH_SPACE[m]) for c in cands)
+            assert len({tuple(sorted(c.items())) for c in cands}) == budget                     # distinct
+    assert merge_space("scdf", {"lr": [1e-3]})["lr"] == (1e-3,)
+    assert "lr" not in merge_space("temperature", {"lr": [1e-3]})
+    with pytest.raises(ScdfError, match="unknown knob"):
+        merge_space("scdf", {"epsilon": [0.5]}, ScdfError)
+
+
+def test_selection_score_prefers_guarded_then_low_variance():
+    from specfair.scdf_select import selection_score
+
+    def fig(var, mean, worst):
+        return {"alpha_variance_after": var, "mean_alpha_change": mean, "worst_alpha_change": worst}
+
+    low_var_harmful = fig(1e-4, 0.01, -0.02)      # a task loses 2 points
+    guarded = fig(2e-3, 0.005, -0.002)
+    guarded_lower = fig(1e-3, 0.001, 0.0)
+    assert selection_score(guarded) > selection_score(low_var_harmful)
+    assert selection_score(guarded_lower) > selection_score(guarded)
+    assert selection_score(fig(1e-3, 0.0, -0.005)) > selection_score(fig(1e-4, 0.0, -0.03))
+    assert selection_score(fig(float("nan"), 0.0, 0.0)) < selection_score(guarded)
+
+
+def test_seed_interval():
+    from scipy.stats import t as student_t
+
+    from specfair.spread import seed_interval
+
+    iv = seed_interval([1.0, 2.0, 4.0])
+    half = student_t.ppf(0.975, 2) * torch.tensor([1.0, 2.0, 4.0]).std().item() / 3 ** 0.5
+    assert iv["mean"] == pytest.approx(7 / 3) and iv["high"] - iv["mean"] == pytest.approx(half)
+    assert iv["n"] == 3 and iv["low"] < iv["mean"] < iv["high"]
+    one = seed_interval([0.5])
+    assert one["mean"] == 0.5 and one["low"] != one["low"]      # NaN: no interval from one seed
+
+
+def test_compare_chooses_on_validation_and_reports_only_heldout(assets, tmp_path, monkeypatch):
+    """Candidate A looks best on validation, B on held-out (forced by rewriting the
+    evaluations): the comparison must choose A, never measure B on held-out, read held-out only
+    after every validation run, and report the held-out figures of A."""
+    import dataclasses as dc
+
+    from specfair import scdf_compare
+
+    LR_A, LR_B = 2e-3, 1e-2
+    real = scdf_compare.evaluate_drafter
+    calls = []
+
+    def flat(res, value):
+        return dc.replace(res, alpha={t: value for t in res.task_names})
+
+    def fake(cfg, drafter, ec, device):
+        res = real(cfg, drafter, ec, device)
+        lr = cfg.lr if cfg.method == "balanced" else None      # None: the original drafter (base config)
+        calls.append((ec["split"], lr))
+        if ec["split"] == "validation" and lr == LR_A:
+            return flat(res, 0.99)              # zero variance, high mean: best on validation
+        if ec["split"] == "heldout" and lr == LR_B:
+            return flat(res, 0.99)              # would be best on held-out
+        return res
+
+    monkeypatch.setattr(scdf_compare, "evaluate_drafter", fake)
+    base = config(assets, tmp_path / "cmp", steps=2, checkpoint_every=2)
+    rep = scdf_compare.run_comparison(base, methods=["balanced"], seeds=[0, 1], budget=2, n_boot=20,
+                                      search={"lr": [LR_A, LR_B], "balance_mix": [1.0]},
+                                      work_dir=str(tmp_path / "runs"))
+    sel = rep["selection"]["balanced"]
+    assert sel["split"] == "validation" and sel["chosen"] == {"lr": LR_A, "balance_mix": 1.0}
+    assert [c["knobs"]["lr"] for c in sel["candidates"]] == [LR_A, LR_B]
+    assert ("heldout", LR_B) not in calls                        # the loser is never measured on held-out
+    first_held = calls.index(next(c for c in calls if c[0] == "heldout"))
+    assert all(c[0] == "validation" for c in calls[:first_held])  # held-out read only after choosing
+    assert rep["split"] == "heldout" and [r["seed"] for r in rep["runs"]] == [0, 1]
+    for r in rep["runs"]:
+        assert r["split"] == "heldout" and r["knobs"]["lr"] == LR_A
+        assert r["figures"]["after"]["mean_alpha"] != pytest.approx(0.99)    # not the validation figure
+    # the reported figures are the real held-out evaluation of the chosen drafter, recomputed here
+    from transformers import AutoTokenizer
+
+    from specfair.scdf import evaluate_drafter, load_task_corpus, prepare_eval_cache
+
+    corpus = load_task_corpus(base)
+    names = [t for t in corpus.task_names if corpus.tasks[t].train]
+    ec = prepare_eval_cache({}, base, load(assets / "verifier"), AutoTokenizer.from_pretrained(assets / "verifier"),
+                            corpus, names, "cpu")
+    seed0 = evaluate_drafter(base, load(tmp_path / "runs" / "balanced-c0-seed0" / "drafter"), ec, "cpu")
+    run0 = rep["runs"][0]["figures"]
+    assert run0["after"]["mean_alpha"] == pytest.approx(seed0.summary()["mean_alpha"], rel=1e-6)
+    assert run0["before"]["mean_alpha"] == pytest.approx(rep["before"]["summary"]["mean_alpha"])
+    agg = rep["aggregate"]["balanced"]["seed_intervals"]["mean_alpha_change"]
+    assert agg["n"] == 2 and agg["low"] <= agg["mean"] <= agg["high"]
+    md = (tmp_path / "cmp" / "scdf_compare.md").read_text()
+    assert "lr = 0.002" in md and f"{run0['after']['mean_alpha']:.4f}" in md and "0.9900" not in md
