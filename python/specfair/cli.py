@@ -32,7 +32,7 @@ from .corpus import CorpusError, SourceNotAvailableError, list_sources, load_cor
 from .corpus_sources import DEFAULT_SOURCE
 from .scdf import ScdfConfig, ScdfError, train
 from .scdf_compare import run_comparison
-from .scdf_config import LOSS_KINDS, METHODS
+from .scdf_config import LOSS_KINDS, METHODS, SHARDS, WEIGHT_KINDS
 from .train_pair import TrainPairError, preset, train_pair
 
 SUBCOMMANDS = ("demo", "train-pair", "audit", "scdf", "corpus")
@@ -48,6 +48,13 @@ def _comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. en,fr,ru")
     return items
+
+
+def _task_loss(text: str) -> tuple[str, str]:
+    task, sep, kind = text.partition("=")
+    if not sep or not task.strip() or kind.strip() not in LOSS_KINDS:
+        raise argparse.ArgumentTypeError(f"expected TASK=OBJECTIVE with OBJECTIVE one of {LOSS_KINDS}, got {text!r}")
+    return task.strip(), kind.strip()
 
 
 def _search_values(text: str) -> tuple[str, list[float]]:
@@ -170,8 +177,14 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--context-length", type=int, default=d.context_length)
     sc.add_argument("--lr", type=float, default=d.lr)
     sc.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    sc.add_argument("--loss", choices=LOSS_KINDS, default=d.loss, help="token_divergence kind of the loss")
-    sc.add_argument("--weight-divergence", choices=LOSS_KINDS, default=d.weight_divergence,
+    sc.add_argument("--loss", choices=LOSS_KINDS, default=d.loss,
+                    help="training objective (specfair.objectives): kl (default), ce, tv, or the LK losses "
+                         "neg_log_alpha (-log alpha) and kl_tv (adaptive KL/TV hybrid)")
+    sc.add_argument("--task-loss", action="append", default=[], type=_task_loss, metavar="TASK=OBJECTIVE",
+                    help="objective for one task instead of --loss (repeatable)")
+    sc.add_argument("--lk-eta", type=float, default=d.lk_eta,
+                    help="kl_tv: lambda = exp(-eta * mean alpha of the batch) (default %(default)s)")
+    sc.add_argument("--weight-divergence", choices=WEIGHT_KINDS, default=d.weight_divergence,
                     help="divergence D_t the s-CDF weights come from (default %(default)s)")
     sc.add_argument("--temperature", type=float, default=d.temperature)
     sc.add_argument("--uniform-mix", type=float, default=d.uniform_mix,
@@ -186,6 +199,9 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     sc.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     sc.add_argument("--device", default=d.device, help="cpu (default), cuda, cuda:N or auto")
+    sc.add_argument("--shard", choices=SHARDS, default=d.shard,
+                    help="under torchrun: ddp (every rank holds the drafter; default) or fsdp (FSDP2 fully_shard "
+                         "per decoder layer: parameters, gradients and optimiser state split over the ranks)")
     _model_placement_arguments(sc, device_map=False)
     sc.add_argument("--eval-tokens-per-task", type=int, default=d.eval_tokens_per_task)
     sc.add_argument("--num-draft", type=int, default=d.num_draft, help="K of the speed-up S(alpha; K, c)")
@@ -286,9 +302,11 @@ def scdf_config(a) -> ScdfConfig:
         tasks=a.tasks, heldout_fraction=a.heldout_fraction, validation_fraction=a.validation_fraction,
         balance_mix=a.balance_mix, steps=a.steps, batch_size=a.batch_size,
         context_length=a.context_length, lr=a.lr, warmup_steps=a.warmup_steps, loss=a.loss,
+        task_losses=dict(a.task_loss), lk_eta=a.lk_eta,
         weight_divergence=a.weight_divergence, temperature=a.temperature, uniform_mix=a.uniform_mix,
         stats_decay=a.stats_decay, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, seed=a.seed,
         checkpoint_every=a.checkpoint_every, resume=a.resume, stop_after=a.stop_after, device=a.device,
+        shard=a.shard,
         eval_tokens_per_task=a.eval_tokens_per_task, num_draft=a.num_draft, cost_ratio=a.cost_ratio,
         evaluate=not a.no_eval, progress=not a.no_progress, gguf_cache=not a.no_cache)
 

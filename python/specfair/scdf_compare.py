@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._util import resolve_device, write_json, write_text
-from .scdf import ScdfConfig, ScdfError, evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache, train
-from .scdf_config import METHODS
+from .scdf import train
+from .scdf_config import METHODS, ScdfConfig, ScdfError
+from .scdf_eval import evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache
 from .scdf_select import candidates, merge_space, seed_average, selection_score
 from .spread import before_after, paired_bootstrap, relative_change, seed_interval, variance
 

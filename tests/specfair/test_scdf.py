@@ -133,6 +133,22 @@ def test_methods_train_the_drafter_only(assets, tmp_path, method):
             assert rec["probabilities"] == [1 / 3] * 3
 
 
+@pytest.mark.parametrize("loss", ["neg_log_alpha", "kl_tv"])
+def test_lk_objectives_train_the_drafter_and_report_throughput(assets, tmp_path, loss):
+    res = train(config(assets, tmp_path / loss, loss=loss, task_losses={"ru": "kl"}, steps=6))
+    h = res.report["heldout"]
+    assert h["after"]["mean_alpha"] > h["before"]["mean_alpha"]      # acceptance-based losses raise alpha
+    if loss == "kl_tv":
+        lams = [r["lambda_kl_tv"] for r in res.history]
+        assert all(0 < x <= 1 for x in lams) and len(set(lams)) > 1  # adaptive: changes with alpha
+    tp = res.report["throughput"]
+    assert tp["steps_timed"] == 6 and tp["tokens_per_second"] > 0
+    assert 0 < tp["weight_fraction"] < 1 and tp["weight_seconds_total"] < tp["step_seconds_total"]
+    assert tp["tokens_per_second"] == pytest.approx(6 * 4 * CTX / tp["step_seconds_total"])
+    with pytest.raises(ScdfError, match="task_losses"):
+        train(config(assets, tmp_path / "bad", loss=loss, task_losses={"xx": "kl"}))
+
+
 def test_scdf_draws_the_worst_task_most(assets, tmp_path):
     res = train(config(assets, tmp_path / "w", method="scdf", steps=8, evaluate=False, uniform_mix=0.0))
     rec = res.history[0]
@@ -196,9 +212,11 @@ def test_cli_bad_input_exits_2_with_a_message(assets, tmp_path, capsys):
     rc = cli.main(["scdf", "--uniform-mix", "1.5", "--out", str(tmp_path / "o"), "--verifier",
                    str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--no-progress"])
     assert rc == 2 and "uniform_mix" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        cli.main(["scdf", "--method", "dro"])
-    assert e.value.code == 2
+    for bad in (["--method", "dro"], ["--loss", "lk"], ["--task-loss", "en=lk"], ["--task-loss", "en"],
+                ["--search", "lr=fast"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["scdf", *bad])
+        assert e.value.code == 2
 
 
 def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
@@ -252,6 +270,64 @@ def test_ddp_two_gloo_processes_under_torchrun(assets, tmp_path):
     torch.testing.assert_close(local[0] + local[1], ck["tokens_global"], rtol=0, atol=0)   # all-reduced
     assert float(ck["tokens_global"].sum()) == 4 * 3 * CTX * 2
     assert len({json.dumps(x["sampler"].tolist()) for x in ck["rng"]}) == 2
+
+
+def _torchrun(assets, out, *extra, steps=4, report=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "specfair", "scdf", "--out", str(out),
+           "--verifier", str(assets / "verifier"), "--drafter", str(assets / "drafter"), "--corpus", "jsonl",
+           "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
+           "--heldout-fraction", "0.25", "--steps", str(steps), "--batch-size", "3", "--context-length", str(CTX),
+           "--checkpoint-every", "2", "--eval-tokens-per-task", "64", "--no-progress", "--lr", "1e-2", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads((out / "scdf_report.json").read_text()) if report else None
+
+
+def test_fsdp2_two_gloo_processes_matches_ddp(assets, tmp_path):
+    """FSDP2 (fully_shard per decoder layer) under torchrun with 2 gloo processes: the same
+    windows, all-reduced per-task statistics and (up to float summation order) the same
+    drafter as DDP; its checkpoint holds full tensors, and a resume from it continues."""
+    ddp = _torchrun(assets, tmp_path / "ddp")
+    fsdp = _torchrun(assets, tmp_path / "fsdp", "--shard", "fsdp")
+    assert fsdp["shard"] == "fsdp" and ddp["shard"] == "ddp" and fsdp["world_size"] == 2
+    assert fsdp["rank0_parameter_elements"] < 0.6 * ddp["rank0_parameter_elements"]   # rank 0 holds about half
+    assert fsdp["tokens_per_task"] == ddp["tokens_per_task"]           # same draws, all-reduced
+    assert [h["batch_tasks"] for h in fsdp["history"]] == [h["batch_tasks"] for h in ddp["history"]]
+    for a, b in zip(fsdp["history"], ddp["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["divergence"] == pytest.approx(b["divergence"], rel=1e-4)
+    da, db = load(tmp_path / "fsdp" / "drafter"), load(tmp_path / "ddp" / "drafter")
+    moved = 0.0
+    for (n, pa), (_, pb) in zip(da.state_dict().items(), db.state_dict().items()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=n)
+    for pa, p0 in zip(da.parameters(), load(assets / "drafter").parameters()):
+        moved = max(moved, float((pa - p0).detach().abs().max()))
+    assert moved > 1e-3                                            # it trained
+    ck = torch.load(tmp_path / "fsdp" / "checkpoint.pt", weights_only=False)
+    assert all(not hasattr(v, "full_tensor") for v in ck["student"].values())
+    assert {k: v.shape for k, v in ck["student"].items()} == \
+        {k: v.shape for k, v in torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["student"].items()}
+    _torchrun(assets, tmp_path / "killed", "--shard", "fsdp", "--stop-after", "2", report=False)     # a simulated kill
+    assert not (tmp_path / "killed" / "scdf_report.json").exists()
+    resumed = _torchrun(assets, tmp_path / "killed", "--shard", "fsdp", "--resume")
+    assert resumed["history"] == fsdp["history"]
+    for (n, pa), (_, pb) in zip(load(tmp_path / "killed" / "drafter").state_dict().items(), da.state_dict().items()):
+        assert torch.equal(pa, pb), n                              # bitwise the uninterrupted run
+
+
+def test_shard_argument_handling(assets, tmp_path, capsys):
+    for kw, match in (({"shard": "zero3"}, "shard"), ({"shard": "fsdp", "lora_rank": 2}, "fsdp"),
+                      ({"shard": "fsdp", "method": "temperature"}, "fsdp")):
+        with pytest.raises(ScdfError, match=match):
+            train(config(assets, tmp_path / "bad", **kw))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["scdf", "--shard", "zero3"])
+    assert e.value.code == 2
+    # one process: nothing to shard, fsdp trains the plain module exactly as ddp does
+    a = train(config(assets, tmp_path / "one_fsdp", shard="fsdp", evaluate=False, steps=3))
+    b = train(config(assets, tmp_path / "one_ddp", evaluate=False, steps=3))
+    assert fingerprint(a.drafter) == fingerprint(b.drafter) and a.report["shard"] is None
 
 
 def test_exported_corpus_has_the_same_splits(assets, tmp_path):
