@@ -13,8 +13,11 @@ fitted, the lr is what a user would tune).  ``uniform`` has only the learning ra
 
 Budget: every method gets the same number of candidates, ``budget`` (each trained with
 every seed, so the same training tokens per method).  A space larger than the budget is
-subsampled deterministically (a stable hash of the method and the point, so the same
-points on every machine); a smaller one is used whole (and says so in the record).
+subsampled deterministically, coverage first: points are taken in the order of a stable
+hash of (method, point), each time the one that adds the most knob values not yet tried,
+so with a budget of 2 every knob with 2 values gets both (the learning rate of s-CDF is
+searched as widely as that of a one-knob method); a smaller space is used whole (and the
+record says how many candidates ran).
 
 Ranking (`selection_score`, higher is better): a candidate that keeps the guard
 constraints on validation (mean alpha not lower than the original drafter's, no task losing
@@ -74,8 +77,15 @@ def candidates(method: str, budget: int, space: Mapping[str, Sequence]) -> list[
     if len(points) <= budget:
         return points
     ranked = sorted(range(len(points)), key=lambda i: stable_unit("candidate", method, repr(sorted(points[i].items()))))
-    keep = set(ranked[:budget])
-    return [p for i, p in enumerate(points) if i in keep]
+    keep: list[int] = []
+    seen: dict[str, set] = {k: set() for k in keys}
+    while len(keep) < budget:       # coverage first: the point (in hash order) adding the most unseen values
+        i = max((j for j in ranked if j not in keep),
+                key=lambda j: (sum(points[j][k] not in seen[k] for k in keys), -ranked.index(j)))
+        keep.append(i)
+        for k in keys:
+            seen[k].add(points[i][k])
+    return [p for i, p in enumerate(points) if i in set(keep)]
 
 
 def seed_average(figures: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -380,6 +380,12 @@ def test_candidates_give_every_method_the_same_budget():
         for m, cands in picked.items():
             assert all(set(c) == set(SEARCH_SPACE[m]) for c in cands)
             assert len({tuple(sorted(c.items())) for c in cands}) == budget                     # distinct
+    # coverage first: with 2 candidates a 2-valued knob gets both values, even beside a second knob
+    two = candidates("scdf", 2, merge_space("scdf", {"lr": [1e-3, 2e-3], "uniform_mix": [0.3, 0.5, 0.7]}))
+    assert sorted(c["lr"] for c in two) == [1e-3, 2e-3] and len({c["uniform_mix"] for c in two}) == 2
+    four = candidates("scdf", 4, merge_space("scdf", None))
+    assert {c["lr"] for c in four} == set(SEARCH_SPACE["scdf"]["lr"])
+    assert {c["uniform_mix"] for c in four} == set(SEARCH_SPACE["scdf"]["uniform_mix"])
     assert merge_space("scdf", {"lr": [1e-3]})["lr"] == (1e-3,)
     assert "lr" not in merge_space("temperature", {"lr": [1e-3]})
     with pytest.raises(ScdfError, match="unknown knob"):
