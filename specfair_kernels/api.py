@@ -288,8 +288,10 @@ def token_divergence(draft_logits, target_logits, kind: str = "ce", temperature:
         Drafter logits (q = softmax(draft_logits / temperature)).
     target_logits : [..., V] float32 | bfloat16 | float16
         Verifier logits (p = softmax(target_logits / temperature)), same shape.
-    kind : {"ce", "kl", "tv", "alpha"}
-        CE(p, q) = -sum p log q; KL(p||q); TV = 1/2 sum |p - q|; alpha = sum min(p, q) = 1 - TV.
+    kind : {"ce", "kl", "tv", "alpha", "neg_log_alpha"}
+        CE(p, q) = -sum p log q; KL(p||q); TV = 1/2 sum |p - q|; alpha = sum min(p, q) = 1 - TV;
+        neg_log_alpha = -log alpha (an LK loss, arXiv 2602.23881; +inf where alpha = 0, with a
+        zero gradient there).
     temperature : float
         > 0, applied to both logits.
     task_ids : [...] int, optional

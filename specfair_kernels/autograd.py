@@ -11,6 +11,9 @@ n of ``draft`` (d) and ``target`` (t), both ``[N, V]``, with temperature T::
     "alpha" = sum_i min(p_i, q_i)          d/dd_k = ([q_k < p_k] q_k - q_k S) / T,
                                                S = sum_{i: q_i < p_i} q_i
     "tv"    = 1/2 sum_i |p_i - q_i|        d/dd = -(d alpha / dd)   (tv = 1 - alpha)
+    "neg_log_alpha" = -log alpha          d/dd = -(d alpha / dd) / alpha
+                                           (the LK loss of arXiv 2602.23881: TV's gradient
+                                           scaled up where acceptance is low)
 
 At a tie q_k = p_k alpha and tv are not differentiable; the subgradient above takes
 [q_k < p_k] = 0 there.
@@ -20,7 +23,8 @@ Special values (every backend)
 * ``-inf`` logits are masked entries (probability 0); no 0 * inf NaN arises from them.
   Where some p_i > 0 meets q_i = 0 (target finite, draft -inf), CE and KL are ``+inf``
   (exactly: "p_i > 0" means the target logit is finite, even if p_i underflows); their
-  gradient stays finite, (q - p) / T.  alpha and tv are always finite.
+  gradient stays finite, (q - p) / T.  alpha and tv are always finite.  neg_log_alpha is
+  ``+inf`` where alpha = 0 (disjoint supports); its gradient there is 0 (alpha's is).
 * A row holding NaN or +inf in either logits, or whose draft or target logits are all
   -inf (no distribution), gets a NaN value and a NaN gradient row.  The gradient of a
   row whose incoming gradient is exactly 0 (e.g. masked out by ``api.token_divergence``)
@@ -67,7 +71,7 @@ import torch
 
 from . import backends, reference
 
-KINDS = ("ce", "kl", "tv", "alpha")
+KINDS = ("ce", "kl", "tv", "alpha", "neg_log_alpha")
 
 
 # --- dispatch ----------------------------------------------------------------------------
@@ -87,17 +91,33 @@ def _cpp_scale_rows_(grad, scale):
     return grad
 
 
+def _neg_log_alpha(rows, scale_rows_):
+    """neg_log_alpha on a kernel that has alpha: its alpha pass, then -log alpha per row and the
+    gradient row-scaled in place by -1/alpha (`reference.neg_log_alpha_scale`) with the
+    backend's own ``scale_rows_``: one extra in-place pass over the gradient."""
+    def run(draft, target, kind, temperature, need_grad):
+        if kind != "neg_log_alpha":
+            return rows(draft, target, kind, temperature, need_grad)
+        alpha, grad = rows(draft, target, "alpha", temperature, need_grad)
+        if grad is not None:
+            scale_rows_(grad, reference.neg_log_alpha_scale(alpha))
+        return -torch.log(alpha), grad
+    return run
+
+
 def _implementation(backend: str):
     """(rows, scale_rows_) of a backend: the forward with its local gradient, and the backward's
-    in-place row scaling (``grad[n] *= scale[n]``, exactly 0 where ``scale[n] == 0``)."""
+    in-place row scaling (``grad[n] *= scale[n]``, exactly 0 where ``scale[n] == 0``).  The C++
+    and Triton kernels compute neg_log_alpha from their alpha (`_neg_log_alpha`); the torch
+    reference computes it directly."""
     if backend == "torch":
         return reference.token_divergence_ref, reference.scale_rows_
     if backend == "cpp":
-        return _cpp_rows, _cpp_scale_rows_
+        return _neg_log_alpha(_cpp_rows, _cpp_scale_rows_), _cpp_scale_rows_
     if backend == "triton":
         from .ops import divergence as ops_divergence  # lazy: decorating needs TRITON_INTERPRET set first
 
-        return ops_divergence.launch, ops_divergence.scale_rows_
+        return _neg_log_alpha(ops_divergence.launch, ops_divergence.scale_rows_), ops_divergence.scale_rows_
     raise ValueError(f"backend must be one of 'triton', 'cpp', 'torch'; got {backend!r}")
 
 
@@ -144,7 +164,7 @@ def token_divergence_rows(backend: str, draft: torch.Tensor, target: torch.Tenso
         tensors under TRITON_INTERPRET=1).
     draft, target : [N, V] float32 | bfloat16 | float16 (float64 too on the torch path, for gradcheck)
         Already validated by the caller; same shape and device.
-    kind : {"ce", "kl", "tv", "alpha"}
+    kind : {"ce", "kl", "tv", "alpha", "neg_log_alpha"}
     temperature : float > 0
     inplace_backward : bool
         Scale the saved gradient in place in backward (default; single backward only).

@@ -297,7 +297,11 @@ def _divergence_chunk(d: torch.Tensor, t: torch.Tensor, kind: str, temperature: 
     p = logp.exp()
     # p_i > 0 exactly where the target logit is finite, even where exp underflows to 0.
     support = logp > NEG_INF if kind in ("ce", "kl") else None
-    val = divergences(logp, logq, (kind,), support, p, q)[kind]
+    base = "alpha" if kind == "neg_log_alpha" else kind
+    val = divergences(logp, logq, (base,), support, p, q)[base]
+    alpha = val
+    if kind == "neg_log_alpha":
+        val = -torch.log(alpha)  # +inf where alpha = 0 (disjoint supports)
     if grad_out is not None:
         del logp, logq, support
         if kind in ("ce", "kl"):
@@ -305,10 +309,19 @@ def _divergence_chunk(d: torch.Tensor, t: torch.Tensor, kind: str, temperature: 
         else:
             qlt = torch.where(q < p, q, torch.zeros((), dtype=acc, device=d.device))  # [q_k < p_k] q_k
             s = qlt.sum(-1, keepdim=True)
-            g = qlt.sub_(q.mul_(s)).div_(temperature if kind == "alpha" else -temperature)
+            g = qlt.sub_(q.mul_(s)).div_(-temperature if kind == "tv" else temperature)
+            if kind == "neg_log_alpha":  # d(-log alpha) = -(d alpha) / alpha; 0 where alpha = 0
+                g.mul_(neg_log_alpha_scale(alpha).unsqueeze(-1))
         g.masked_fill_(bad.unsqueeze(-1), float("nan"))
         grad_out.copy_(g)
     return torch.where(bad, torch.full((), float("nan"), dtype=acc, device=d.device), val)
+
+
+def neg_log_alpha_scale(alpha: torch.Tensor) -> torch.Tensor:
+    """Per-row factor turning the gradient of alpha into that of -log alpha: -1 / alpha, and 0
+    where alpha = 0 (there -log alpha is +inf and the gradient of alpha is exactly 0 already;
+    like CE / KL at q = 0, the gradient stays finite).  NaN stays NaN."""
+    return torch.where(alpha == 0, torch.zeros((), dtype=alpha.dtype, device=alpha.device), -1.0 / alpha)
 
 
 def token_divergence_ref(draft: torch.Tensor, target: torch.Tensor, kind: str, temperature: float,

@@ -32,7 +32,7 @@ from .corpus import CorpusError, SourceNotAvailableError, list_sources, load_cor
 from .corpus_sources import DEFAULT_SOURCE
 from .scdf import ScdfConfig, ScdfError, train
 from .scdf_compare import run_comparison
-from .scdf_config import LOSS_KINDS, METHODS
+from .scdf_config import LOSS_KINDS, METHODS, SHARDS, WEIGHT_KINDS
 from .train_pair import TrainPairError, preset, train_pair
 
 SUBCOMMANDS = ("demo", "train-pair", "audit", "scdf", "corpus")
@@ -48,6 +48,24 @@ def _comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. en,fr,ru")
     return items
+
+
+def _task_loss(text: str) -> tuple[str, str]:
+    task, sep, kind = text.partition("=")
+    if not sep or not task.strip() or kind.strip() not in LOSS_KINDS:
+        raise argparse.ArgumentTypeError(f"expected TASK=OBJECTIVE with OBJECTIVE one of {LOSS_KINDS}, got {text!r}")
+    return task.strip(), kind.strip()
+
+
+def _search_values(text: str) -> tuple[str, list[float]]:
+    key, sep, vals = text.partition("=")
+    try:
+        values = [float(v) for v in vals.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not sep or not key.strip() or not values:
+        raise argparse.ArgumentTypeError(f"expected KNOB=V1,V2,... with numbers, got {text!r}")
+    return key.strip(), values
 
 
 def _corpus_arguments(p: argparse.ArgumentParser, default) -> None:
@@ -133,7 +151,14 @@ def _add_scdf(sub) -> None:
                     help="run every method (or --methods) under one budget and write a comparison report "
                          "(JSON, Markdown, PNG) in --out")
     sc.add_argument("--methods", type=_comma_list, default=list(METHODS), help="methods for --compare")
-    sc.add_argument("--seeds", type=_comma_list, default=["0"], help="comma-separated seeds for --compare")
+    sc.add_argument("--seeds", type=_comma_list, default=["0", "1", "2"],
+                    help="comma-separated seeds for --compare (default 0,1,2)")
+    sc.add_argument("--search-budget", type=int, default=4,
+                    help="--compare: candidate knob settings per method, each run with every seed and measured on "
+                         "the validation split (default %(default)s)")
+    sc.add_argument("--search", action="append", default=[], type=_search_values, metavar="KNOB=V1,V2,...",
+                    help="--compare: values searched for a knob (lr, uniform_mix, balance_mix, temperature_lr) "
+                         "instead of the defaults of specfair.scdf_select (repeatable)")
     sc.add_argument("--prefix", default="scdf_compare",
                     help="--compare report file names (<out>/<prefix>.json/.md/.png)")
     sc.add_argument("--work-dir", help="--compare: where each run's drafter and checkpoint go "
@@ -142,18 +167,30 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--drafter", help="drafter: hub name, directory or GGUF file (default: the shipped pair)")
     _corpus_arguments(sc, d.corpus_source)
     sc.add_argument("--tasks", type=_comma_list, help="comma-separated tasks (default: every task of the corpus)")
-    sc.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction)
+    sc.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
+                    help="share of split keys held out for reporting (default %(default)s)")
+    sc.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                    help="share of split keys for validation, taken from training text; --compare chooses knobs "
+                         "there (default %(default)s)")
     sc.add_argument("--steps", type=int, default=d.steps)
     sc.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per step per rank")
     sc.add_argument("--context-length", type=int, default=d.context_length)
     sc.add_argument("--lr", type=float, default=d.lr)
     sc.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    sc.add_argument("--loss", choices=LOSS_KINDS, default=d.loss, help="token_divergence kind of the loss")
-    sc.add_argument("--weight-divergence", choices=LOSS_KINDS, default=d.weight_divergence,
+    sc.add_argument("--loss", choices=LOSS_KINDS, default=d.loss,
+                    help="training objective (specfair.objectives): kl (default), ce, tv, or the LK losses "
+                         "neg_log_alpha (-log alpha) and kl_tv (adaptive KL/TV hybrid)")
+    sc.add_argument("--task-loss", action="append", default=[], type=_task_loss, metavar="TASK=OBJECTIVE",
+                    help="objective for one task instead of --loss (repeatable)")
+    sc.add_argument("--lk-eta", type=float, default=d.lk_eta,
+                    help="kl_tv: lambda = exp(-eta * mean alpha of the batch) (default %(default)s)")
+    sc.add_argument("--weight-divergence", choices=WEIGHT_KINDS, default=d.weight_divergence,
                     help="divergence D_t the s-CDF weights come from (default %(default)s)")
     sc.add_argument("--temperature", type=float, default=d.temperature)
     sc.add_argument("--uniform-mix", type=float, default=d.uniform_mix,
                     help="share of balanced sampling mixed into the s-CDF probabilities")
+    sc.add_argument("--balance-mix", type=float, default=d.balance_mix,
+                    help="balanced: share of 1/m sampling, the rest token-proportional (default %(default)s)")
     sc.add_argument("--stats-decay", type=float, default=d.stats_decay)
     sc.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0: full fine-tune (default)")
     sc.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
@@ -162,6 +199,9 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     sc.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     sc.add_argument("--device", default=d.device, help="cpu (default), cuda, cuda:N or auto")
+    sc.add_argument("--shard", choices=SHARDS, default=d.shard,
+                    help="under torchrun: ddp (every rank holds the drafter; default) or fsdp (FSDP2 fully_shard "
+                         "per decoder layer: parameters, gradients and optimiser state split over the ranks)")
     _model_placement_arguments(sc, device_map=False)
     sc.add_argument("--eval-tokens-per-task", type=int, default=d.eval_tokens_per_task)
     sc.add_argument("--num-draft", type=int, default=d.num_draft, help="K of the speed-up S(alpha; K, c)")
@@ -204,6 +244,8 @@ def _add_corpus(sub) -> None:
                     help=f"one of: default ({DEFAULT_SOURCE}), {', '.join(list_sources())}")
     co.add_argument("--tasks", type=_comma_list, help="comma-separated tasks (default: all)")
     co.add_argument("--heldout-fraction", type=float, default=0.1)
+    co.add_argument("--validation-fraction", type=float, default=0.0,
+                    help="share of split keys for validation, taken from training text (default %(default)s)")
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--max-items-per-task", type=int)
     co.add_argument("--option", action="append", default=[], type=_option, metavar="KEY=VALUE",
@@ -257,11 +299,14 @@ def scdf_config(a) -> ScdfConfig:
     return ScdfConfig(
         out_dir=a.out, method=a.method, verifier=a.verifier, drafter=a.drafter,
         corpus_source=a.corpus, corpus_options=dict(a.corpus_option),
-        tasks=a.tasks, heldout_fraction=a.heldout_fraction, steps=a.steps, batch_size=a.batch_size,
+        tasks=a.tasks, heldout_fraction=a.heldout_fraction, validation_fraction=a.validation_fraction,
+        balance_mix=a.balance_mix, steps=a.steps, batch_size=a.batch_size,
         context_length=a.context_length, lr=a.lr, warmup_steps=a.warmup_steps, loss=a.loss,
+        task_losses=dict(a.task_loss), lk_eta=a.lk_eta,
         weight_divergence=a.weight_divergence, temperature=a.temperature, uniform_mix=a.uniform_mix,
         stats_decay=a.stats_decay, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, seed=a.seed,
         checkpoint_every=a.checkpoint_every, resume=a.resume, stop_after=a.stop_after, device=a.device,
+        shard=a.shard,
         eval_tokens_per_task=a.eval_tokens_per_task, num_draft=a.num_draft, cost_ratio=a.cost_ratio,
         evaluate=not a.no_eval, progress=not a.no_progress, gguf_cache=not a.no_cache)
 
@@ -273,7 +318,8 @@ def _scdf(a) -> int:
             seeds = [int(s) for s in a.seeds]
         except ValueError:
             raise ScdfError(f"--seeds must be comma-separated integers, got {','.join(a.seeds)!r}") from None
-        summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir)
+        summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir,
+                                 budget=a.search_budget, search=dict(a.search))
         print(summary["markdown_table"])
         print(f"report: {summary['paths']['json']}, {summary['paths']['markdown']}, {summary['paths']['png']}")
         return 0
@@ -329,7 +375,8 @@ def _train_pair(a) -> int:
 
 
 def _corpus(a) -> int:
-    c = load_corpus(a.source, a.tasks, a.heldout_fraction, a.seed, a.max_items_per_task, **dict(a.option))
+    c = load_corpus(a.source, a.tasks, a.heldout_fraction, a.seed, a.max_items_per_task,
+                    validation_fraction=a.validation_fraction, **dict(a.option))
     print(c.summary())
     return 0
 

@@ -1,7 +1,7 @@
 """Multilingual task corpora: one loader interface over several text sources.
 
 A *task* is, by default, a language.  Every source yields, per task, items with a
-language-independent *split key*; the train / held-out split is decided by a stable
+language-independent *split key*; the train / validation / held-out split is decided by a stable
 hash of ``(seed, split key)`` (BLAKE2b, never Python's salted ``hash()``), so it is the
 same on every run and machine, and where the source is parallel the same item (same
 message id, same document section, same problem number) lands in the same split for
@@ -60,6 +60,7 @@ from .corpus_sources import DEFAULT_SOURCE, DJANGO_REQUIREMENT, GUIDE_ROOT, SOUR
 __all__ = [
     "DEFAULT_SOURCE",
     "DJANGO_REQUIREMENT",
+    "SPLITS",
     "GUIDE_ROOT",
     "CorpusError",
     "SourceNotAvailableError",
@@ -78,15 +79,29 @@ __all__ = [
 ]
 
 
+SPLITS = ("train", "validation", "heldout")
+
+
 @dataclass
 class TaskSplit:
+    """One task's text, split three ways: ``train`` (fitting), ``validation`` (choosing
+    knobs; empty unless ``validation_fraction > 0``) and ``heldout`` (reporting)."""
+
     train: list[str]
     heldout: list[str]
     train_ids: list[str] = field(default_factory=list)
     heldout_ids: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)
+    validation_ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.train) + len(self.heldout)
+        return len(self.train) + len(self.validation) + len(self.heldout)
+
+    def split(self, name: str) -> list[str]:
+        """The texts of split ``name`` ("train", "validation" or "heldout")."""
+        if name not in SPLITS:
+            raise CorpusError(f"split must be one of {SPLITS}, got {name!r}")
+        return getattr(self, name)
 
 
 @dataclass
@@ -96,6 +111,7 @@ class TaskCorpus:
     heldout_fraction: float = 0.1
     seed: int = 0
     options: dict = field(default_factory=dict)
+    validation_fraction: float = 0.0
 
     @property
     def task_names(self) -> list[str]:
@@ -106,8 +122,10 @@ class TaskCorpus:
         return {
             t: {
                 "train_items": len(s.train),
+                "validation_items": len(s.validation),
                 "heldout_items": len(s.heldout),
                 "train_chars": sum(map(len, s.train)),
+                "validation_chars": sum(map(len, s.validation)),
                 "heldout_chars": sum(map(len, s.heldout)),
             }
             for t, s in self.tasks.items()
@@ -115,11 +133,12 @@ class TaskCorpus:
 
     def summary(self) -> str:
         lines = [f"{self.name}: {len(self.tasks)} tasks (held-out fraction "
-                 f"{self.heldout_fraction}, seed {self.seed})",
-                 f"{'task':<10} {'train':>7} {'heldout':>7} {'train chars':>12} {'heldout chars':>13}"]
+                 f"{self.heldout_fraction}, validation fraction {self.validation_fraction}, seed {self.seed})",
+                 f"{'task':<10} {'train':>7} {'valid':>7} {'heldout':>7} {'train chars':>12} {'valid chars':>12} "
+                 f"{'heldout chars':>13}"]
         for t, st in self.stats().items():
-            lines.append(f"{t:<10} {st['train_items']:>7} {st['heldout_items']:>7} "
-                         f"{st['train_chars']:>12} {st['heldout_chars']:>13}")
+            lines.append(f"{t:<10} {st['train_items']:>7} {st['validation_items']:>7} {st['heldout_items']:>7} "
+                         f"{st['train_chars']:>12} {st['validation_chars']:>12} {st['heldout_chars']:>13}")
         return "\n".join(lines)
 
 
@@ -130,20 +149,25 @@ def stable_unit(*parts: object) -> float:
     return int.from_bytes(h.digest(), "big") / 2.0**64
 
 
-def split_of(key: str, heldout_fraction: float = 0.1, seed: int = 0) -> str:
-    """``"heldout"`` or ``"train"`` for a split key: a pure function of (seed, key)."""
-    return "heldout" if stable_unit("split", seed, key) < heldout_fraction else "train"
+def split_of(key: str, heldout_fraction: float = 0.1, seed: int = 0, validation_fraction: float = 0.0) -> str:
+    """``"heldout"``, ``"validation"`` or ``"train"`` for a split key: a pure function of
+    (seed, key, fractions).  One stable number u in [0, 1) per key: held-out when
+    u < heldout_fraction, validation when u < heldout_fraction + validation_fraction,
+    train otherwise.  So the held-out split does not depend on ``validation_fraction``
+    (validation is carved out of what would otherwise be training text)."""
+    u = stable_unit("split", seed, key)
+    if u < heldout_fraction:
+        return "heldout"
+    return "validation" if u < heldout_fraction + validation_fraction else "train"
 
 
-def _make_split(items: Sequence[Item], heldout_fraction: float, seed: int) -> TaskSplit:
+def _make_split(items: Sequence[Item], heldout_fraction: float, seed: int,
+                validation_fraction: float = 0.0) -> TaskSplit:
     s = TaskSplit([], [])
     for it in items:
-        if split_of(it.key, heldout_fraction, seed) == "heldout":
-            s.heldout.append(it.text)
-            s.heldout_ids.append(it.id)
-        else:
-            s.train.append(it.text)
-            s.train_ids.append(it.id)
+        name = split_of(it.key, heldout_fraction, seed, validation_fraction)
+        getattr(s, name).append(it.text)
+        getattr(s, f"{name}_ids").append(it.id)
     return s
 
 
@@ -203,17 +227,22 @@ def _select_tasks(available: Iterable[str], tasks: Sequence[str] | str | None,
 
 def load_corpus(source: str = "default", tasks: Sequence[str] | str | None = None,
                 heldout_fraction: float = 0.1, seed: int = 0,
-                max_items_per_task: int | None = None, **source_options) -> TaskCorpus:
-    """Load a corpus and split every task into train / held-out.
+                max_items_per_task: int | None = None, validation_fraction: float = 0.0,
+                **source_options) -> TaskCorpus:
+    """Load a corpus and split every task into train / validation / held-out.
 
     ``source``: one of :func:`list_sources` or ``"default"``.  ``tasks``: task names to
     keep (default: all; unknown names raise :class:`CorpusError` listing the available
     ones).  ``heldout_fraction``: expected share of held-out split keys.  ``seed``:
-    changes the split (and the ``max_items_per_task`` subsample).  Extra keyword
-    arguments are the source's options (see the module docstring).
+    changes the split (and the ``max_items_per_task`` subsample).  ``validation_fraction``:
+    expected share of validation split keys, taken from the training side (default 0: a
+    two-way split; held-out is the same for every value, see :func:`split_of`).  Extra
+    keyword arguments are the source's options (see the module docstring).
     """
     if not 0.0 <= heldout_fraction <= 1.0:
         raise CorpusError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
+    if not 0.0 <= validation_fraction <= 1.0 - heldout_fraction:
+        raise CorpusError(f"validation_fraction must be in [0, 1 - heldout_fraction], got {validation_fraction}")
     if max_items_per_task is not None and max_items_per_task < 1:
         raise CorpusError(f"max_items_per_task must be >= 1, got {max_items_per_task}")
     src = resolve_source(source)
@@ -227,11 +256,11 @@ def load_corpus(source: str = "default", tasks: Sequence[str] | str | None = Non
             continue
         if max_items_per_task is not None:
             its = _subsample(its, max_items_per_task, seed)
-        out[t] = _make_split(its, heldout_fraction, seed)
+        out[t] = _make_split(its, heldout_fraction, seed, validation_fraction)
     if not out:
         raise CorpusError(f"source {src.name!r} yielded no text for tasks {wanted}")
     return TaskCorpus(src.name, out, heldout_fraction, seed,
-                      {k: str(v) for k, v in source_options.items()})
+                      {k: str(v) for k, v in source_options.items()}, validation_fraction)
 
 
 

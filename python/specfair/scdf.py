@@ -10,7 +10,9 @@ steps for every method):
 
 ``uniform``      plain distillation: windows drawn uniformly from the pooled training
                  split of every task (a task's chance is its share of training tokens).
-``balanced``     data balancing: each task equally likely (1/m), then a uniform window.
+``balanced``     data balancing: each task equally likely (1/m), then a uniform window
+                 (``balance_mix < 1`` mixes that share of 1/m with token-proportional
+                 sampling: 0 is ``uniform``).
 ``temperature``  temperature tuning: the drafter's weights stay as they are and one
                  scalar softmax temperature tau of the drafter (q = softmax(z / tau)) is
                  fitted by the same loss on balanced batches.  tau is then folded into the
@@ -31,6 +33,11 @@ steps for every method):
                  per-batch mean loss proportional to sum_t w_t grad D_t, the paper's shaped
                  gradient (1/m) sum_t w_t grad D_t, up to a positive factor that Adam
                  does not see.  If every w_t is 0 (all tasks equal) sampling is balanced.
+
+Data: the corpus is split three ways by a stable hash of each item's split key
+(`specfair.corpus`): training text (the only text any method trains on), validation text
+(``validation_fraction``, where `specfair.scdf_compare` chooses every method's knobs) and
+held-out text (``heldout_fraction``, the only text reported).
 
 Choices the paper leaves open, and what this module does
 --------------------------------------------------------
@@ -66,7 +73,9 @@ Choices the paper leaves open, and what this module does
 * Optimiser: AdamW, linear warm-up then cosine decay to ``lr * min_lr_ratio``, gradient
   clipping, no weight decay (a fine-tune that should stay close to its start).
 * Distributed: under ``torchrun`` (WORLD_SIZE > 1) the drafter is wrapped in
-  DistributedDataParallel (gloo on the CPU, NCCL on CUDA), each rank draws its own
+  DistributedDataParallel (``shard="ddp"``, default) or sharded by FSDP2's ``fully_shard``
+  per decoder layer (``shard="fsdp"``: parameters, gradients and optimiser state split over
+  the ranks; `specfair.scdf_student`), gloo on the CPU, NCCL on CUDA; each rank draws its own
   windows from its own generator (seeded by seed and rank), and the per-task sums are
   all-reduced every step, so every rank holds the same D_t and the same sampling
   probabilities.  ``batch_size`` is per rank.  Rank 0 writes checkpoints and outputs.
@@ -76,9 +85,15 @@ Choices the paper leaves open, and what this module does
   statistics, the history and every rank's random state.  ``resume=True`` continues from
   it and gives bitwise the same drafter as an uninterrupted run with the same seed.
 
+* Objective: ``loss`` is any of `specfair.objectives` (kl, ce, tv, and the LK losses
+  neg_log_alpha and kl_tv), per task with ``task_losses``.
+* Throughput: each step is timed, and inside it the weight computation (per-task
+  statistics of the loss pass, their all-reduce, the running average, the probabilities);
+  ``scdf_report.json`` has ``throughput`` (tokens/s, mean step time, the weights' share).
+
 Outputs in ``out_dir``: ``drafter/`` (``save_pretrained`` + tokenizer), ``scdf_report.json``
-(config, history of losses, D_t and sampling probabilities, before/after held-out figures
-when ``evaluate``), and the checkpoint.
+(config, history of losses, D_t and sampling probabilities, throughput, before/after
+held-out figures when ``evaluate``), and the checkpoint.
 """
 from __future__ import annotations
 
@@ -91,15 +106,16 @@ from tqdm.auto import tqdm
 
 import specfair_kernels as sk
 
-from . import corpus as corpus_mod
-from . import distributed
-from . import teacher_forced as tf
+from . import distributed, objectives
+from . import scdf_student as student_mod
 from ._util import atomic_write, resolve_device, write_json
-from .models import load_pair
+from .scdf_eval import evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache
 from .spread import before_after
+from .teacher_forced import token_streams
 from .training import WindowSampler, decay_groups, fingerprint, lr_at
 
-__all__ = ["ScdfConfig", "ScdfError", "ScdfResult", "evaluate_drafter", "load_models", "prepare_eval_cache", "train"]
+__all__ = ["ScdfConfig", "ScdfError", "ScdfResult", "evaluate_drafter", "load_models", "load_task_corpus",
+           "prepare_eval_cache", "train"]
 
 from .scdf_config import (
     LORA_TARGETS,
@@ -110,66 +126,6 @@ from .scdf_config import (
     ScdfResult,
     task_probabilities,
 )
-
-
-def _fold_temperature(drafter, tau: float):
-    """Divide the logits by tau for good: scale the final norm (the output layer is linear)."""
-    norm = getattr(getattr(drafter, "model", None), "norm", None)
-    head = drafter.get_output_embeddings()
-    if norm is None or getattr(norm, "weight", None) is None or getattr(head, "bias", None) is not None:
-        raise ScdfError("temperature tuning folds tau into the final norm's weight (model.model.norm) "
-                        "and needs an output layer without bias; this drafter has neither")
-    with torch.no_grad():
-        norm.weight.div_(tau)
-
-
-class _Student(torch.nn.Module):
-    """The trainable side as one Module (what DDP wraps): the drafter (maybe with LoRA) and a
-    log-temperature, trained only by the temperature method."""
-
-    def __init__(self, drafter, method: str):
-        super().__init__()
-        self.drafter = drafter
-        self.method = method
-        self.log_tau = torch.nn.Parameter(torch.zeros((), dtype=torch.float32),
-                                          requires_grad=(method == "temperature"))
-
-    def forward(self, input_ids):
-        logits = self.drafter(input_ids=input_ids, use_cache=False).logits
-        if self.method == "temperature":
-            logits = logits / self.log_tau.exp().to(logits.dtype)
-        return logits
-
-
-def load_models(cfg: ScdfConfig):
-    """(verifier, drafter, tokenizer) of ``cfg`` on the CPU, through `specfair.models.load_pair`
-    (hub names, directories or GGUF files; the shipped pair when neither is given)."""
-    try:
-        drafter, verifier, tokenizer = load_pair(cfg.drafter, cfg.verifier, device="cpu", cache=cfg.gguf_cache)
-    except (OSError, ValueError, ImportError) as e:
-        raise ScdfError(f"could not load the pair: {e}") from None
-    return verifier, drafter, tokenizer
-
-
-def prepare_eval_cache(ec: dict, cfg: ScdfConfig, verifier, tokenizer, corpus, names, device) -> dict:
-    """Fill ``ec`` with the held-out windows and the verifier's logits on them (once), so that
-    several runs share them."""
-    if "windows" not in ec:
-        held = {t: corpus.tasks[t].heldout for t in names}
-        if not any(held.values()):
-            raise ScdfError("the corpus has no held-out text to evaluate on; raise heldout_fraction")
-        ec["windows"] = tf.token_windows(tokenizer, held, cfg.context_length, cfg.eval_tokens_per_task)
-    if "target_logits" not in ec:
-        ec["target_logits"] = tf.verifier_logits(verifier, ec["windows"], batch_size=cfg.eval_batch_size,
-                                                 device=device, progress=cfg.progress)
-    return ec
-
-
-def evaluate_drafter(cfg: ScdfConfig, drafter, ec: dict, device) -> tf.TeacherForcedResult:
-    """Teacher-forced held-out figures of ``drafter`` against the cached verifier logits of
-    `prepare_eval_cache`."""
-    return tf.evaluate(None, drafter, ec["windows"], temperature=cfg.temperature, batch_size=cfg.eval_batch_size,
-                       device=device, backend=cfg.backend, target_logits=ec["target_logits"])
 
 
 def train(config: ScdfConfig, *, verifier=None, drafter=None, tokenizer=None, corpus=None,
@@ -217,6 +173,9 @@ class _Run:
         self.history: list[dict] = []
         self.start_step = self.done = 0
         self.before = None
+        self.weight_seconds = self.step_seconds = 0.0     # throughput: the timed steps of this process
+        self.steps_timed = 0
+        self.objective_info: dict = {}
 
     # --- set-up -------------------------------------------------------------------------------
     def setup(self, verifier, drafter, tokenizer, corpus) -> None:
@@ -225,14 +184,12 @@ class _Run:
             v, d, tk = load_models(cfg)
             verifier, drafter, tokenizer = verifier or v, drafter or d, tokenizer or tk
         if corpus is None:
-            corpus = corpus_mod.load_corpus(cfg.corpus_source, tasks=cfg.tasks,
-                                            heldout_fraction=cfg.heldout_fraction, seed=cfg.corpus_seed,
-                                            max_items_per_task=cfg.max_items_per_task, **cfg.corpus_options)
+            corpus = load_task_corpus(cfg)
         self.names = [t for t in corpus.task_names if corpus.tasks[t].train]
         if len(self.names) < 2:
             raise ScdfError(f"s-CDF needs at least 2 tasks with training text, got {self.names}")
         self.m = len(self.names)
-        streams = tf.token_streams(tokenizer, {t: corpus.tasks[t].train for t in self.names})
+        streams = token_streams(tokenizer, {t: corpus.tasks[t].train for t in self.names})
         self.train_tokens = torch.tensor([len(streams[t]) for t in self.names], dtype=torch.float64)
         self.verifier, self.tokenizer, self.corpus = verifier, tokenizer, corpus
         verifier.to(device).eval().requires_grad_(False)
@@ -247,20 +204,21 @@ class _Run:
                 self.ec["before"] = self.evaluate(drafter)
             self.before = self.ec["before"]
         self.drafter = self._trainable(drafter)
-        self.student = _Student(self.drafter, cfg.method).to(device)
+        self.student = student_mod.Student(self.drafter, cfg.method).to(device)
+        # sharding (FSDP) replaces the parameters, so the optimiser is built after it
+        self.model = student_mod.wrap(self.student, cfg.shard, device, self.world)
         self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         if cfg.method == "temperature":
             groups = [{"params": [self.student.log_tau], "weight_decay": 0.0, "base_lr": cfg.temperature_lr}]
         else:
             groups = decay_groups(self.trainable, cfg.weight_decay, base_lr=cfg.lr)
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
-        self.model = self.student
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.student, device_ids=[device.index] if device.type == "cuda" else None)
         self.sampler = WindowSampler([streams[t] for t in self.names], cfg.context_length,
                                      seed=cfg.seed * 7919 + self.rank, names=self.names, error=ScdfError)
+        unknown = sorted(set(cfg.task_losses) - set(self.names))
+        if unknown:
+            raise ScdfError(f"task_losses names task(s) {unknown} that have no training text; tasks: {self.names}")
+        self.task_objectives = {self.names.index(t): k for t, k in cfg.task_losses.items()}
         self.stats = RunningDivergence(self.m, cfg.stats_decay)
         self.tokens_local = torch.zeros(self.m, dtype=torch.float64)
         self.tokens_global = torch.zeros(self.m, dtype=torch.float64)
@@ -289,19 +247,22 @@ class _Run:
     # --- the loss pass ----------------------------------------------------------------------------
     def divergences(self, x, y_mask, task_rows, with_grad):
         """Loss pass on a batch: (loss, per-task sums [m, 2] of the weight divergence and alpha,
-        per-task tokens [m])."""
+        per-task tokens [m]).  The per-task statistics (the weights' input) are timed into
+        ``self.weight_seconds``."""
         cfg, device = self.cfg, self.device
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             lp = self.verifier(input_ids=x, use_cache=False).logits
         with torch.enable_grad() if with_grad else torch.no_grad():
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 lq = self.model(x)
-            vals = sk.token_divergence(lq, lp, kind=cfg.loss, temperature=cfg.temperature,
-                                       reduction="none", mask=y_mask, backend=cfg.backend)
+            vals, self.objective_info = objectives.per_token(
+                lq, lp, cfg.loss, temperature=cfg.temperature, mask=y_mask, backend=cfg.backend, eta=cfg.lk_eta,
+                task_rows=task_rows, task_objectives=self.task_objectives)
             loss = vals.sum() / y_mask.sum().clamp_min(1)
+        t0 = self._clock()
         with torch.no_grad():
             def kind(k):
-                if k == cfg.loss:
+                if k == cfg.loss and not self.task_objectives:
                     return vals.detach()
                 return sk.token_divergence(lq.detach(), lp, kind=k, temperature=cfg.temperature,
                                            reduction="none", mask=y_mask, backend=cfg.backend)
@@ -313,7 +274,15 @@ class _Run:
             sums[:, 1].index_add_(0, t, av[y_mask].double())
             toks = torch.zeros(self.m, dtype=torch.float64, device=device).index_add_(
                 0, t, torch.ones_like(t, dtype=torch.float64))
-        return loss, sums.cpu(), toks.cpu()
+            sums, toks = sums.cpu(), toks.cpu()
+        self.weight_seconds += self._clock() - t0
+        return loss, sums, toks
+
+    def _clock(self) -> float:
+        """perf_counter after the device's queued work (CUDA), so a timed span holds its kernels."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def reduce(self, x):
         return distributed.all_reduce_sum(x, self.device)
@@ -332,8 +301,7 @@ class _Run:
             raise ScdfError(f"checkpoint was written by {ck['world_size']} ranks, this run has {self.world}")
         if ck["verifier_fingerprint"] != self.verifier_print:
             raise ScdfError("the checkpoint was made with another verifier")
-        self.student.load_state_dict({k: v.to(self.device) for k, v in ck["student"].items()})
-        self.opt.load_state_dict(ck["optimizer"])
+        student_mod.load_full_state(self.student, self.opt, ck["student"], ck["optimizer"], self.device)
         self.stats.load_state_dict(ck["stats"])
         self.history = ck["history"]
         self.start_step = ck["step"]
@@ -373,9 +341,12 @@ class _Run:
         cfg = self.cfg
         bar = tqdm(range(self.start_step, cfg.steps), desc=f"s-CDF [{cfg.method}]", initial=self.start_step,
                    total=cfg.steps, disable=not (cfg.progress and self.rank == 0), dynamic_ncols=True)
+        self.weight_seconds = 0.0          # the seeding probe before step 0 is not a step
         for step in bar:
+            t_step = tw = self._clock()
             est = self.stats.mean()
-            probs = task_probabilities(cfg.method, est[:, 0], self.train_tokens, cfg.uniform_mix)
+            probs = task_probabilities(cfg.method, est[:, 0], self.train_tokens, cfg.uniform_mix, cfg.balance_mix)
+            self.weight_seconds += time.perf_counter() - tw
             for gr in self.opt.param_groups:
                 gr["lr"] = lr_at(step, gr["base_lr"], cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
             batch, tasks = self.sampler.sample(probs, cfg.batch_size)
@@ -385,17 +356,23 @@ class _Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm    # a DTensor under FSDP
             self.opt.step()
             self.tokens_local += toks
+            tw = time.perf_counter()
             sums_g, toks_g = self.reduce(sums), self.reduce(toks)
             self.tokens_global += toks_g
             self.stats.update(sums_g, toks_g)
+            now = self._clock()
+            self.weight_seconds += now - tw
+            self.step_seconds += now - t_step
+            self.steps_timed += 1
             loss_g = float(self.reduce(loss.detach().double().cpu().reshape(1)) / self.world)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 # the estimates this step sampled by (before its own batch was folded in)
                 self.history.append({
                     "step": step, "loss": loss_g, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(gnorm),
-                    "tau": float(self.student.log_tau.detach().exp()),
+                    "tau": float(self.student.log_tau.detach().exp()), **self.objective_info,
                     "divergence": est[:, 0].tolist(), "alpha": est[:, 1].tolist(),
                     "probabilities": probs.tolist(), "batch_tasks": tasks.tolist()})
                 bar.set_postfix(loss=f"{loss_g:.4f}", pmax=f"{float(probs.max()):.2f}")
@@ -415,14 +392,26 @@ class _Run:
                "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
         all_rng = distributed.gather_objects(rng)
         all_tok = distributed.gather_objects(self.tokens_local.clone())
+        trainable, opt_state = student_mod.full_state(self.student, self.opt)   # a collective under FSDP
         if self.rank == 0:
-            trainable = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
             ck = {"config": self.cfg.to_dict(), "step": self.done, "world_size": self.world, "student": trainable,
-                  "optimizer": self.opt.state_dict(), "stats": self.stats.state_dict(), "history": list(self.history),
+                  "optimizer": opt_state, "stats": self.stats.state_dict(), "history": list(self.history),
                   "tokens_local": all_tok, "tokens_global": self.tokens_global.clone(), "rng": all_rng,
                   "verifier_fingerprint": self.verifier_print}
             atomic_write(self.ckpt_path, lambda f: torch.save(ck, f), binary=True)
         distributed.barrier()
+
+    def throughput(self, tokens_per_step: int) -> dict:
+        """Training speed of the steps this process ran (not those before a resume): tokens/s of
+        the whole job (every rank's tokens over this rank's step time), mean step time, and the
+        share of it spent on the s-CDF weights: the per-task statistics of the loss pass (extra
+        divergence kinds, per-task sums), their all-reduce, the running average and the sampling
+        probabilities.  Checkpoints, logging and evaluation are outside the steps."""
+        n, sec = self.steps_timed, self.step_seconds
+        return {"steps_timed": n, "step_seconds_total": sec, "step_seconds_mean": sec / n if n else None,
+                "tokens_per_second": n * tokens_per_step / sec if sec > 0 else None,
+                "weight_seconds_total": self.weight_seconds,
+                "weight_fraction": self.weight_seconds / sec if sec > 0 else None}
 
     # --- the end --------------------------------------------------------------------------------------
     def finish(self) -> ScdfResult:
@@ -431,14 +420,20 @@ class _Run:
         if self.verifier_print != fingerprint(self.verifier):
             raise RuntimeError("the verifier's parameters changed during s-CDF; they must stay frozen")
         tau = float(self.student.log_tau.detach().exp())
-        final = self.drafter.merge_and_unload() if cfg.lora_rank else self.drafter
-        if cfg.method == "temperature":
-            _fold_temperature(final, tau)
-        final.eval().requires_grad_(False)
+        if cfg.lora_rank:
+            final = self.drafter.merge_and_unload()
+        else:      # sharded: gathered on rank 0 (a collective), None elsewhere
+            final = student_mod.plain_drafter(self.student, student_mod.full_state(self.student, self.opt)[0]
+                                              if self.world > 1 and cfg.shard == "fsdp" else None)
+        if final is not None:
+            if cfg.method == "temperature":
+                student_mod.fold_temperature(final, tau, ScdfError)
+            final.eval().requires_grad_(False)
         tokens_per_step = cfg.batch_size * cfg.context_length * self.world
         report: dict[str, Any] = {
             "method": cfg.method, "config": cfg.to_dict(), "task_names": self.names, "world_size": self.world,
-            "device": str(self.device), "steps": cfg.steps, "tokens_per_step": tokens_per_step,
+            "device": str(self.device), "shard": cfg.shard if self.world > 1 else None, "steps": cfg.steps,
+            "tokens_per_step": tokens_per_step, "rank0_parameter_elements": student_mod.local_elements(self.student),
             "training_tokens": cfg.steps * tokens_per_step,
             "probe_tokens": cfg.init_windows_per_task * self.m * cfg.context_length * self.world,
             "tokens_per_task": dict(zip(self.names, self.tokens_global.tolist())),
@@ -446,6 +441,7 @@ class _Run:
             "drafter_temperature": tau, "verifier_fingerprint": self.verifier_print,
             "verifier_unchanged": True, "cost_ratio": self.cost_ratio, "num_draft": cfg.num_draft,
             "history": self.history, "seconds": time.perf_counter() - self.t_start,
+            "throughput": self.throughput(tokens_per_step),
         }
         after = None
         if self.rank == 0:

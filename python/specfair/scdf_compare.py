@@ -1,16 +1,27 @@
-"""Compare s-CDF with its baselines under one budget, on held-out text.
+"""Compare s-CDF with its baselines under one budget: knobs chosen on validation, figures
+reported on held-out.
 
-``run_comparison(config, methods, seeds)`` loads the pair and the corpus once, measures
-the original drafter on the held-out split with :mod:`specfair.teacher_forced` (the
-verifier's held-out logits are computed once and shared), fine-tunes a fresh copy of the
-drafter with every method and seed (same steps, batch and context: the same training
-tokens), measures each result on the same held-out windows, and writes
+``run_comparison(config, methods, seeds)`` loads the pair and the corpus once (split train /
+validation / held-out, `specfair.corpus`), and for every method
 
-* ``<prefix>.json``  every figure: per task and method alpha, CE, KL, speed-up, before and
-  after; per run the spread figures and paired-bootstrap 95% intervals (windows resampled
-  within each task) of the change in alpha variance and in U;
-* ``<prefix>.md``    the table and per-task alpha;
-* ``<prefix>.png``   per-task alpha before and after each method, and the changes.
+1. fine-tunes a fresh copy of the drafter for every candidate knob setting of the method
+   (`specfair.scdf_select`: the same number of candidates per method, each with every seed,
+   the same steps, batch and context: the same training tokens per method), and measures
+   each on the **validation** split only (teacher-forced, `specfair.teacher_forced`);
+2. keeps the candidate that `scdf_select.selection_score` ranks first on validation;
+3. measures only that candidate's drafters (one per seed) on the **held-out** split.
+
+The held-out split is never read before step 3, and nothing measured on it feeds a choice.
+It writes
+
+* ``<prefix>.json``  held-out figures of the chosen candidate of every method: per task and
+  seed alpha, CE, KL, speed-up, before and after; per run the paired-bootstrap 95% intervals
+  (held-out windows resampled within each task) of the change in alpha variance and in U;
+  per method the means over seeds with Student-t 95% intervals across seeds; under
+  ``"selection"`` what was searched, each candidate's validation figures and what was chosen;
+  per run the training throughput (tokens/s, share of step time in the weight computation);
+* ``<prefix>.md``    the held-out table, the chosen knobs and per-task alpha;
+* ``<prefix>.png``   per-task held-out alpha before and after each method, and the changes.
 
 Figures: ``mean_alpha`` (tasks weighted uniformly), ``alpha_variance`` (population
 variance of per-task alpha), ``U_ce`` (the paper's unfairness, variance of per-task CE),
@@ -23,13 +34,14 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from . import corpus as corpus_mod
 from ._util import resolve_device, write_json, write_text
-from .scdf import ScdfConfig, ScdfError, evaluate_drafter, load_models, prepare_eval_cache, train
-from .scdf_config import METHODS
-from .spread import before_after, paired_bootstrap, relative_change, variance
+from .scdf import train
+from .scdf_config import METHODS, ScdfConfig, ScdfError
+from .scdf_eval import evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache
+from .scdf_select import candidates, merge_space, seed_average, selection_score
+from .spread import before_after, paired_bootstrap, relative_change, seed_interval, variance
 
 TARGETS = {"alpha_variance_change": -0.40, "U_ce_change": -0.25, "mean_alpha_change": 0.0,
            "worst_alpha_change": -0.01}
@@ -49,52 +61,112 @@ def _meets(fig: dict) -> dict[str, bool]:
             "no_task_loses_1_point": fig["worst_alpha_change"] >= TARGETS["worst_alpha_change"]}
 
 
-def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0,), *, prefix: str = "scdf_compare",
-                   work_dir: str | None = None, n_boot: int = 500) -> dict[str, Any]:
-    """Run every method for every seed under ``base``'s budget; write the report in
-    ``base.out_dir`` (files ``<prefix>.json/.md/.png``); fine-tuned drafters and
-    checkpoints go under ``work_dir`` (default ``<out_dir>/<prefix>_runs``)."""
-    methods = list(methods)
+class _Shared:
+    """What every run of a comparison shares: models, corpus, evaluation caches."""
+
+    def __init__(self, base: ScdfConfig):
+        self.base = base
+        self.device = resolve_device(base.device, ScdfError)
+        self.verifier, self.drafter0, self.tokenizer = load_models(base)
+        self.corpus = load_task_corpus(base)
+        self.names = [t for t in self.corpus.task_names if self.corpus.tasks[t].train]
+        self.verifier.to(self.device)
+        n_ver = sum(p.numel() for p in self.verifier.parameters())
+        n_dra = sum(p.numel() for p in self.drafter0.parameters())
+        self.cost_ratio = base.cost_ratio if base.cost_ratio is not None else n_dra / n_ver
+        self.caches: dict[str, dict] = {}
+
+    def cache(self, split: str) -> dict:
+        """The evaluation cache of ``split`` (windows, verifier logits, the original drafter's
+        figures), built on first use."""
+        if split not in self.caches:
+            ec = prepare_eval_cache({}, self.base, self.verifier, self.tokenizer, self.corpus, self.names,
+                                    self.device, split=split)
+            ec["before"] = evaluate_drafter(self.base, self.drafter0.to(self.device), ec, self.device)
+            self.caches[split] = ec
+        return self.caches[split]
+
+    def fine_tune(self, cfg: ScdfConfig):
+        return train(cfg, verifier=self.verifier, drafter=copy.deepcopy(self.drafter0), tokenizer=self.tokenizer,
+                     corpus=self.corpus)
+
+    def figures(self, cfg: ScdfConfig, drafter, split: str):
+        ec = self.cache(split)
+        after = evaluate_drafter(cfg, drafter, ec, self.device)
+        return after, before_after(ec["before"], after, cfg.num_draft, self.cost_ratio)
+
+
+def _select(sh: _Shared, method: str, seeds, budget: int, space: dict, work: Path) -> tuple[dict, list, dict]:
+    """Fine-tune every candidate of ``method`` with every seed and rank them on validation.
+    Returns (the selection record, the chosen candidate's runs [(cfg, result)], its knobs)."""
+    record: dict[str, Any] = {"split": "validation", "space": {k: list(v) for k, v in space.items()},
+                              "budget": budget, "candidates": []}
+    best = None
+    for ci, knobs in enumerate(candidates(method, budget, space)):
+        runs, figs = [], []
+        for seed in seeds:
+            cfg = dataclasses.replace(sh.base, method=method, seed=seed, **knobs, evaluate=False, resume=False,
+                                      stop_after=None, cost_ratio=sh.cost_ratio,
+                                      out_dir=str(work / f"{method}-c{ci}-seed{seed}"))
+            res = sh.fine_tune(cfg)
+            figs.append(sh.figures(cfg, res.drafter, "validation")[1])
+            runs.append((cfg, res))
+        avg = seed_average(figs)
+        score = selection_score(avg)
+        record["candidates"].append({"knobs": knobs, "validation": avg, "score": list(score)})
+        if best is None or score > best[0]:
+            best = (score, runs, knobs)
+    record["chosen"] = best[2]
+    record["candidates_run"] = len(record["candidates"])
+    return record, best[1], best[2]
+
+
+def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix: str = "scdf_compare",
+                   work_dir: str | None = None, n_boot: int = 500, budget: int = 4,
+                   search: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Choose every method's knobs on validation (``budget`` candidates per method, each with
+    every seed; ``search`` overrides knob values, see `scdf_select.merge_space`), then report
+    the chosen candidates on held-out; write the report in ``base.out_dir`` (files
+    ``<prefix>.json/.md/.png``); fine-tuned drafters and checkpoints go under ``work_dir``
+    (default ``<out_dir>/<prefix>_runs``)."""
+    methods, seeds = list(methods), list(seeds)
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ScdfError(f"methods must be among {METHODS}, got {methods}")
+    if not seeds:
+        raise ScdfError("seeds must name at least one seed")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ScdfError(f"budget must be a positive int, got {budget!r}")
+    if not base.validation_fraction > 0:
+        raise ScdfError("the comparison chooses knobs on validation text; validation_fraction must be > 0")
+    spaces = {m: merge_space(m, search, ScdfError) for m in methods}
+    base.validate()
     out = Path(base.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / f"{prefix}_runs"
     t0 = time.perf_counter()
-    device = resolve_device(base.device, ScdfError)
-    verifier, drafter0, tokenizer = load_models(base)
-    corpus = corpus_mod.load_corpus(base.corpus_source, tasks=base.tasks, heldout_fraction=base.heldout_fraction,
-                                    seed=base.corpus_seed, max_items_per_task=base.max_items_per_task,
-                                    **base.corpus_options)
-    names = [t for t in corpus.task_names if corpus.tasks[t].train]
-    verifier.to(device)
-    ec = prepare_eval_cache({}, base, verifier, tokenizer, corpus, names, device)
-    ec["before"] = before = evaluate_drafter(base, drafter0.to(device), ec, device)
-    n_ver = sum(p.numel() for p in verifier.parameters())
-    n_dra = sum(p.numel() for p in drafter0.parameters())
-    cost_ratio = base.cost_ratio if base.cost_ratio is not None else n_dra / n_ver
-
+    sh = _Shared(base)
+    selection, chosen = {}, {}
+    for method in methods:                      # step 1-2: validation only
+        selection[method], chosen[method], _ = _select(sh, method, seeds, budget, spaces[method], work)
+    before = sh.cache("heldout")["before"]      # step 3: the held-out split, first read here
     runs = []
-    for seed in seeds:
-        for method in methods:
-            cfg = dataclasses.replace(base, method=method, seed=seed, out_dir=str(work / f"{method}-seed{seed}"),
-                                      evaluate=True, cost_ratio=cost_ratio, resume=False, stop_after=None)
+    for method in methods:
+        for cfg, res in chosen[method]:
             t1 = time.perf_counter()
-            res = train(cfg, verifier=verifier, drafter=copy.deepcopy(drafter0), tokenizer=tokenizer,
-                        corpus=corpus, eval_cache=ec)
-            runs.append(_run_record(cfg, res, before, cost_ratio, n_boot, time.perf_counter() - t1))
-            del res
-
+            after, fig = sh.figures(cfg, res.drafter, "heldout")
+            runs.append(_run_record(cfg, res, before, after, fig, n_boot, time.perf_counter() - t1))
+        chosen[method] = None
+    base_d = base.to_dict()
     report = {
-        "description": "s-CDF and baselines at equal steps and training tokens; held-out, teacher-forced, "
-                       f"temperature {base.temperature:g}; speed-up S(alpha; K={base.num_draft}, "
-                       f"c={cost_ratio:.4f})",
-        "config": base.to_dict(), "methods": methods, "seeds": list(seeds), "task_names": names,
-        "device": str(device), "cost_ratio": cost_ratio, "num_draft": base.num_draft,
+        "description": "s-CDF and baselines at equal steps, training tokens and search budget; knobs chosen on "
+                       f"validation, figures on held-out, teacher-forced, temperature {base.temperature:g}; "
+                       f"speed-up S(alpha; K={base.num_draft}, c={sh.cost_ratio:.4f})",
+        "config": base_d, "methods": methods, "seeds": seeds, "task_names": sh.names, "split": "heldout",
+        "device": str(sh.device), "cost_ratio": sh.cost_ratio, "num_draft": base.num_draft,
         "heldout_tokens": before.tokens, "targets": TARGETS,
-        "before": before.to_dict(base.num_draft, cost_ratio), "runs": runs,
-        "aggregate": {m: _aggregate([r for r in runs if r["method"] == m], names) for m in methods},
+        "before": before.to_dict(base.num_draft, sh.cost_ratio), "runs": runs, "selection": selection,
+        "aggregate": {m: _aggregate([r for r in runs if r["method"] == m], sh.names) for m in methods},
         "seconds_total": time.perf_counter() - t0,
     }
     paths = {"json": out / f"{prefix}.json", "markdown": out / f"{prefix}.md", "png": out / f"{prefix}.png"}
@@ -106,17 +178,18 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0,), *, prefix: str
     return report
 
 
-def _run_record(cfg: ScdfConfig, res, before, cost_ratio: float, n_boot: int, seconds: float) -> dict:
-    """One (method, seed) run: its held-out figures, paired-bootstrap intervals and targets."""
-    fig = before_after(before, res.after, cfg.num_draft, cost_ratio)
-    ci = {"alpha_variance_change": paired_bootstrap([before, res.after], _rel_change("alpha"), n_boot,
-                                                    seed=cfg.seed),
-          "U_ce_change": paired_bootstrap([before, res.after], _rel_change("ce"), n_boot, seed=cfg.seed)}
-    return {"method": cfg.method, "seed": cfg.seed, "seconds": seconds,
+def _run_record(cfg: ScdfConfig, res, before, after, fig: dict, n_boot: int, seconds: float) -> dict:
+    """One (method, seed) run of the chosen candidate: its held-out figures, paired-bootstrap
+    intervals, targets and training throughput."""
+    ci = {"alpha_variance_change": paired_bootstrap([before, after], _rel_change("alpha"), n_boot, seed=cfg.seed),
+          "U_ce_change": paired_bootstrap([before, after], _rel_change("ce"), n_boot, seed=cfg.seed)}
+    rep = res.report
+    return {"method": cfg.method, "seed": cfg.seed, "split": "heldout", "eval_seconds": seconds,
+            "train_seconds": rep["seconds"], "knobs": {k: getattr(cfg, k) for k in ("lr", "uniform_mix",
+                                                                                    "balance_mix", "temperature_lr")},
             "figures": fig, "intervals": ci, "meets": _meets(fig),
-            "drafter_temperature": res.report["drafter_temperature"],
-            "tokens_per_task": res.report["tokens_per_task"],
-            "training_tokens": res.report["training_tokens"],
+            "drafter_temperature": rep["drafter_temperature"], "tokens_per_task": rep["tokens_per_task"],
+            "training_tokens": rep["training_tokens"], "throughput": rep.get("throughput"),
             "final_probabilities": res.history[-1]["probabilities"] if res.history else None,
             "final_train_divergence": res.history[-1]["divergence"] if res.history else None}
 
@@ -136,6 +209,7 @@ def _aggregate(rs: list[dict], names: list[str]) -> dict:
                                  for t in names},
         "worst_task": min(((r["figures"]["worst_alpha_change"], r["figures"]["worst_task"]) for r in rs))[1],
         "meets_all_seeds": {k: all(r["meets"][k] for r in rs) for k in rs[0]["meets"]},
+        "seed_intervals": {k: seed_interval(v) for k, v in a.items()},
     }
 
 
@@ -172,13 +246,23 @@ def markdown(report: dict) -> str:
         "# s-CDF against its baselines (held-out, teacher-forced)", "",
         report["description"] + ".", "",
         f"Budget per run: {cfg['steps']} steps × {cfg['batch_size']} windows × {cfg['context_length']} tokens "
-        f"(training split), lr {cfg['lr']}, loss `{cfg['loss']}`, weights from `{cfg['weight_divergence']}`, "
-        f"uniform mix {cfg['uniform_mix']}, device {report['device']}, seeds {report['seeds']}. "
-        f"Held-out: {sum(report['heldout_tokens'].values())} tokens over {len(names)} tasks. "
+        f"(training split), loss `{cfg['loss']}`, weights from `{cfg['weight_divergence']}`, "
+        f"device {report['device']}, seeds {report['seeds']}; per method "
+        f"{_budget(report)} candidate knob settings, each with every seed, chosen on the validation split "
+        f"(validation fraction {cfg['validation_fraction']}). Every figure below is held-out: "
+        f"{sum(report['heldout_tokens'].values())} tokens over {len(names)} tasks. "
         f"Total time {report['seconds_total'] / 60:.1f} min.", "",
         "Targets: var α −40% or better, 𝒰 −25% or better, mean α not falling, no task losing "
-        "more than 1 point of α. Intervals: paired percentile bootstrap over held-out windows "
-        "(resampled within each task), 95%.", "",
+        "more than 1 point of α.", "",
+        "## Chosen on validation", "",
+        "| method | chosen knobs | candidates |", "|---|---|---|",
+        *[f"| {m} | {_knobs(report['selection'][m]['chosen'])} | "
+          f"{report['selection'][m]['candidates_run']} |" for m in methods], "",
+        "## Held-out, over seeds (mean [95% Student-t interval across seeds])", "",
+        "| method | Δ var α | Δ𝒰 | Δ mean α (pt) | worst Δα (pt, worst seed) |", "|---|---|---|---|---|",
+        *[_seed_row(m, report["aggregate"][m]) for m in methods], "",
+        "## Held-out, per seed (intervals: paired percentile bootstrap over held-out windows, "
+        "resampled within each task, 95%)", "",
         table(report), "",
         "## Targets met (every seed)", "",
         "| method | var α −40% | 𝒰 −25% | mean α not falling | no task −1 pt |", "|---|---|---|---|---|"]
@@ -192,6 +276,28 @@ def markdown(report: dict) -> str:
         lines.append(f"| {t} | {before[t]:.4f} | " + " | ".join(
             f"{report['aggregate'][m]['per_task_alpha_after'][t]:.4f}" for m in methods) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _budget(report: dict) -> str:
+    runs = sorted({s["candidates_run"] for s in report["selection"].values()})
+    return "/".join(map(str, runs))
+
+
+def _knobs(knobs: dict) -> str:
+    return ", ".join(f"{k} = {v:g}" for k, v in knobs.items())
+
+
+def _seed_row(method: str, agg: dict) -> str:
+    iv = agg["seed_intervals"]
+
+    def cell(key, scale=100.0, unit="%"):
+        i = iv[key]
+        if math.isnan(i["low"]):
+            return f"{scale * i['mean']:+.1f}{unit}"
+        return f"{scale * i['mean']:+.1f}{unit} [{scale * i['low']:+.1f}, {scale * i['high']:+.1f}]"
+
+    return (f"| {method} | {cell('alpha_variance_change')} | {cell('U_ce_change')} | "
+            f"{cell('mean_alpha_change', 100.0, '')} | {100 * agg['worst_alpha_change_min']:+.2f} |")
 
 
 def plot(report: dict, path) -> None:

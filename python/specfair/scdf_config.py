@@ -11,12 +11,16 @@ from typing import Any
 import torch
 
 from ._util import check_fields
+from .objectives import OBJECTIVES, WEIGHT_KINDS
 
-__all__ = ["METHODS", "LOSS_KINDS", "LORA_TARGETS", "RESUME_FREE", "ScdfConfig", "ScdfError", "ScdfResult",
-           "RunningDivergence", "task_probabilities"]
+SHARDS = ("ddp", "fsdp")
+
+__all__ = ["METHODS", "LOSS_KINDS", "WEIGHT_KINDS", "LORA_TARGETS", "RESUME_FREE", "ScdfConfig", "ScdfError",
+           "ScdfResult", "RunningDivergence", "task_probabilities"]
 
 METHODS = ("uniform", "balanced", "temperature", "scdf")
-LOSS_KINDS = ("kl", "ce", "tv")
+LOSS_KINDS = OBJECTIVES
+"""Training objectives (`specfair.objectives`): kl, ce, tv, and the LK losses neg_log_alpha and kl_tv."""
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RESUME_FREE = ("resume", "stop_after", "progress", "evaluate", "log_every", "out_dir", "gguf_cache")
 """Config fields that may differ between a run and the run that resumes it."""
@@ -39,6 +43,7 @@ class ScdfConfig:
     corpus_options: dict = field(default_factory=dict)
     tasks: list[str] | None = None
     heldout_fraction: float = 0.1
+    validation_fraction: float = 0.1     # carved from training text: where knobs are chosen (scdf_compare)
     corpus_seed: int = 0
     max_items_per_task: int | None = None
     context_length: int = 128
@@ -54,10 +59,13 @@ class ScdfConfig:
     grad_clip: float = 1.0
     temperature_lr: float = 0.02          # the "temperature" method's lr for log(tau)
     # --- objective and weights
-    loss: str = "kl"
+    loss: str = "kl"                      # objective, one of LOSS_KINDS (specfair.objectives)
+    task_losses: dict = field(default_factory=dict)   # task -> objective, overriding ``loss`` for that task
+    lk_eta: float = 3.0                   # kl_tv: lambda = exp(-lk_eta * mean alpha of the batch)
     weight_divergence: str = "kl"
     temperature: float = 1.0
     uniform_mix: float = 0.5
+    balance_mix: float = 1.0              # "balanced": p_t = (1 - mix) n_t / sum n + mix / m
     stats_decay: float = 0.9
     init_windows_per_task: int = 2
     # --- drafter parametrisation
@@ -70,6 +78,7 @@ class ScdfConfig:
     resume: bool = False
     stop_after: int | None = None         # stop (without a final checkpoint) after this step: a simulated kill
     device: str = "cpu"
+    shard: str = "ddp"                    # under torchrun: "ddp" (replicas) or "fsdp" (FSDP2 fully_shard)
     bf16_autocast_on_cuda: bool = True
     backend: str = "auto"
     progress: bool = True
@@ -100,8 +109,13 @@ class ScdfConfig:
             raise ScdfError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.loss not in LOSS_KINDS:
             raise ScdfError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
-        if self.weight_divergence not in LOSS_KINDS:
-            raise ScdfError(f"weight_divergence must be one of {LOSS_KINDS}, got {self.weight_divergence!r}")
+        bad = {t: k for t, k in self.task_losses.items() if k not in LOSS_KINDS}
+        if bad:
+            raise ScdfError(f"task_losses: objectives must be among {LOSS_KINDS}, got {bad}")
+        if not (self.lk_eta >= 0 and math.isfinite(self.lk_eta)):
+            raise ScdfError(f"lk_eta must be finite and >= 0, got {self.lk_eta}")
+        if self.weight_divergence not in WEIGHT_KINDS:
+            raise ScdfError(f"weight_divergence must be one of {WEIGHT_KINDS}, got {self.weight_divergence!r}")
         for name in ("steps", "batch_size", "context_length", "checkpoint_every", "log_every",
                      "eval_tokens_per_task", "eval_batch_size", "num_draft"):
             v = getattr(self, name)
@@ -117,10 +131,19 @@ class ScdfConfig:
             raise ScdfError(f"temperature must be finite and > 0, got {self.temperature}")
         if not 0 <= self.uniform_mix <= 1:
             raise ScdfError(f"uniform_mix must be in [0, 1], got {self.uniform_mix}")
+        if not 0 <= self.balance_mix <= 1:
+            raise ScdfError(f"balance_mix must be in [0, 1], got {self.balance_mix}")
+        if not 0 <= self.validation_fraction <= 1 - self.heldout_fraction:
+            raise ScdfError(f"validation_fraction must be in [0, 1 - heldout_fraction], got {self.validation_fraction}")
         if not 0 <= self.stats_decay < 1:
             raise ScdfError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ScdfError(f"stop_after must be >= 1 or None, got {self.stop_after}")
+        if self.shard not in SHARDS:
+            raise ScdfError(f"shard must be one of {SHARDS}, got {self.shard!r}")
+        if self.shard == "fsdp" and (self.lora_rank or self.method == "temperature"):
+            raise ScdfError("shard='fsdp' trains full weights: it takes neither lora_rank > 0 nor the temperature "
+                            "method (one scalar); use shard='ddp' for those")
         if self.method == "temperature" and self.lora_rank:
             raise ScdfError("the temperature method trains no weights; lora_rank must be 0")
 
@@ -138,18 +161,22 @@ class ScdfResult:
 
 
 # ----------------------------------------------------------------------------- weights
-def task_probabilities(method: str, divergence, train_tokens, uniform_mix: float):
+def task_probabilities(method: str, divergence, train_tokens, uniform_mix: float, balance_mix: float = 1.0):
     """Per-task sampling probabilities ([m] float64 tensor) for a method.
 
     divergence : [m] current D_t estimates (only ``scdf`` uses them)
-    train_tokens : [m] training tokens per task (only ``uniform`` uses them)
+    train_tokens : [m] training tokens per task (``uniform``, and ``balanced`` with
+        ``balance_mix < 1``, use them)
+    balance_mix : ``balanced`` mixes ``(1 - balance_mix)`` of token-proportional sampling
+        into the flat 1/m (1: fully balanced, 0: the same as ``uniform``)
     """
     d = torch.as_tensor(divergence, dtype=torch.float64)
     m = d.numel()
     flat = torch.full((m,), 1.0 / m, dtype=torch.float64)
-    if method == "uniform":
+    if method == "uniform" or (method == "balanced" and balance_mix < 1):
         n = torch.as_tensor(train_tokens, dtype=torch.float64)
-        return n / n.sum()
+        prop = n / n.sum()
+        return prop if method == "uniform" else (1 - balance_mix) * prop + balance_mix * flat
     if method in ("balanced", "temperature"):
         return flat
     if method != "scdf":

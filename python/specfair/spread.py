@@ -12,6 +12,7 @@ figure; an infinite value is kept, so it shows instead of vanishing.
   estimates), paired across results computed on the same windows;
 * `before_after`: what fine-tuning changed, from two teacher-forced results;
 * `spearman` and `percentile_interval` for correlations across tasks;
+* `seed_interval`: mean and Student-t interval of a figure over independent seeds;
 * `speedup_array` and PAPER.md's `speedup_lower_bound`;
 * `task_moments`, `resample_task_moments`, `corrected_spread` and `ratio_spread`: the
   audit's spread figures, with the between-task variance corrected for within-task
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
+from scipy.stats import t as student_t
 
 from specfair_kernels.stats import speedup
 
@@ -107,6 +109,22 @@ def percentile_interval(samples, level: float = 0.95) -> list[float]:
         return [math.nan, math.nan]
     tail = round(50 * (1 - level), 12)  # 2.5 exactly for level 0.95
     return [float(np.percentile(s, tail)), float(np.percentile(s, 100 - tail))]
+
+
+def seed_interval(values, level: float = 0.95) -> dict:
+    """``{"mean", "low", "high", "n"}`` of a figure over independent runs (seeds): the mean and
+    the two-sided Student-t interval mean ± t_{n-1} · sd / sqrt(n) (sd with n - 1).  Finite
+    values only; with fewer than 2 the interval is [NaN, NaN]."""
+    v = np.asarray([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    mean = float(v.mean())
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
+    half = float(student_t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def resample_within_tasks(window_task, window_tokens, sums: Sequence[dict[str, np.ndarray]], num_tasks: int,

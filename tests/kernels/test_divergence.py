@@ -35,7 +35,7 @@ needs_triton = [_skip_no_triton] + ([] if HAS_CUDA else [pytest.mark.slow])
 CPP_ERR = backends.unavailable_reason("cpp", torch.device("cpu"), "token_divergence")
 needs_cpp = [pytest.mark.skipif(CPP_ERR is not None, reason=f"C++ backend unavailable: {CPP_ERR}")]
 ROW_BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp), pytest.param("triton", marks=needs_triton)]
-KINDS = ("ce", "kl", "tv", "alpha")
+KINDS = ("ce", "kl", "tv", "alpha", "neg_log_alpha")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Values are computed in fp32 from the (rounded) inputs for every dtype; the gradient is
 # stored in the input dtype, hence its looser tolerance.
@@ -69,6 +69,8 @@ def ref_values(d, t, kind, T):
         return torch.where(p > 0, p * (logp - logq), zero).sum(-1)
     if kind == "tv":
         return 0.5 * (p - q).abs().sum(-1)
+    if kind == "neg_log_alpha":
+        return -torch.log(torch.minimum(p, q).sum(-1))
     return torch.minimum(p, q).sum(-1)
 
 
@@ -80,6 +82,8 @@ def ref_grad(d, t, kind, T):
         return (q - p) / T
     qlt = torch.where(q < p, q, torch.zeros_like(q))
     g = (qlt - q * qlt.sum(-1, keepdim=True)) / T
+    if kind == "neg_log_alpha":
+        return -g / torch.minimum(p, q).sum(-1, keepdim=True)
     return g if kind == "alpha" else -g
 
 
@@ -233,6 +237,7 @@ def test_identical_logits(backend, small_tiles):
     assert bool((out["kl"].abs() < 1e-6).all())
     assert bool((out["tv"].abs() < 1e-6).all())
     torch.testing.assert_close(out["alpha"], torch.ones(3, device=d.device), rtol=0, atol=1e-6)
+    assert bool((out["neg_log_alpha"].abs() < 1e-6).all())
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
@@ -272,10 +277,24 @@ def test_nan_inf_rows(backend, small_tiles):
 
 
 @pytest.mark.parametrize("backend", ROW_BACKENDS)
+def test_neg_log_alpha_disjoint_supports(backend, small_tiles):
+    """alpha = 0 (disjoint supports): -log alpha is +inf and its gradient 0, on every backend."""
+    d = torch.full((2, 40), float("-inf"), device=dev_for(backend))
+    t = torch.full((2, 40), float("-inf"), device=dev_for(backend))
+    d[:, :20] = torch.randn(2, 20, device=d.device)
+    t[:, 20:] = torch.randn(2, 20, device=d.device)
+    x = d.clone().requires_grad_(True)
+    vals = D.token_divergence_rows(backend, x, t, "neg_log_alpha", 1.0)
+    assert bool(torch.isposinf(vals).all())
+    vals.backward(torch.ones_like(vals))
+    assert (x.grad == 0).all()
+
+
+@pytest.mark.parametrize("backend", ROW_BACKENDS)
 def test_vocab_of_one(backend, small_tiles):
     d = torch.randn(2, 1, device=dev_for(backend))
     t = torch.randn(2, 1, device=dev_for(backend))
-    expect = {"ce": 0.0, "kl": 0.0, "tv": 0.0, "alpha": 1.0}
+    expect = {"ce": 0.0, "kl": 0.0, "tv": 0.0, "alpha": 1.0, "neg_log_alpha": 0.0}
     for kind in KINDS:
         vals, grad, _ = run_rows(backend, d, t, kind, 2.0)
         torch.testing.assert_close(vals, torch.full((2,), expect[kind], device=d.device))
@@ -289,7 +308,12 @@ def test_cpp_runs_its_own_kernel(kind, monkeypatch):
     """backend="cpp" is csrc/divergence.cpp: with the torch path disabled it still runs, and
     gives exactly what the registered C++ op gives."""
     d, t = make_logits()
-    want_v, want_g = backends.cpp_op("token_divergence")(d, t, kind, 0.7, True)
+    if kind == "neg_log_alpha":     # the C++ alpha kernel, then -log and the row scaling of the C++ op
+        alpha, want_g = backends.cpp_op("token_divergence")(d, t, "alpha", 0.7, True)
+        backends.cpp_op("scale_rows_")(want_g, reference.neg_log_alpha_scale(alpha))
+        want_v = -torch.log(alpha)
+    else:
+        want_v, want_g = backends.cpp_op("token_divergence")(d, t, kind, 0.7, True)
 
     def torch_path(*args, **kwargs):
         raise AssertionError("backend='cpp' ran the torch path")

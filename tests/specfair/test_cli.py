@@ -33,7 +33,7 @@ def test_drop_untranslated_false_reaches_the_corpus_as_false(argv, monkeypatch, 
     seen = {}
 
     def fake_load_corpus(source="default", tasks=None, heldout_fraction=0.1, seed=0, max_items_per_task=None,
-                         **options):
+                         validation_fraction=0.0, **options):
         seen.update(options)
         raise corpus_mod.CorpusError("stopped by the test after reading the options")
 

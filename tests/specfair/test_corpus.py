@@ -248,6 +248,37 @@ def test_split_of_is_stable_and_salt_free():
     assert C.split_of("x", 0.0) == "train" and C.split_of("x", 1.0) == "heldout"
 
 
+def test_three_way_split_is_disjoint_deterministic_and_keeps_heldout(tmp_path):
+    data = tmp_path / "c.jsonl"
+    rows = [{"task": lang, "key": f"k{i}", "text": f"{lang} text {i}"} for lang in ("aa", "bb") for i in range(400)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    kw = dict(path=str(data), key_column="key", heldout_fraction=0.2, seed=5)
+    c = C.load_corpus("jsonl", validation_fraction=0.25, **kw)
+    again = C.load_corpus("jsonl", validation_fraction=0.25, **kw)
+    two_way = C.load_corpus("jsonl", **kw)
+    for t in ("aa", "bb"):
+        s = c.tasks[t]
+        ids = {name: set(getattr(s, f"{name}_ids")) for name in C.SPLITS}
+        assert all(ids.values())                                       # every split has text
+        assert not (ids["train"] & ids["validation"] or ids["train"] & ids["heldout"]
+                    or ids["validation"] & ids["heldout"])              # disjoint
+        assert len(s) == 400 and sum(map(len, ids.values())) == 400    # and covering
+        assert 0.15 < len(s.validation) / 400 < 0.35 and 0.12 < len(s.heldout) / 400 < 0.28
+        assert (s.train, s.validation, s.heldout) == (again.tasks[t].train, again.tasks[t].validation,
+                                                      again.tasks[t].heldout)   # deterministic
+        assert s.heldout == two_way.tasks[t].heldout                   # validation comes out of train only
+        assert set(two_way.tasks[t].train) == set(s.train) | set(s.validation)
+        assert s.split("validation") == s.validation
+    # parallel keys land in the same split in every task
+    assert c.tasks["aa"].validation_ids == c.tasks["bb"].validation_ids
+    assert C.split_of("k1", 0.2, 5, 0.25) == ("heldout" if "k1" in c.tasks["aa"].heldout_ids else
+                                              "validation" if "k1" in c.tasks["aa"].validation_ids else "train")
+    with pytest.raises(C.CorpusError, match="validation_fraction"):
+        C.load_corpus("jsonl", validation_fraction=0.9, **kw)
+    with pytest.raises(C.CorpusError, match="split"):
+        c.tasks["aa"].split("test")
+
+
 # --------------------------------------------------------------------------- guide
 def test_guide_paragraphs(tmp_path):
     root = _write_guide(tmp_path / "guide")
