@@ -1,22 +1,12 @@
 """benchmarks/lossless_report.py end to end at a small size: both methods pass their own
 tests, the "emit the draft" control fails, and block mode accepts more than token mode."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lossless_report.py"
+from scripts import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("_test_lossless_report_module", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lr = _load()
+lr = load_script("lossless_report")
 
 
 @pytest.mark.parametrize("method", ["token", "block"])

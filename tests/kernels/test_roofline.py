@@ -10,7 +10,6 @@ test_triton_compile.py; skipped without Triton's ptxas):
 * the project's streaming kernels: CI fails on a register spill, a barrier inside a vocabulary
   loop, or a loop above 12 SASS instructions per logit.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,18 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "roofline.py"
 
 
-def _load_roofline():
-    spec = importlib.util.spec_from_file_location("_test_roofline_module", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rl = _load_roofline()
+rl = load_script("roofline")
 
 
 def _ptxas_available():
