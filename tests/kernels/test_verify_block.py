@@ -32,7 +32,6 @@ from specfair_kernels import rng
 from specfair_kernels.stats import DIVERGENCE_FIELDS
 
 P_MIN, P_CONTROL = 1e-3, 1e-6
-BLOCK_READY = ("torch", "cpp", "triton")  # backends implementing method="block"
 
 # --- (a), (b): the closed form -------------------------------------------------------------
 
@@ -190,9 +189,6 @@ def _product_case(seed: int, K: int, V: int, temperature: float):
     q = torch.softmax(draft.double() / temperature, -1)
     return target, draft, p, q
 
-def _block_backends(bk):
-    if bk.name not in BLOCK_READY:
-        pytest.skip(f"method='block' is not implemented on {bk.name}")
 
 def _run(bk, target, draft, drafts, temperature, seed0=0, step=3, method="block", **kw):
     n = drafts.shape[0]
@@ -252,7 +248,6 @@ def _chisq(codes, probs):
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 1.5])
 @pytest.mark.parametrize("K", [2, 3])
 def test_joint_sequence_follows_target(cheap_backend, K, temperature):
-    _block_backends(cheap_backend)
     V, n = 3, 24_000
     target, draft, p, q = _product_case(20 + K, K, V, temperature)
     g = torch.Generator().manual_seed(K)
@@ -287,7 +282,6 @@ def _both(bk, case, **kw):
 
 @pytest.mark.parametrize("draft", ["logits", "onehot", "equal"])
 def test_greedy_rows_equal_token_and_divergences_agree(any_backend, verify_case, draft):
-    _block_backends(any_backend)
     small = any_backend.interpreted
     case = verify_case(5, B=4 if small else 64, K=3, V=16 if small else 50, draft=draft, tokens="likely",
                        device=any_backend.device)
@@ -308,7 +302,6 @@ def test_greedy_rows_equal_token_and_divergences_agree(any_backend, verify_case,
 
 
 def test_equal_draft_accepts_everything_in_block_mode(any_backend, verify_case):
-    _block_backends(any_backend)
     case = verify_case(6, B=4, K=3, V=16, draft="equal", tokens="from_q", temps=(0.7, 1.0),
                        device=any_backend.device)
     out = sk.verify(**case, backend=any_backend.name, method="block")
@@ -316,7 +309,6 @@ def test_equal_draft_accepts_everything_in_block_mode(any_backend, verify_case):
 
 
 def test_invalid_rows_and_task_stats(any_backend, verify_case):
-    _block_backends(any_backend)
     case = verify_case(8, B=4, K=3, V=16, ragged=False, temps=(1.0,), num_tasks=2, device=any_backend.device)
     case["target_logits"][1, 2, 3] = float("nan")
     case["target_logits"][2, 0, 0] = float("inf")
@@ -336,7 +328,6 @@ def test_invalid_rows_and_task_stats(any_backend, verify_case):
 
 
 def test_batch_invariance(any_backend, verify_case):
-    _block_backends(any_backend)
     case = verify_case(9, B=4, K=3, V=16, temps=(0.0, 0.7, 1.5), device=any_backend.device)
     full = sk.verify(**case, backend=any_backend.name, method="block")
     for b in range(4):
@@ -358,7 +349,6 @@ def test_bad_method(any_backend, verify_case, bad, err):
 @pytest.mark.parametrize("tdtype", [torch.float32, torch.bfloat16])
 def test_cross_backend_equal(other_backend, verify_case, draft, tdtype):
     """Block mode gives torch.equal tokens and counts on every backend (mixed greedy/sampling, ragged)."""
-    _block_backends(other_backend)
     small = other_backend.interpreted
     for s in range(1 if small else 4):
         case = verify_case(40 + s, B=4 if small else 48, K=3, V=16 if small else 70, draft=draft, tdtype=tdtype,
