@@ -34,7 +34,8 @@ __all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "cached_costs", "ca
 
 def expected_tokens(alpha, num_draft: int):
     """(1 - a^(K+1)) / (1 - a): expected tokens per verification under i.i.d. acceptance.
-    ``alpha`` a float (returns a float) or an array (elementwise; NaN stays NaN)."""
+    ``alpha`` a float (returns a float) or an array (elementwise; NaN stays NaN); ``num_draft``
+    may be an array too, broadcast against ``alpha``."""
     a = np.asarray(alpha, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         tokens = np.where(a < 1, (1 - a ** (num_draft + 1)) / (1 - a), num_draft + 1.0)
@@ -101,9 +102,7 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
     a = np.clip(np.where(np.isnan(values), prior_acceptance, values), 0.0, 1.0)[:, None]   # [T, 1]
     ks = np.arange(1, max_draft + 1)
     r = np.ones(max_draft) if verify_cost is None else np.asarray(verify_cost[1:max_draft + 1], dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tokens = np.where(a < 1, (1 - a ** (ks + 1)) / (1 - a), ks + 1.0)
-    gain = tokens / (ks * cost_ratio + r)          # [T, K_max]
+    gain = expected_tokens(a, ks) / (ks * cost_ratio + r)          # [T, K_max]
     return (np.argmax(gain, axis=1) + 1).tolist()  # the first maximum: ties go to the smaller K
 
 
