@@ -157,9 +157,13 @@ class TaskStats:
     def acceptance_rate(self) -> torch.Tensor:
         """Realised acceptance: accepted / tested drafts, per task.
 
-        An unbiased estimate of the per-position acceptance probability, so it converges
-        to `expected_acceptance` when positions are alike.  (accepted / drafted, the share
-        of drafts that survive, is ``counts[:, COUNT_ACCEPTED] / counts[:, COUNT_DRAFTED]``.)
+        Under token verification an unbiased estimate of the per-position acceptance
+        probability, so it converges to `expected_acceptance` when positions are alike.
+        Under block verification no single position's test decides the length, so it is the
+        *effective* acceptance instead: the per-position rate of a token-verification run
+        with the same accepted lengths (it can exceed `expected_acceptance`, which is the
+        point of block mode).  (accepted / drafted, the share of drafts that survive, is
+        ``counts[:, COUNT_ACCEPTED] / counts[:, COUNT_DRAFTED]``.)
         """
         return self._ratio(self._count(COUNT_ACCEPTED), self._count(COUNT_TESTED))
 
