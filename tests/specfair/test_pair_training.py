@@ -86,6 +86,9 @@ def test_distilled_drafter_from_the_verifier(tmp_path, corpus_file):
     assert d["final_train_loss"] < 0.8 * d["first_train_loss"], d     # KL(p || q) falls
     saved = json.loads((out / "train_pair_config.json").read_text(encoding="utf-8"))
     assert saved["drafter_objective"] == "distill" and saved["drafter_init"] == "verifier"
+    card = (out / "drafter" / "README.md").read_text(encoding="utf-8")
+    assert "KL(p || q) to the verifier" in card and "initialised from: verifier" in card
+    assert "next-token cross-entropy" in (out / "verifier" / "README.md").read_text(encoding="utf-8")
     # From a model directory: that drafter, against the same verifier, trained by a step of
     # negligible size, keeps its acceptance.
     r2 = train_pair(micro_config(tmp_path / "out2", corpus_file, drafter_steps=1, drafter=ModelSize(32, 1, 2, 64),
