@@ -234,6 +234,11 @@ def _add_train_pair(sub) -> None:
     tp.add_argument("--reuse-verifier", metavar="DIR",
                     help="an existing pair's verifier directory: keep its tokenizer and verifier "
                          "(copied to OUT/verifier) and train only the drafter")
+    tp.add_argument("--drafter-objective", choices=["ce", "distill"],
+                    help="drafter loss: ce (next token, default) or distill (KL(p || q) to the verifier)")
+    tp.add_argument("--drafter-init", metavar="random|verifier|DIR",
+                    help="drafter start: random (default), verifier (its embedding, first layers, norm, head) "
+                         "or a model directory whose first layers are copied")
     tp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -350,7 +355,7 @@ def _scdf_table(report: dict) -> str:
 def _train_pair(a) -> int:
     overrides = {"out_dir": a.out}
     for name in ("steps", "drafter_steps", "batch_size", "lr", "seed", "device", "languages",
-                 "save_dtype", "heldout_fraction", "reuse_verifier"):
+                 "save_dtype", "heldout_fraction", "reuse_verifier", "drafter_objective", "drafter_init"):
         if getattr(a, name) is not None:
             overrides[name] = getattr(a, name)
     if a.corpus is not None:

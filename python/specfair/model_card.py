@@ -46,7 +46,11 @@ def model_card(role: str, cfg, report: dict, corpus_desc: str) -> str:
         f"- {info['steps']} steps of AdamW (lr {cfg.lr}, betas {tuple(cfg.betas)}, weight decay "
         f"{cfg.weight_decay}, {cfg.warmup_steps} warm-up steps, cosine to {cfg.lr * cfg.min_lr_ratio:g}), "
         f"batch {cfg.batch_size} x {cfg.context_length} tokens, gradient clipping {cfg.grad_clip}",
-        f"- {info['tokens_seen']:,} training tokens seen; final training loss {info['final_train_loss']:.3f}",
+        f"- {info['tokens_seen']:,} training tokens seen; final training loss {info['final_train_loss']:.3f} "
+        + ("(KL(p || q) to the verifier's distribution: distillation)" if info.get("objective") == "distill"
+           else "(next-token cross-entropy)"),
+        *([f"- initialised from: {info['init']} (embedding, first layers, final norm, head)"]
+          if info.get("init", "random") != "random" else []),
         f"- device: {report['device']}",
         "",
         "## Mixture",

@@ -38,15 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import corpus as corpus_mod
 from . import teacher_forced
 from ._util import check_fields, check_out_dir, resolve_device, write_json, write_text
 from .model_card import model_card
 from .models import count_parameters
-from .training import WindowSampler, decay_groups, lr_at
+from .pair_training import DRAFTER_INITS, DRAFTER_OBJECTIVES, init_from, train_model
+from .training import WindowSampler
 
 __all__ = [
     "DEFAULT_UNDER_REPRESENTED",
@@ -144,6 +143,11 @@ class TrainPairConfig:
     # --- an existing pair's verifier/ directory: its tokenizer and verifier are loaded and
     # copied verbatim, and only the drafter is trained (``drafter_steps`` or ``steps``)
     reuse_verifier: str | None = None
+    # --- the drafter's loss: "ce" (next token) or "distill" (KL(p || q) to the verifier), and
+    # its start: "random", "verifier" (its embedding, first layers, norm, head) or a model
+    # directory (see specfair.pair_training)
+    drafter_objective: str = "ce"
+    drafter_init: str = "random"
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict:
@@ -178,6 +182,12 @@ class TrainPairConfig:
             raise TrainPairError(f"lr must be > 0, got {self.lr}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise TrainPairError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
+        if self.drafter_objective not in DRAFTER_OBJECTIVES:
+            raise TrainPairError(f"drafter_objective must be one of {DRAFTER_OBJECTIVES}, "
+                                 f"got {self.drafter_objective!r}")
+        if not isinstance(self.drafter_init, str) or not self.drafter_init:
+            raise TrainPairError(f"drafter_init must be one of {DRAFTER_INITS} or a model directory, "
+                                 f"got {self.drafter_init!r}")
         if not 0 < self.under_weight:
             raise TrainPairError(f"under_weight must be > 0, got {self.under_weight}")
 
@@ -289,40 +299,6 @@ def _build_model(size: ModelSize, cfg: TrainPairConfig, hf_tok, seed: int):
     return LlamaForCausalLM(_llama_config(size, cfg, hf_tok))
 
 
-def _train_one(name: str, model, sampler: WindowSampler, probs: torch.Tensor, cfg: TrainPairConfig, steps: int,
-               device) -> dict:
-    model.to(device).train()
-    opt = torch.optim.AdamW(decay_groups(model.parameters(), cfg.weight_decay),
-                            lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
-    use_amp = device.type == "cuda" and cfg.bf16_autocast_on_cuda
-    losses = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {name}", disable=not cfg.progress, dynamic_ncols=True)
-    for step in bar:
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps, steps, cfg.min_lr_ratio)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batch, _ = sampler.sample(probs, cfg.batch_size)
-        batch = batch.to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(input_ids=x, use_cache=False).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", gnorm=f"{float(gnorm):.2f}")
-    bar.close()
-    model.eval()
-    tail = losses[-max(1, min(50, len(losses) // 10)):]
-    return {"steps": steps, "tokens_seen": steps * cfg.batch_size * cfg.context_length,
-            "final_train_loss": sum(tail) / len(tail), "first_train_loss": losses[0],
-            "train_seconds": time.perf_counter() - t0}
-
-
 # ---------------------------------------------------------------------------- evaluation
 def evaluate_pair(verifier, drafter, streams, languages, cfg: TrainPairConfig, device) -> dict:
     """Per language, teacher-forced on held-out text: perplexity of each model, and the
@@ -429,7 +405,8 @@ def load_verifier(cfg: TrainPairConfig):
 def _train_models(cfg: TrainPairConfig, hf_tok, train_streams, mixtures, device,
                   verifier=None) -> tuple[dict, dict]:
     """Build and train the verifier (unless one is given), then the drafter, each on its
-    mixture; seeds are fixed per role so that the pair is reproducible."""
+    mixture; seeds are fixed per role so that the pair is reproducible.  The drafter starts
+    from ``cfg.drafter_init`` and learns ``cfg.drafter_objective`` (`specfair.pair_training`)."""
     steps = {"verifier": cfg.steps, "drafter": cfg.drafter_steps or cfg.steps}
     sizes = {"verifier": cfg.verifier, "drafter": cfg.drafter}
     models, info = {}, {}
@@ -439,14 +416,39 @@ def _train_models(cfg: TrainPairConfig, hf_tok, train_streams, mixtures, device,
         if role in models:
             continue
         model = _build_model(sizes[role], cfg, hf_tok, seed=cfg.seed * 1000 + 2 * k)
+        teacher = None
+        if role == "drafter":
+            _init_drafter(model, cfg, models["verifier"])
+            teacher = models["verifier"] if cfg.drafter_objective == "distill" else None
         langs = [l for l, w in mixtures[role].items() if w > 0]
         sampler = WindowSampler([train_streams[l] for l in langs], cfg.context_length,
                                 seed=cfg.seed * 1000 + 2 * k + 1, names=langs, error=TrainPairError)
         probs = torch.tensor([mixtures[role][l] for l in langs], dtype=torch.float64)
-        stats = _train_one(role, model, sampler, probs, cfg, steps[role], device)
+        stats = train_model(role, model, sampler, probs, cfg, steps[role], device, teacher=teacher)
         models[role] = model
         info[role] = {"parameters": count_parameters(model), "size": dataclasses.asdict(sizes[role]), **stats}
+        if role == "drafter":
+            info[role]["init"] = cfg.drafter_init
     return models, info
+
+
+def _init_drafter(model, cfg: TrainPairConfig, verifier) -> None:
+    if cfg.drafter_init == "random":
+        return
+    if cfg.drafter_init == "verifier":
+        init_from(model, verifier, "verifier", TrainPairError)
+        return
+    from transformers import LlamaForCausalLM
+
+    src = Path(cfg.drafter_init)
+    if not (src / "config.json").is_file():
+        raise TrainPairError(f"drafter_init must be one of {DRAFTER_INITS} or a model directory "
+                             f"(with config.json), got {cfg.drafter_init!r}")
+    source = LlamaForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    if source.config.vocab_size != model.config.vocab_size:
+        raise TrainPairError(f"drafter_init {cfg.drafter_init!r} has vocabulary {source.config.vocab_size}, "
+                             f"the pair's tokenizer {model.config.vocab_size}")
+    init_from(model, source, cfg.drafter_init, TrainPairError)
 
 
 def _acceptance(ev: dict, languages: list[str], drafter_mixture: dict) -> dict:
