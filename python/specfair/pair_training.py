@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import specfair_kernels as sk
+
 from .training import WindowSampler, decay_groups, lr_at
 
 __all__ = ["DRAFTER_INITS", "DRAFTER_OBJECTIVES", "distill_loss", "init_from", "train_model"]
@@ -56,12 +58,11 @@ def init_from(model, source, name: str, error: type[Exception] = ValueError) -> 
 
 def distill_loss(drafter_logits: torch.Tensor, verifier_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(p || q), p = softmax(verifier_logits), q =
-    softmax(drafter_logits), over the drafter's vocabulary (the verifier's extra rows, if
+    softmax(drafter_logits), over the drafter's vocabulary, by the package's fused
+    `specfair_kernels.token_divergence` (its gradient computed in the forward pass) (the verifier's extra rows, if
     any, are dropped: neither model samples them)."""
     V = drafter_logits.shape[-1]
-    logp = F.log_softmax(verifier_logits[..., :V].float(), dim=-1).reshape(-1, V)
-    logq = F.log_softmax(drafter_logits.float(), dim=-1).reshape(-1, V)
-    return F.kl_div(logq, logp, log_target=True, reduction="batchmean")
+    return sk.token_divergence(drafter_logits.reshape(-1, V), verifier_logits[..., :V].reshape(-1, V), kind="kl")
 
 
 def train_model(name: str, model, sampler: WindowSampler, probs: torch.Tensor, cfg, steps: int, device,

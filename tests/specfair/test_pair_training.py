@@ -74,6 +74,10 @@ def test_distill_loss_is_kl_p_q_over_the_drafters_vocabulary():
     assert distill_loss(q_logits, p_logits).item() == pytest.approx(kl.item(), rel=1e-5)
     assert distill_loss(p_logits[..., :7], p_logits).item() == pytest.approx(0.0, abs=1e-6)
     assert kl.item() > 0.1
+    a, b = q_logits.clone().requires_grad_(True), q_logits.clone().requires_grad_(True)
+    distill_loss(a, p_logits).backward()
+    (p * (p.log() - F.log_softmax(b, -1))).sum(-1).mean().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_distilled_drafter_from_the_verifier(tmp_path, corpus_file):
