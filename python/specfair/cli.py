@@ -225,6 +225,8 @@ def _measure_arguments(sc: argparse.ArgumentParser) -> None:
                     help="--compare: tokens generated per prompt (default %(default)s)")
     sc.add_argument("--generate-repeats", type=int, default=m.timing_repeats,
                     help="--compare: interleaved timing repeats, medians taken (default %(default)s)")
+    sc.add_argument("--generate-seeds", type=_comma_list,
+                    help="--compare: time the chosen drafters of these seeds only (default: every seed)")
     sc.add_argument("--ood-corpus", default=m.ood_corpus,
                     help="--compare: second corpus the drafters are also measured on, out of domain (a "
                          "specfair.corpus source); auto (default): django if installed, else skipped; none: skip")
@@ -237,6 +239,7 @@ def measure_options(a) -> MeasureOptions:
     return MeasureOptions(generate=not a.no_generate, num_prompts=a.generate_prompts,
                           prompt_tokens=a.generate_prompt_tokens, max_new_tokens=a.generate_new_tokens,
                           timing_repeats=a.generate_repeats, ood_corpus=a.ood_corpus,
+                          generate_seeds=None if a.generate_seeds is None else _seeds(a.generate_seeds),
                           ood_options=dict(a.ood_corpus_option))
 
 
@@ -341,13 +344,17 @@ def scdf_config(a) -> ScdfConfig:
         evaluate=not a.no_eval, progress=not a.no_progress, gguf_cache=not a.no_cache)
 
 
+def _seeds(items: list[str]) -> list[int]:
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ScdfError(f"seeds must be comma-separated integers, got {','.join(items)!r}") from None
+
+
 def _scdf(a) -> int:
     cfg = scdf_config(a)
     if a.compare:
-        try:
-            seeds = [int(s) for s in a.seeds]
-        except ValueError:
-            raise ScdfError(f"--seeds must be comma-separated integers, got {','.join(a.seeds)!r}") from None
+        seeds = _seeds(a.seeds)
         summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir,
                                  budget=a.search_budget, search=dict(a.search), measure=measure_options(a))
         print(summary["markdown_table"])

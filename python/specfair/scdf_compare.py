@@ -185,7 +185,7 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
             t1 = time.perf_counter()
             after, fig = sh.figures(cfg, res.drafter, "heldout")
             runs.append(_run_record(cfg, res, before, after, fig, n_boot, time.perf_counter() - t1))
-            if gen0:
+            if gen0 and (opts.generate_seeds is None or cfg.seed in opts.generate_seeds):
                 runs[-1]["generation"] = generation_change(gen0, sh.generate(acfg, res.drafter))
             if ood:
                 runs[-1]["ood"] = ood.figures(cfg, res.drafter, sh.cost_ratio)

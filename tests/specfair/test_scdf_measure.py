@@ -139,6 +139,7 @@ def test_cli_measure_options_and_bad_values(assets, tmp_path, capsys):
                                  "--ood-corpus-option", "root=/x", "--generate-prompts", "3"])
     o = cli.measure_options(a)
     assert (o.generate, o.num_prompts, o.ood_corpus, o.ood_options) == (False, 3, "django", {"root": "/x"})
+    assert cli.measure_options(cli.parser().parse_args(["scdf", "--generate-seeds", "0,2"])).generate_seeds == [0, 2]
     d = cli.measure_options(cli.parser().parse_args(["scdf", "--compare"]))
     assert d == MeasureOptions() and d.generate and d.ood_corpus == "auto"
     common = ["scdf", "--compare", "--out", str(tmp_path / "o"), "--verifier", str(assets / "verifier"),
@@ -146,6 +147,8 @@ def test_cli_measure_options_and_bad_values(assets, tmp_path, capsys):
               f"path={assets / 'corpus.jsonl'}", "--no-progress"]
     assert cli.main([*common, "--generate-prompts", "0"]) == 2
     assert "num_prompts" in capsys.readouterr().err
+    assert cli.main([*common, "--generate-seeds", "first"]) == 2
+    assert "seeds must be comma-separated integers" in capsys.readouterr().err
     assert cli.main([*common, "--ood-corpus", "nope"]) == 2
     assert "ood corpus 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "o" / "scdf_compare.json").exists()
