@@ -9,9 +9,15 @@ validation / held-out, `specfair.corpus`), and for every method
    the same steps, batch and context: the same training tokens per method), and measures
    each on the **validation** split only (teacher-forced, `specfair.teacher_forced`);
 2. keeps the candidate that `scdf_select.selection_score` ranks first on validation;
-3. measures only that candidate's drafters (one per seed) on the **held-out** split.
+3. measures only that candidate's drafters (one per seed) on the **held-out** split, and
+   beside the teacher-forced figures (`specfair.scdf_measure`, ``measure``): their
+   **measured** generative speed-up per task, through the audit's own timing path, and the
+   measured disparity (fastest ÷ slowest task), before and after; and their teacher-forced
+   figures on a second, **out-of-domain** corpus (Django's catalogues by default).
 
-The held-out split is never read before step 3, and nothing measured on it feeds a choice.
+The held-out split is never read before step 3, and nothing measured on it (or on the
+out-of-domain corpus, or in generation) feeds a choice.  The verifier is shared, frozen and
+fingerprinted: the report says it is bit for bit unchanged at the end (else it raises).
 It writes
 
 * ``<prefix>.json``  held-out figures of the chosen candidate of every method: per task and
@@ -20,6 +26,9 @@ It writes
   per method the means over seeds with Student-t 95% intervals across seeds; under
   ``"selection"`` what was searched, each candidate's validation figures and what was chosen;
   per run the training throughput (tokens/s, share of step time in the weight computation);
+  ``generation_before`` and per run ``generation`` (measured speed-up, realised acceptance
+  per task, disparity before and after), ``ood`` and per run ``ood`` (out-of-domain
+  before/after figures), per method their aggregates; ``verifier_unchanged``;
 * ``<prefix>.md``    the held-out table, the chosen knobs and per-task alpha;
 * ``<prefix>.png``   per-task held-out alpha before and after each method, and the changes.
 
