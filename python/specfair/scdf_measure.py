@@ -214,7 +214,8 @@ def generation_markdown(report: dict) -> list[str]:
     lines = ["## Measured generation (held-out prompts, the audit's timing path)", "",
              f"`audit.generative`: per task {o['num_prompts']} held-out prompts of {o['prompt_tokens']} tokens, "
              f"{o['max_new_tokens']} new tokens, each request alone, {o['timing_repeats']} interleaved "
-             f"repeat{'s (medians)' if o['timing_repeats'] != 1 else ''}; measured speed-up = verifier-only seconds / speculative seconds for the same outputs. "
+             f"repeat{'s (medians)' if o['timing_repeats'] != 1 else ''}; measured speed-up = verifier-only "
+             "seconds / speculative seconds for the same outputs. "
              "The verifier is frozen (fingerprint checked bit for bit: "
              f"{'unchanged' if report.get('verifier_unchanged') else 'CHANGED'}), so the output distribution "
              "is the verifier's for every drafter; only the speed changes. Disparity = fastest ÷ slowest task.", "",
