@@ -6,8 +6,11 @@ settings (learning rate, epsilon for s-CDF, the balancing mix, the temperature's
 `specfair.scdf_select`), each run with every seed (``--seeds``, default 0,1,2) and measured
 on the **validation** split; the best on validation is then measured on the **held-out**
 split, the only figures reported (teacher-forced, per language, with intervals across
-seeds).  Writes ``<out>/<prefix>.json`` (with what was searched and chosen), ``.md`` and
-``.png``.  For example
+seeds), with each chosen drafter's measured generative speed-up (the audit's timing path;
+``--no-generate`` skips it, ``--generate-seeds 0`` times seed 0 only) and its figures on an
+out-of-domain corpus (``--ood-corpus``, default Django's catalogues when installed).
+Writes ``<out>/<prefix>.json`` (with what was searched and chosen), ``.md`` and ``.png``.
+For example
 
     python benchmarks/scdf_compare.py --device cpu --seeds 0,1,2 \\
         --out benchmarks/results --prefix scdf_select_cpu --work-dir /tmp/scdf_runs

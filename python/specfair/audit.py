@@ -250,7 +250,7 @@ def _prompts(tok, corpus, tasks: Sequence[str], n: int, prompt_tokens: int):
     return out
 
 
-def _generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier, **variant) -> dict:
+def generative(cfg: AuditConfig, tok, corpus, tasks, drafter, verifier, **variant) -> dict:
     """`measure_speedup` over every task's prompts, each request timed as configured;
     ``variant`` overrides the generator's drafting (``ngram``, ``verify_method``, ``draft``)."""
     prompts = _prompts(tok, corpus, tasks, cfg.num_prompts, cfg.prompt_tokens)
@@ -341,12 +341,12 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     gen = None
     if cfg.generative:
         say("speculative generation, then verifier-only generation of the same outputs ...")
-        gen = _generative(cfg, tok, corpus, tasks, drafter, verifier)
+        gen = generative(cfg, tok, corpus, tasks, drafter, verifier)
     k_pred = cfg.num_draft if isinstance(cfg.num_draft, int) else 4  # "auto": shown at K = 4
     c, r_k = _costs(cfg, gen, drafter, verifier, k_pred)
     rows = [_task_row(t, i, tfr, gen, k_pred, c, r_k, cfg.draft) for i, t in enumerate(tasks)]
-    drafting.add_variants(cfg, rows, tfr, tasks, gen, lambda **v: _generative(cfg, tok, corpus, tasks, drafter,
-                                                                          verifier, **v), say)
+    drafting.add_variants(cfg, rows, tfr, tasks, gen, lambda **v: generative(cfg, tok, corpus, tasks, drafter,
+                                                                         verifier, **v), say)
     summary = _summary(cfg, rows, tfr, tasks, gen, c, k_pred, r_k)
     summary["drafting"] = drafting.variant_summary(rows, tasks, cfg.verify_method, cfg.ngram and gen is not None)
     cfg_d = cfg.to_dict()

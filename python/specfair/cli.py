@@ -33,6 +33,7 @@ from .corpus_sources import DEFAULT_SOURCE
 from .scdf import ScdfConfig, ScdfError, train
 from .scdf_compare import run_comparison
 from .scdf_config import LOSS_KINDS, METHODS, SHARDS, WEIGHT_KINDS
+from .scdf_measure import MeasureOptions
 from .train_pair import TrainPairError, preset, train_pair
 
 SUBCOMMANDS = ("demo", "train-pair", "audit", "scdf", "corpus")
@@ -163,6 +164,7 @@ def _add_scdf(sub) -> None:
                     help="--compare report file names (<out>/<prefix>.json/.md/.png)")
     sc.add_argument("--work-dir", help="--compare: where each run's drafter and checkpoint go "
                                        "(default <out>/<prefix>_runs)")
+    _measure_arguments(sc)
     sc.add_argument("--verifier", help="verifier: hub name, directory or GGUF file (default: the shipped pair)")
     sc.add_argument("--drafter", help="drafter: hub name, directory or GGUF file (default: the shipped pair)")
     _corpus_arguments(sc, d.corpus_source)
@@ -208,6 +210,37 @@ def _add_scdf(sub) -> None:
     sc.add_argument("--cost-ratio", type=float, help="c of S(alpha; K, c) (default: parameter ratio)")
     sc.add_argument("--no-eval", action="store_true", help="skip the held-out before/after evaluation")
     sc.add_argument("--no-progress", action="store_true")
+
+
+def _measure_arguments(sc: argparse.ArgumentParser) -> None:
+    m = MeasureOptions()
+    sc.add_argument("--no-generate", action="store_true",
+                    help="--compare: skip the measured generative speed-up (the audit's timing path) of the original "
+                         "and the chosen drafters")
+    sc.add_argument("--generate-prompts", type=int, default=m.num_prompts,
+                    help="--compare: held-out prompts per task for the timed generation (default %(default)s)")
+    sc.add_argument("--generate-prompt-tokens", type=int, default=m.prompt_tokens,
+                    help="--compare: tokens of each prompt (default %(default)s)")
+    sc.add_argument("--generate-new-tokens", type=int, default=m.max_new_tokens,
+                    help="--compare: tokens generated per prompt (default %(default)s)")
+    sc.add_argument("--generate-repeats", type=int, default=m.timing_repeats,
+                    help="--compare: interleaved timing repeats, medians taken (default %(default)s)")
+    sc.add_argument("--generate-seeds", type=_comma_list,
+                    help="--compare: time the chosen drafters of these seeds only (default: every seed)")
+    sc.add_argument("--ood-corpus", default=m.ood_corpus,
+                    help="--compare: second corpus the drafters are also measured on, out of domain (a "
+                         "specfair.corpus source); auto (default): django if installed, else skipped; none: skip")
+    sc.add_argument("--ood-corpus-option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                    help="--compare: option of the out-of-domain source, e.g. root=DIR (repeatable)")
+
+
+def measure_options(a) -> MeasureOptions:
+    """The MeasureOptions of parsed ``specfair scdf --compare`` arguments."""
+    return MeasureOptions(generate=not a.no_generate, num_prompts=a.generate_prompts,
+                          prompt_tokens=a.generate_prompt_tokens, max_new_tokens=a.generate_new_tokens,
+                          timing_repeats=a.generate_repeats, ood_corpus=a.ood_corpus,
+                          generate_seeds=None if a.generate_seeds is None else _seeds(a.generate_seeds),
+                          ood_options=dict(a.ood_corpus_option))
 
 
 def _add_train_pair(sub) -> None:
@@ -316,15 +349,19 @@ def scdf_config(a) -> ScdfConfig:
         evaluate=not a.no_eval, progress=not a.no_progress, gguf_cache=not a.no_cache)
 
 
+def _seeds(items: list[str]) -> list[int]:
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise ScdfError(f"seeds must be comma-separated integers, got {','.join(items)!r}") from None
+
+
 def _scdf(a) -> int:
     cfg = scdf_config(a)
     if a.compare:
-        try:
-            seeds = [int(s) for s in a.seeds]
-        except ValueError:
-            raise ScdfError(f"--seeds must be comma-separated integers, got {','.join(a.seeds)!r}") from None
+        seeds = _seeds(a.seeds)
         summary = run_comparison(cfg, methods=a.methods, seeds=seeds, prefix=a.prefix, work_dir=a.work_dir,
-                                 budget=a.search_budget, search=dict(a.search))
+                                 budget=a.search_budget, search=dict(a.search), measure=measure_options(a))
         print(summary["markdown_table"])
         print(f"report: {summary['paths']['json']}, {summary['paths']['markdown']}, {summary['paths']['png']}")
         return 0

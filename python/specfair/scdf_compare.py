@@ -9,9 +9,15 @@ validation / held-out, `specfair.corpus`), and for every method
    the same steps, batch and context: the same training tokens per method), and measures
    each on the **validation** split only (teacher-forced, `specfair.teacher_forced`);
 2. keeps the candidate that `scdf_select.selection_score` ranks first on validation;
-3. measures only that candidate's drafters (one per seed) on the **held-out** split.
+3. measures only that candidate's drafters (one per seed) on the **held-out** split, and
+   beside the teacher-forced figures (`specfair.scdf_measure`, ``measure``): their
+   **measured** generative speed-up per task, through the audit's own timing path, and the
+   measured disparity (fastest ÷ slowest task), before and after; and their teacher-forced
+   figures on a second, **out-of-domain** corpus (Django's catalogues by default).
 
-The held-out split is never read before step 3, and nothing measured on it feeds a choice.
+The held-out split is never read before step 3, and nothing measured on it (or on the
+out-of-domain corpus, or in generation) feeds a choice.  The verifier is shared, frozen and
+fingerprinted: the report says it is bit for bit unchanged at the end (else it raises).
 It writes
 
 * ``<prefix>.json``  held-out figures of the chosen candidate of every method: per task and
@@ -20,6 +26,9 @@ It writes
   per method the means over seeds with Student-t 95% intervals across seeds; under
   ``"selection"`` what was searched, each candidate's validation figures and what was chosen;
   per run the training throughput (tokens/s, share of step time in the weight computation);
+  ``generation_before`` and per run ``generation`` (measured speed-up, realised acceptance
+  per task, disparity before and after), ``ood`` and per run ``ood`` (out-of-domain
+  before/after figures), per method their aggregates; ``verifier_unchanged``;
 * ``<prefix>.md``    the held-out table, the chosen knobs and per-task alpha;
 * ``<prefix>.png``   per-task held-out alpha before and after each method, and the changes.
 
@@ -32,6 +41,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -40,8 +50,21 @@ from ._util import resolve_device, write_json, write_text
 from .scdf import train
 from .scdf_config import METHODS, ScdfConfig, ScdfError
 from .scdf_eval import evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache
+from .scdf_measure import (
+    MeasureOptions,
+    OodEval,
+    generation_aggregate,
+    generation_change,
+    generation_config,
+    generation_markdown,
+    measure_generation,
+    ood_aggregate,
+    ood_markdown,
+    resolve_ood,
+)
 from .scdf_select import candidates, merge_space, seed_average, selection_score
 from .spread import before_after, paired_bootstrap, relative_change, seed_interval, variance
+from .training import fingerprint
 
 TARGETS = {"alpha_variance_change": -0.40, "U_ce_change": -0.25, "mean_alpha_change": 0.0,
            "worst_alpha_change": -0.01}
@@ -90,6 +113,11 @@ class _Shared:
         return train(cfg, verifier=self.verifier, drafter=copy.deepcopy(self.drafter0), tokenizer=self.tokenizer,
                      corpus=self.corpus)
 
+    def generate(self, acfg, drafter) -> dict:
+        """``drafter``'s measured generation on the held-out prompts (`scdf_measure`)."""
+        return measure_generation(acfg, self.tokenizer, self.corpus, self.names, drafter.to(self.device),
+                                  self.verifier)
+
     def figures(self, cfg: ScdfConfig, drafter, split: str):
         ec = self.cache(split)
         after = evaluate_drafter(cfg, drafter, ec, self.device)
@@ -123,13 +151,16 @@ def _select(sh: _Shared, method: str, seeds, budget: int, space: dict, work: Pat
 
 def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix: str = "scdf_compare",
                    work_dir: str | None = None, n_boot: int = 500, budget: int = 4,
-                   search: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   search: Mapping[str, Any] | None = None, measure: MeasureOptions | None = None) -> dict[str, Any]:
     """Choose every method's knobs on validation (``budget`` candidates per method, each with
     every seed; ``search`` overrides knob values, see `scdf_select.merge_space`), then report
-    the chosen candidates on held-out; write the report in ``base.out_dir`` (files
+    the chosen candidates on held-out, with their measured generation and out-of-domain
+    figures (``measure``, `scdf_measure.MeasureOptions`; default: both, the out-of-domain
+    corpus when it is installed); write the report in ``base.out_dir`` (files
     ``<prefix>.json/.md/.png``); fine-tuned drafters and checkpoints go under ``work_dir``
     (default ``<out_dir>/<prefix>_runs``)."""
     methods, seeds = list(methods), list(seeds)
+    opts = measure if measure is not None else MeasureOptions()
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ScdfError(f"methods must be among {METHODS}, got {methods}")
@@ -141,21 +172,32 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
         raise ScdfError("the comparison chooses knobs on validation text; validation_fraction must be > 0")
     spaces = {m: merge_space(m, search, ScdfError) for m in methods}
     base.validate()
+    acfg = generation_config(base, opts) if opts.generate else None
+    ood_source = resolve_ood(opts.ood_corpus, _say(base))
     out = Path(base.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / f"{prefix}_runs"
     t0 = time.perf_counter()
     sh = _Shared(base)
+    ood = OodEval(base, ood_source, opts.ood_options, sh.names, sh.device) if ood_source else None
+    verifier_print = fingerprint(sh.verifier)
     selection, chosen = {}, {}
     for method in methods:                      # step 1-2: validation only
         selection[method], chosen[method], _ = _select(sh, method, seeds, budget, spaces[method], work)
     before = sh.cache("heldout")["before"]      # step 3: the held-out split, first read here
+    gen0 = sh.generate(acfg, sh.drafter0) if acfg else None
+    if ood:
+        ood.prepare(sh.verifier, sh.tokenizer, sh.drafter0)
     runs = []
     for method in methods:
         for cfg, res in chosen[method]:
             t1 = time.perf_counter()
             after, fig = sh.figures(cfg, res.drafter, "heldout")
             runs.append(_run_record(cfg, res, before, after, fig, n_boot, time.perf_counter() - t1))
+            if gen0 and (opts.generate_seeds is None or cfg.seed in opts.generate_seeds):
+                runs[-1]["generation"] = generation_change(gen0, sh.generate(acfg, res.drafter))
+            if ood:
+                runs[-1]["ood"] = ood.figures(cfg, res.drafter, sh.cost_ratio)
         chosen[method] = None
     base_d = base.to_dict()
     report = {
@@ -167,8 +209,19 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
         "heldout_tokens": before.tokens, "targets": TARGETS,
         "before": before.to_dict(base.num_draft, sh.cost_ratio), "runs": runs, "selection": selection,
         "aggregate": {m: _aggregate([r for r in runs if r["method"] == m], sh.names) for m in methods},
+        "measure": opts.to_dict(), "generation_before": gen0,
+        "ood": ood.record(sh.cost_ratio) if ood else None,
+        "ood_note": None if ood else f"Not measured (--ood-corpus {opts.ood_corpus}: "
+                                     + ("skipped)." if opts.ood_corpus in (None, "none") else "source not installed)."),
+        "verifier_fingerprint": verifier_print, "verifier_unchanged": fingerprint(sh.verifier) == verifier_print,
         "seconds_total": time.perf_counter() - t0,
     }
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        report["aggregate"][m]["generation"] = generation_aggregate(rs, sh.names) if gen0 else None
+        report["aggregate"][m]["ood"] = ood_aggregate(rs, ood.names) if ood else None
+    if not report["verifier_unchanged"]:
+        raise RuntimeError("the verifier's parameters changed during the comparison; they must stay frozen")
     paths = {"json": out / f"{prefix}.json", "markdown": out / f"{prefix}.md", "png": out / f"{prefix}.png"}
     write_json(paths["json"], report)
     write_text(paths["markdown"], markdown(report))
@@ -176,6 +229,10 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
     report["paths"] = {k: str(v) for k, v in paths.items()}
     report["markdown_table"] = table(report)
     return report
+
+
+def _say(base: ScdfConfig):
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if base.progress else (lambda msg: None)
 
 
 def _run_record(cfg: ScdfConfig, res, before, after, fig: dict, n_boot: int, seconds: float) -> dict:
@@ -264,6 +321,7 @@ def markdown(report: dict) -> str:
         "## Held-out, per seed (intervals: paired percentile bootstrap over held-out windows, "
         "resampled within each task, 95%)", "",
         table(report), "",
+        *generation_markdown(report), *ood_markdown(report),
         "## Targets met (every seed)", "",
         "| method | var α −40% | 𝒰 −25% | mean α not falling | no task −1 pt |", "|---|---|---|---|---|"]
     for m in methods:

@@ -15,64 +15,17 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from tiny_models import tiny_llama  # noqa: E402
+from scdf_assets import CTX, SENTENCES, config, load, write_assets  # noqa: E402
 
 from specfair import cli, scdf_config  # noqa: E402
-from specfair.scdf import ScdfConfig, ScdfError, train  # noqa: E402
+from specfair.scdf import ScdfError, train  # noqa: E402
 from specfair.scdf_config import task_probabilities  # noqa: E402
-from specfair.train_pair import hf_tokenizer, train_tokenizer  # noqa: E402
 from specfair.training import fingerprint  # noqa: E402
-
-SENTENCES = {
-    "en": ["The installer asks a few questions before it partitions the disk.",
-           "Choose a mirror close to you so that packages download quickly.",
-           "The boot loader is installed on the first hard disk by default.",
-           "Make backups of important data before the installation starts."],
-    "ru": ["Программа установки задаёт несколько вопросов перед разметкой диска.",
-           "Выберите ближайшее к вам зеркало, чтобы пакеты загружались быстро.",
-           "Системный загрузчик по умолчанию устанавливается на первый жёсткий диск.",
-           "Перед началом установки сделайте резервные копии важных данных."],
-    "el": ["Το πρόγραμμα εγκατάστασης κάνει μερικές ερωτήσεις πριν διαμερίσει τον δίσκο.",
-           "Επιλέξτε έναν καθρέφτη κοντά σας ώστε τα πακέτα να κατεβαίνουν γρήγορα.",
-           "Ο φορτωτής εκκίνησης εγκαθίσταται από προεπιλογή στον πρώτο σκληρό δίσκο.",
-           "Κρατήστε αντίγραφα ασφαλείας των σημαντικών δεδομένων πριν την εγκατάσταση."],
-}
-CTX = 16
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scdf")
-    corpus = root / "corpus.jsonl"
-    with open(corpus, "w", encoding="utf-8") as f:
-        for lang, texts in SENTENCES.items():
-            for i, t in enumerate(texts):
-                for rep in range(3):
-                    f.write(json.dumps({"task": lang, "id": f"s{i}r{rep}", "text": f"{t} ({rep})"},
-                                       ensure_ascii=False) + "\n")
-    tok = hf_tokenizer(train_tokenizer([t for v in SENTENCES.values() for t in v], vocab_size=300), 64)
-    for role, seed, hidden in (("verifier", 1, 48), ("drafter", 2, 32)):
-        m = tiny_llama(len(tok), seed, hidden=hidden, logit_scale=10.0, pad=3)
-        m.save_pretrained(root / role)
-        tok.save_pretrained(root / role)
-    return root
-
-
-def config(assets, out, **kw) -> ScdfConfig:
-    base = dict(out_dir=str(out), verifier=str(assets / "verifier"), drafter=str(assets / "drafter"),
-                corpus_source="jsonl", corpus_options={"path": str(assets / "corpus.jsonl"), "key_column": "id"},
-                heldout_fraction=0.25, validation_fraction=0.25, context_length=CTX, steps=6, batch_size=4,
-                warmup_steps=2, lr=1e-2,
-                checkpoint_every=3, eval_tokens_per_task=64, eval_batch_size=8, progress=False,
-                init_windows_per_task=2, log_every=1)
-    base.update(kw)
-    return ScdfConfig(**base)
-
-
-def load(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path)
+    return write_assets(tmp_path_factory.mktemp("scdf"))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -228,7 +181,9 @@ def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
                        f"path={assets / 'corpus.jsonl'}", "--corpus-option", "key_column=id",
                        "--heldout-fraction", "0.25", "--validation-fraction", "0.25", "--search-budget", "1",
                        "--steps", "3", "--batch-size", "4", "--context-length",
-                       str(CTX), "--eval-tokens-per-task", "64", "--no-progress"])
+                       str(CTX), "--eval-tokens-per-task", "64", "--no-progress", "--generate-prompts", "1",
+                       "--generate-prompt-tokens", "4", "--generate-new-tokens", "3", "--generate-repeats", "1",
+                       "--ood-corpus", "none"])
     assert cli.main(["scdf", *argv]) == 0        # `specfair scdf ...`
     rep = json.loads((tmp_path / "r" / "scdf_t.json").read_text())
     assert [r["method"] for r in rep["runs"]] == ["balanced", "scdf"]
@@ -240,6 +195,9 @@ def test_compare_cli_writes_the_report(assets, tmp_path, capsys):
         assert ci["low"] <= ci["high"]
     md = (tmp_path / "r" / "scdf_t.md").read_text()
     assert "| scdf | 0 |" in md and "| balanced | 0 |" in md
+    assert "## Measured generation" in md and "Not measured (--ood-corpus none: skipped)" in md
+    assert rep["measure"]["num_prompts"] == 1 and rep["ood"] is None
+    assert all(set(r["generation"]["per_task"]) == set(SENTENCES) for r in rep["runs"])
     assert (tmp_path / "r" / "scdf_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "original drafter" in capsys.readouterr().out
 
@@ -343,12 +301,18 @@ def test_exported_corpus_has_the_same_splits(assets, tmp_path):
         assert a.tasks[t].heldout     # the check is not vacuous
 
 
-def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys, monkeypatch, lora_rank):
     """`specfair scdf` loads GGUF files through the same loader as the audit: a real GGUF
-    drafter and verifier (written with the gguf package from the tiny pair)."""
+    drafter and verifier (written with the gguf package from the tiny pair), fully or with
+    LoRA merged back, so the saved drafter is a plain Hugging Face model either way."""
     gguf_files = pytest.importorskip("gguf_files")
     pytest.importorskip("gguf")
+    if lora_rank:
+        pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specfair.models import load_pair
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SPECFAIR_CACHE", str(cache))
@@ -360,13 +324,22 @@ def test_cli_fine_tunes_a_gguf_drafter(assets, tmp_path, capsys, monkeypatch):
                    "--corpus", "jsonl", "--corpus-option", f"path={assets / 'corpus.jsonl'}", "--corpus-option",
                    "key_column=id", "--heldout-fraction", "0.25", "--steps", "2", "--batch-size", "2",
                    "--context-length", str(CTX), "--eval-tokens-per-task", "32", "--out", str(out), "--no-progress",
-                   "--no-cache"])
+                   "--no-cache", "--lora-rank", str(lora_rank), "--lr", "5e-2"])
     assert rc == 0, capsys.readouterr().err
     assert not (cache / "gguf").exists()         # --no-cache: no dense copy kept
     rep = json.loads((out / "scdf_report.json").read_text())
     assert rep["verifier_unchanged"] and rep["steps"] == 2 and "heldout" in rep
+    # the verifier the run held is bit for bit the GGUF file's, loaded afresh
+    drafter0, verifier0, _ = load_pair(str(tmp_path / "drafter.gguf"), str(tmp_path / "verifier.gguf"), cache=False)
+    assert rep["verifier_fingerprint"] == fingerprint(verifier0)
     tuned = AutoModelForCausalLM.from_pretrained(out / "drafter")     # saved as a plain Hugging Face model
-    assert tuned.config.vocab_size == AutoModelForCausalLM.from_pretrained(assets / "drafter").config.vocab_size
+    assert type(tuned).__name__ == "LlamaForCausalLM" and not any("lora" in k for k in tuned.state_dict())
+    orig = drafter0.state_dict()
+    assert tuned.state_dict().keys() == orig.keys()
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, orig[k])]
+    assert changed
+    if lora_rank:       # LoRA touches only the adapted projections, merged into their weights
+        assert all(any(t in k for t in scdf_config.LORA_TARGETS) for k in changed)
 
 
 # ----------------------------------------------------------------------------- selection on validation
@@ -427,6 +400,7 @@ def test_compare_chooses_on_validation_and_reports_only_heldout(assets, tmp_path
     import dataclasses as dc
 
     from specfair import scdf_compare
+    from specfair.scdf_measure import MeasureOptions
 
     LR_A, LR_B = 2e-3, 1e-2
     real = scdf_compare.evaluate_drafter
@@ -449,7 +423,8 @@ def test_compare_chooses_on_validation_and_reports_only_heldout(assets, tmp_path
     base = config(assets, tmp_path / "cmp", steps=2, checkpoint_every=2)
     rep = scdf_compare.run_comparison(base, methods=["balanced"], seeds=[0, 1], budget=2, n_boot=20,
                                       search={"lr": [LR_A, LR_B], "balance_mix": [1.0]},
-                                      work_dir=str(tmp_path / "runs"))
+                                      work_dir=str(tmp_path / "runs"),
+                                      measure=MeasureOptions(generate=False, ood_corpus=None))
     sel = rep["selection"]["balanced"]
     assert sel["split"] == "validation" and sel["chosen"] == {"lr": LR_A, "balance_mix": 1.0}
     assert [c["knobs"]["lr"] for c in sel["candidates"]] == [LR_A, LR_B]
