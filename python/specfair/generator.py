@@ -52,6 +52,7 @@ from .decoding import (
     row_seeds,
     sample_tokens,
 )
+from .fastpath import check_compile_options
 from .models import context_length, model_device, output_vocab_size
 from .ngram import NgramConfig, ngram_drafts
 
@@ -126,6 +127,11 @@ class SpeculativeGenerator:
         object and backend; the first call of each width and batch size compiles, which takes
         minutes on a CPU).  True is the "inductor" backend, a str names another
         (``"aot_eager"``: traced, not code-generated).  Default False (eager).
+    cuda_graph : bool
+        With ``cache="static"`` on a CUDA device: compile both models' decode forwards with
+        inductor in ``mode="reduce-overhead"``, which captures each forward width as a CUDA
+        graph and replays it (gpt-fast's recipe; `specfair.fastpath`).  `verify` and the
+        bookkeeping stay eager.  Checked on every device: elsewhere it raises.  Default False.
 
     Examples
     --------
@@ -143,15 +149,11 @@ class SpeculativeGenerator:
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
                  compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
                  ngram: NgramConfig | None = None, verify_method: str = "token", cache: str = "dynamic",
-                 compile: bool = False):
+                 compile: bool = False, cuda_graph: bool = False):
         self._check_modes(drafter, num_draft, draft, ngram, verify_method)
         if cache not in CACHE_KINDS:
             raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
-        if not isinstance(compile, (bool, str)):
-            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
-        if compile and cache != "static":
-            raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
-        self.cache_kind, self.compile = cache, ("inductor" if compile is True else compile or None)
+        self.cache_kind = cache
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
         for name, m in (("drafter", drafter), ("verifier", verifier)):
@@ -161,6 +163,7 @@ class SpeculativeGenerator:
         d_dev, v_dev = model_device(drafter), model_device(verifier)
         if d_dev != v_dev:
             raise ValueError(f"drafter is on {d_dev} but verifier is on {v_dev}; put both models on one device")
+        self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev)
         if num_draft == "auto":
             if not is_int(max_draft) or max_draft < 1:
                 raise ValueError(f"max_draft must be an int >= 1, got {max_draft!r}")
@@ -309,7 +312,7 @@ class SpeculativeGenerator:
         if self.cache_kind == "static":
             need = P + max_new_tokens + self.max_draft + 2
             static_len = -(-need // STATIC_ROUND) * STATIC_ROUND
-        kw = {"static_len": static_len, "compile_backend": self.compile}
+        kw = {"static_len": static_len, "compile_backend": self.compile, "compile_mode": self.compile_mode}
         st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
         st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)
         st.start = (P - pmask.sum(1)).to(dev)
