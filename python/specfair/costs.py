@@ -123,17 +123,24 @@ def calibration_widths(max_draft: int) -> list[int]:
 
 
 def _interpolate(times: dict[int, float], width: int) -> float:
-    """Piecewise-linear interpolation of ``times`` {width: seconds} at ``width``."""
+    """Piecewise-linear interpolation of ``times`` {width: seconds} at ``width``; past the
+    widest timed width, the line through the two widest (never below the widest's time)."""
     if width in times:
         return times[width]
     xs = sorted(times)
+    if width > xs[-1]:
+        if len(xs) == 1:
+            return times[xs[-1]] * width / xs[-1]
+        lo, hi = xs[-2], xs[-1]
+        return max(times[hi], times[hi] + (times[hi] - times[lo]) * (width - hi) / (hi - lo))
     hi = next(x for x in xs if x > width)
     lo = max(x for x in xs if x < width)
     return times[lo] + (times[hi] - times[lo]) * (width - lo) / (hi - lo)
 
 
 def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
-                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20) -> dict:
+                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20,
+                  slow_round_s: float = 2.0) -> dict:
     """Measured costs of one speculative step, relative to one verifier decode step.
 
     Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
@@ -143,13 +150,19 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
     = time(K+1 tokens) / time(1 token) (``verify_cost[0]`` = 1; widths not timed are
     interpolated linearly, ``measured_widths`` lists the timed ones).
 
-    Timing: rounds that each time every (model, width) once, round-robin, so a burst of
-    load on a shared machine hits one round of every width rather than every repeat of one
-    width; the first round is a warm-up, then at least ``repeats`` rounds, and more while
-    the timed rounds took under ``budget_s`` seconds in all (up to ``max_repeats``): cheap
-    models get more samples, a big one (a round of seconds) the minimum.  Each figure is
-    the *minimum* over the timed rounds (noise only ever adds time).  The device is synchronised around every
-    timed forward.  `cached_costs` keeps the result per pair of models.
+    Timing: first one one-token forward of each model (a warm-up that also estimates a
+    round: the widths' sum times the verifier's one-token time).  Fast models (a round
+    estimated under ``slow_round_s``) are timed in rounds that each time every (model,
+    width) once, round-robin, so a burst of load on a shared machine hits one round of every
+    width rather than every repeat of one width; the first round is a warm-up, then at least
+    ``repeats`` rounds, and more while the timed rounds took under ``budget_s`` seconds in
+    all (up to ``max_repeats``).  Each figure is the *minimum* over the timed rounds (noise
+    only ever adds time).  A slow model (a forward of a large model on a CPU: noise is
+    small beside it, and the full schedule would take minutes) gets one timed forward per
+    width, widths in increasing order while the timed ones stay within ``slow_round_s``
+    (widths 1 and 2 always); wider ones are extrapolated along the line through the two
+    widest timed (``repeats`` is then 1).  The device is synchronised around every timed
+    forward.  `cached_costs` keeps the result per pair of models.
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
@@ -162,35 +175,66 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
     context = max(1, min(context, limit - max_draft - 2))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (batch_size, context), generator=gen).to(device)
-    steps = []
     with torch.inference_mode():
-        for name, model in (("drafter", drafter), ("verifier", verifier)):
-            m = CachedModel(model, V)
-            m.reset(batch_size, device)
-            m.forward(prompt, None, keep=1)
-            for n in (widths if name == "verifier" else (1,)):
-                def step(m=m, tokens=prompt[:, -n:], n=n):
-                    m.forward(tokens, None, keep=None if n > 1 else 1)
-                    m.crop_end(n)
-                    m.pos = m.pos - n
-
-                steps.append(((name, n), step))
-        times = {key: math.inf for key, _ in steps}
-        spent, done = 0.0, -1   # round 0 warms up
-        while done < repeats or (spent < budget_s and done < max_repeats):
-            for key, step in steps:
-                t = _time_forward(device, step)
-                if done >= 0:
-                    times[key] = min(times[key], t)
-                    spent += t
-            done += 1
-        repeats = done
+        steps = _calibration_steps(drafter, verifier, prompt, V, widths)
+        warm = {key: _time_forward(device, step) for key, step in steps.items() if key[1] == 1}
+        if warm[("verifier", 1)] * sum(widths) + warm[("drafter", 1)] <= slow_round_s:
+            times, repeats = _timed_rounds(device, steps, repeats, budget_s, max_repeats)
+        else:
+            times, repeats = _timed_once(device, steps, slow_round_s), 1
     t1 = times[("verifier", 1)]
-    vt = {n: times[("verifier", n)] for n in widths}
+    vt = {n: t for (name, n), t in times.items() if name == "verifier"}
     return {"cost_ratio": times[("drafter", 1)] / t1,
             "verify_cost": [1.0] + [_interpolate(vt, k + 1) / t1 for k in range(1, max_draft + 1)],
             "verifier_step_s": t1, "drafter_step_s": times[("drafter", 1)], "batch_size": batch_size,
-            "measured_widths": list(widths), "repeats": repeats}
+            "measured_widths": sorted(vt), "repeats": repeats}
+
+
+def _calibration_steps(drafter, verifier, prompt, V: int, widths) -> dict:
+    """{(model name, width): a forward over ``width`` cached tokens that rolls itself back}."""
+    steps = {}
+    for name, model in (("drafter", drafter), ("verifier", verifier)):
+        m = CachedModel(model, V)
+        m.reset(prompt.shape[0], prompt.device)
+        m.forward(prompt, None, keep=1)
+        for n in (widths if name == "verifier" else (1,)):
+            def step(m=m, tokens=prompt[:, -n:], n=n):
+                m.forward(tokens, None, keep=None if n > 1 else 1)
+                m.crop_end(n)
+                m.pos = m.pos - n
+
+            steps[(name, n)] = step
+    return steps
+
+
+def _timed_rounds(device, steps: dict, repeats: int, budget_s: float, max_repeats: int) -> tuple[dict, int]:
+    """Round-robin rounds (a warm-up, then >= ``repeats``, more within ``budget_s``): the
+    minimum time per step, and the number of timed rounds."""
+    times = dict.fromkeys(steps, math.inf)
+    spent, done = 0.0, -1   # round 0 warms up
+    while done < repeats or (spent < budget_s and done < max_repeats):
+        for key, step in steps.items():
+            t = _time_forward(device, step)
+            if done >= 0:
+                times[key] = min(times[key], t)
+                spent += t
+        done += 1
+    return times, done
+
+
+def _timed_once(device, steps: dict, limit_s: float) -> dict:
+    """One timed forward per step: both one-token forwards, then the wider verifier widths in
+    increasing order while the time spent (and the next width's estimate) stays within
+    ``limit_s``; width 2 is always timed when it is a calibration width."""
+    times = {key: _time_forward(device, step) for key, step in steps.items() if key[1] == 1}
+    t1 = times[("verifier", 1)]
+    spent = sum(times.values())
+    for key in sorted((k for k in steps if k[0] == "verifier" and k[1] > 1), key=lambda k: k[1]):
+        if key[1] > 2 and spent + t1 * key[1] > limit_s:
+            break
+        times[key] = _time_forward(device, steps[key])
+        spent += times[key]
+    return times
 
 
 def _time_forward(device, fn) -> float:

@@ -99,8 +99,9 @@ def test_calibration_widths_and_rounds(pair, monkeypatch, one_thread):
     d, v = pair
     calls = _counting(monkeypatch)
     m = measure_costs(d, v, batch_size=2, max_draft=8, context=8, repeats=2, budget_s=0.0)
-    # round-robin: (repeats + 1) rounds (the first a warm-up) of the drafter and 6 verifier widths
-    assert len(calls) == 3 * (1 + 6) and m["measured_widths"] == [1, 2, 3, 4, 5, 9] and m["repeats"] == 2
+    # a one-token forward of each model, then round-robin: (repeats + 1) rounds (the first a
+    # warm-up) of the drafter and 6 verifier widths
+    assert len(calls) == 2 + 3 * (1 + 6) and m["measured_widths"] == [1, 2, 3, 4, 5, 9] and m["repeats"] == 2
     r = m["verify_cost"]
     assert len(r) == 9 and r[0] == 1.0 and all(x > 0 for x in r)
     # widths 6..8 (K = 5..7) lie on the line through widths 5 and 9
@@ -108,11 +109,19 @@ def test_calibration_widths_and_rounds(pair, monkeypatch, one_thread):
         assert r[k] - r[k - 1] == pytest.approx((r[8] - r[4]) / 4, rel=1e-9, abs=1e-12)
     calls.clear()
     full = measure_costs(d, v, batch_size=1, max_draft=3, context=8, repeats=1, widths=[2], budget_s=0.0)
-    assert full["measured_widths"] == [1, 2, 4] and len(calls) == 2 * 4   # 1 and K_max + 1 always timed
+    assert full["measured_widths"] == [1, 2, 4] and len(calls) == 2 + 2 * 4   # 1 and K_max + 1 always timed
     # a time budget adds rounds (cheap models), up to max_repeats
     calls.clear()
     more = measure_costs(d, v, max_draft=1, context=8, repeats=1, budget_s=60.0, max_repeats=5)
-    assert more["repeats"] == 5 and len(calls) == 6 * 3
+    assert more["repeats"] == 5 and len(calls) == 2 + 6 * 3
+    # a slow model (a round estimated over slow_round_s): one timed forward per model at one
+    # token and the verifier at 2 tokens; wider widths on the line through widths 1 and 2
+    calls.clear()
+    slow = measure_costs(d, v, max_draft=8, context=8, slow_round_s=0.0)
+    assert slow["measured_widths"] == [1, 2] and slow["repeats"] == 1 and len(calls) == 2 + 3
+    r = slow["verify_cost"]
+    for k in range(2, 9):
+        assert r[k] == pytest.approx(max(r[1], 1 + k * (r[1] - 1)), rel=1e-9)
     for bad in ({"repeats": 0}, {"widths": [0]}, {"widths": [5]}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             measure_costs(d, v, max_draft=3, context=8, **bad)
