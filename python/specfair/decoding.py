@@ -448,3 +448,45 @@ def finish_output(out_buf, n_new, row_steps, ids, pad, stats, steps, timings, nu
         seq[:, P:] = torch.where(cols[None, :] < n_dev[:, None], new, pad)
     return GenerationOutput(seq, n_new.cpu(), P, stats, steps, row_steps.cpu(), timings, num_draft)
 
+
+@dataclass
+class DecodeState:
+    """Everything one `SpeculativeGenerator.generate` call carries from step to step.
+
+    ``rows`` (host) / ``rows_dev`` map the active rows to their original index; ``last`` is
+    each active row's last committed token (in neither cache yet); ``d_pend``/``d_valid``
+    the tokens the drafter has not read yet (``d_valid`` None: all valid)."""
+
+    ids: torch.Tensor
+    task_t: torch.Tensor
+    seeds: torch.Tensor
+    gen: torch.Generator | None
+    max_new_tokens: int
+    K_task: list[int]
+    out_buf: torch.Tensor
+    eos_t: torch.Tensor | None
+    drafter: CachedModel | None = None
+    verifier: CachedModel | None = None
+    step: int = 0
+    start: torch.Tensor | None = None  # each row's first prompt column (device)
+
+    def __post_init__(self):
+        B = self.ids.shape[0]
+        self.n_new = torch.zeros(B, dtype=torch.int64)       # host
+        self.row_steps = torch.zeros(B, dtype=torch.int64)   # host
+        self.rows = torch.arange(B)
+        self.rows_dev = torch.arange(B, device=self.ids.device)
+        self.task_host = self.task_t.cpu()
+        self.last = self.ids[:, -1]
+        self.d_pend, self.d_valid = self.last[:, None], None
+
+    def models(self) -> list[CachedModel]:
+        return [m for m in (self.drafter, self.verifier) if m is not None]
+
+    def keep_rows(self, alive: torch.Tensor, alive_dev: torch.Tensor) -> None:
+        """Drop the finished rows from the batch (host and device indices of the survivors)."""
+        self.rows, self.rows_dev = self.rows[alive], self.rows_dev[alive_dev]
+        for m in self.models():
+            m.select_rows(alive_dev)
+        self.last, self.d_pend = self.last[alive_dev], self.d_pend[alive_dev]
+        self.d_valid = None if self.d_valid is None else self.d_valid[alive_dev]
