@@ -8,10 +8,13 @@ Providers (greedy decoding, EOS disabled, so every provider emits the same token
                            (constant schedule, no confidence cut-off): the same drafting as ours
   hf-assisted-default      the same with Hugging Face's default schedule
   hf-verifier              verifier.generate(): the verifier alone
-Shapes: batch 1 (Hugging Face assisted generation supports batch 1 only) and batch 32
-(throughput) on the shipped default pair (`specfair.default_pair_path`); ``smoke`` cases run a
-tiny random pair built in memory.  Each record's extra_info carries tokens, tokens/s (from
-the median round) and, for ours, the per-step time breakdown of one profiled run.
+  specfair-cudagraph       SpeculativeGenerator(cache="static", cuda_graph=True): decode forwards
+                           replayed as CUDA graphs (CUDA only; skipped elsewhere)
+Shapes: batch 1 (Hugging Face assisted generation supports batch 1 only), batch 8 (the
+CPU's throughput case) and batch 32 (a GPU's) on the shipped default pair
+(`specfair.default_pair_path`); ``smoke`` cases run a tiny random pair built in memory.
+Each record's extra_info carries tokens, tokens/s (from the median round) and, for ours,
+the per-step time breakdown of one profiled run.
 `benchmarks/gpu_generate.py` is the standalone GPU script with the full sweep.
 """
 from __future__ import annotations
@@ -38,8 +41,12 @@ CASES = [  # (provider, B, K, pair)
     ("specfair", 1, 2, "default"), ("hf-assisted", 1, 2, "default"),
     ("specfair", 1, 4, "default"), ("hf-assisted", 1, 4, "default"),
     ("specfair-auto", 1, None, "default"),
+    ("hf-verifier", 8, None, "default"), ("specfair-verifier-only", 8, None, "default"),
+    ("specfair", 8, 2, "default"), ("specfair", 8, 4, "default"), ("specfair-auto", 8, None, "default"),
     ("hf-verifier", 32, None, "default"), ("specfair-verifier-only", 32, None, "default"),
     ("specfair", 32, 2, "default"), ("specfair", 32, 4, "default"), ("specfair-auto", 32, None, "default"),
+    ("specfair-cudagraph", 1, 2, "default"), ("specfair-cudagraph", 1, 4, "default"),
+    ("specfair-cudagraph", 32, 2, "default"), ("specfair-cudagraph", 32, 4, "default"),
 ]
 
 
@@ -98,14 +105,17 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
     from specfair.generator import SpeculativeGenerator
 
     dev = bench_ctx.device
+    if provider == "specfair-cudagraph" and dev.type != "cuda":
+        pytest.skip("cuda_graph=True needs a CUDA device")
     drafter, verifier, prompts = get_pair(pair, dev)
     pad = verifier.config.pad_token_id
     ids, mask = left_pad(prompts[:B], pad, dev)
     N = NEW_TOKENS
     gen = None
     if provider.startswith("specfair") and provider != "specfair-verifier-only":
+        graphs = {"cache": "static", "cuda_graph": True} if provider == "specfair-cudagraph" else {}
         gen = SpeculativeGenerator(drafter, verifier, num_draft="auto" if provider == "specfair-auto" else K,
-                                   temperature=0.0, profile=False)
+                                   temperature=0.0, profile=False, **graphs)
         if provider == "specfair-auto":
             gen.cost_ratio(B)  # measured once, outside the timed calls
 

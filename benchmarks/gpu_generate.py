@@ -18,7 +18,11 @@ failure or a timeout still leaves everything measured before it):
                  no confidence cut-off) and with HF's default schedule; verifier alone (HF and ours);
                  ours' per-step time breakdown (draft, verify forward, kernel, bookkeeping)
   batch32        tokens/s at batch 32: ours (K = 2, 4; greedy and T=1), verifier alone (ours, HF);
-                 HF assisted generation at batch 32 is attempted and its error recorded
+                 HF assisted generation at batch 32 is attempted and its error recorded; the summary
+                 gives the best greedy ours over the faster verifier alone (the target is >= 1)
+  cuda_graph     cuda_graph=True (decode forwards replayed as CUDA graphs) vs eager static and eager
+                 dynamic caches, B = 1 and 32, K = 2 and 4: tokens/s, first-call (compile) seconds,
+                 and whether the tokens are the eager path's (CUDA only; on a CPU the error is recorded)
   auto_vs_fixed  two tasks with different acceptance (well- vs under-represented languages of the
                  drafter): tokens/s per task for fixed K in {1, 2, 4} and for num_draft="auto",
                  at batch 1 and batch 4
@@ -242,12 +246,52 @@ def section_batch32(b, args):
             prof = b.ours(*b.enc(plist[0]), K, temperature=T, profile=True)
             res[key]["per_step_ms"] = {k: 1e3 * v for k, v in prof.time_per_step().items()}
             res[key]["steps"] = prof.steps
+    best = max((k for k in res if k.startswith("ours_K") and k.endswith("_T0")), key=lambda k: res[k]["tokens_per_s"])
+    res["summary"] = {"best_ours_greedy": best, "best_ours_vs_verifier_alone": (
+        res[best]["tokens_per_s"] / max(res["hf_verifier_only"]["tokens_per_s"],
+                                        res["ours_verifier_only"]["tokens_per_s"]))}
     try:
         ids, mask = b.enc(plist[0])
         b.hf(ids, mask, assistant=True, K=4)
         res["hf_assisted_K4"] = "ran (unexpected)"
     except Exception as exc:  # assisted generation supports batch 1 only
         res["hf_assisted_K4"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return res
+
+
+def section_cuda_graph(b, args):
+    """cuda_graph=True (static caches, decode forwards replayed as CUDA graphs) against the eager
+    static and the eager dynamic path, greedy, at batch 1 and 32: tokens/s and the same tokens."""
+    import torch
+
+    from specfair.generator import SpeculativeGenerator
+
+    res = {}
+    for B in (1, 32):
+        ids, mask = b.enc(b.batch_prompts(B))
+        for K in (2, 4):
+            gens = {name: SpeculativeGenerator(b.drafter, b.verifier, num_draft=K, temperature=0.0, profile=False,
+                                               **kw)
+                    for name, kw in (("eager_dynamic", {}), ("eager_static", {"cache": "static"}),
+                                     ("cuda_graph", {"cache": "static", "cuda_graph": True}))}
+            row, ref = {}, None
+            for name, gen in gens.items():
+                def run(gen=gen, ids=ids, mask=mask):
+                    return gen.generate(ids, mask, max_new_tokens=b.N, eos_token_id=[], seed=0)
+
+                t0 = time.perf_counter()
+                first = run()   # compiles and captures on the first call
+                sync(b.device)
+                first_s = time.perf_counter() - t0
+                seconds, out = timed(run, b.device, b.reps)
+                ref = out.sequences if ref is None else ref
+                row[name] = {"tokens_per_s": int(out.num_new_tokens.sum()) / seconds, "seconds": seconds,
+                             "first_call_s": first_s,
+                             "same_tokens_as_eager_dynamic": bool(torch.equal(out.sequences, ref)
+                                                                  and torch.equal(first.sequences, ref))}
+            row["cuda_graph_vs_eager_dynamic"] = (row["cuda_graph"]["tokens_per_s"]
+                                                  / row["eager_dynamic"]["tokens_per_s"])
+            res[f"B{B}_K{K}"] = row
     return res
 
 
@@ -314,7 +358,8 @@ def section_speedup(b, args):
 
 
 SECTIONS = [("correctness", section_correctness), ("cost_ratio", section_cost_ratio), ("batch1", section_batch1),
-            ("batch32", section_batch32), ("auto_vs_fixed", section_auto_vs_fixed), ("speedup", section_speedup)]
+            ("batch32", section_batch32), ("cuda_graph", section_cuda_graph), ("auto_vs_fixed", section_auto_vs_fixed),
+            ("speedup", section_speedup)]
 
 
 def main(argv=None):
@@ -373,7 +418,7 @@ def main(argv=None):
         write()
     result["seconds"]["total"] = time.perf_counter() - t_all
     write()
-    summary = {k: result["sections"].get(k, {}).get("summary") for k in ("batch1",)}
+    summary = {k: result["sections"].get(k, {}).get("summary") for k in ("batch1", "batch32")}
     summary["auto_vs_fixed"] = {m: v.get("summary") for m, v in result["sections"].get("auto_vs_fixed", {}).items()}
     print(json.dumps(summary, indent=1, default=str))
     print(f"wrote {path}")

@@ -3,9 +3,12 @@
 
     python benchmarks/make_table.py benchmarks/results/*.json [-o table.md]
 
-One table per (device, op).  A row is one (mode or kind, shape, dtype); its cells are the
-median µs of each provider, the bytes the op must move, the bandwidth floor, and, for
-"ours" (the first of triton (graph), triton, cpp that was measured):
+One table per (device, op), and one per device for end-to-end generation
+(bench_generate.py's test_generate records on the shipped pair: tokens/s, ours over HF
+assisted generation at the same K and over the faster verifier alone at the same batch).
+A kernel row is one (mode or kind, shape, dtype); its cells are the median µs of each
+provider, the bytes the op must move, the bandwidth floor, and, for "ours" (the first of
+triton (graph), triton, cpp that was measured):
   ours/floor     ours ÷ floor (1.0 would be running at the measured copy bandwidth)
   vs torch       torch eager ÷ ours (a speed-up; > 1 means ours is faster)
   vs compile     torch.compile ÷ ours
@@ -176,16 +179,69 @@ def build(records) -> str:
     return "\n".join(out) + "\n"
 
 
+GENERATE_ORDER = ("hf-verifier", "specfair-verifier-only", "hf-assisted-default", "hf-assisted", "specfair",
+                  "specfair-cudagraph", "specfair-auto")
+
+
+def load_generate(paths):
+    """[(extra_info, machine_info)] of bench_generate.py's test_generate records on the shipped pair."""
+    records = OrderedDict()
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for bench in data.get("benchmarks", []):
+            info = bench.get("extra_info") or {}
+            if info.get("pair") != "default" or "tokens_per_s" not in info or isinstance(info["tokens_per_s"], dict):
+                continue
+            key = (info.get("device"), info.get("threads"), info["provider"], info.get("B"), str(info.get("K")))
+            records[key] = (info, data.get("machine_info", {}))
+    return list(records.values())
+
+
+def build_generate(records) -> str:
+    """One table per device: tokens/s per (batch, provider, K), ours over HF assisted at the
+    same K (batch 1) and over the faster verifier alone at the same batch, and ours' step split."""
+    out = []
+    devices = OrderedDict()
+    for info, machine in records:
+        devices.setdefault((info.get("device"), info.get("threads")), []).append((info, machine))
+    for recs in devices.values():
+        info0, machine0 = recs[0]
+        load = max((i.get("loadavg_1min") or 0.0 for i, _ in recs), default=0.0)
+        out += [f"#### Generation, shipped pair, greedy, {info0.get('new_tokens')} new tokens per row, on "
+                f"{device_title(info0, machine0)}; 1-min load average up to {load:.1f} during the run", "",
+                "| batch | provider | K | tokens/s | vs HF assisted, same K | vs verifier alone | "
+                "ms per step: draft / verify fwd / kernel / bookkeeping |", "|---|---|---|---|---|---|---|"]
+        tps = {(i["provider"], i["B"], str(i.get("K"))): i["tokens_per_s"] for i, _ in recs}
+        rows = sorted(recs, key=lambda r: (r[0]["B"], GENERATE_ORDER.index(r[0]["provider"])
+                                            if r[0]["provider"] in GENERATE_ORDER else 99, str(r[0].get("K"))))
+        for info, _ in rows:
+            B, prov, K = info["B"], info["provider"], str(info.get("K"))
+            alone = max((tps.get((p, B, p)) or 0.0 for p in ("hf-verifier", "specfair-verifier-only")), default=0.0)
+            mine = prov.startswith("specfair") and prov != "specfair-verifier-only"
+            vs_hf = ratio(info["tokens_per_s"], tps.get(("hf-assisted", B, K))) if mine else None
+            vs_alone = ratio(info["tokens_per_s"], alone) if mine else None
+            ps = info.get("per_step_ms") or {}
+            split = " / ".join(f"{ps[k]:.1f}" for k in ("draft", "verify_forward", "kernel", "bookkeeping")
+                               if k in ps) or "—"
+            k_txt = K if K.isdigit() else ("auto" if prov == "specfair-auto" else "—")
+            out.append(f"| {B} | {prov} | {k_txt} | {info['tokens_per_s']:,.1f} | {fmt_ratio(vs_hf)} | "
+                       f"{fmt_ratio(vs_alone)} | {split} |")
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     parser.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     args = parser.parse_args(argv)
-    records = load(args.results)
-    if not records:
+    records, gen_records = load(args.results), load_generate(args.results)
+    if not records and not gen_records:
         print("error: no specfair benchmark records in " + ", ".join(args.results), file=sys.stderr)
         return 1
-    text = build(records)
+    text = (build(records) if records else "") + (("\n" if records else "") + build_generate(gen_records)
+                                                   if gen_records else "")
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)

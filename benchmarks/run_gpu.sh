@@ -11,6 +11,7 @@
 #   gpu_bench.md    the Markdown table made from them (benchmarks/make_table.py)
 #   roofline.md/.json  predicted time beside the measured one, per shape (benchmarks/roofline.py)
 #   tune_verify.json, tune_divergence*.json  per-kernel times and launch-configuration sweeps
+#   gpu_generate.json  end-to-end generation (benchmarks/gpu_generate.py: batch 1, batch 32, cuda_graph)
 #   *.log           each step's output
 # Exits non-zero if the install, the benchmarks or the tests failed.
 set -uo pipefail
@@ -55,6 +56,7 @@ if [[ $WHAT == all ]]; then
     stamp "CUDA kernel tests"
     "$PY" -m pytest tests/kernels/test_triton_cuda.py tests/kernels/test_divergence_cuda.py \
         tests/kernels/test_verify_triton.py tests/kernels/test_verify_race.py tests/kernels/test_verify_block.py \
+        tests/specfair/test_fastpath.py \
         -x -q -p no:cacheprovider \
         2>&1 | tee "$OUT/tests_kernels_gpu.log"
     test_rc=${PIPESTATUS[0]}
@@ -77,6 +79,12 @@ if [[ $WHAT == all || $WHAT == bench ]]; then
             --markdown "$OUT/roofline.md" 2>&1 | tail -30
     fi
     stamp "benchmarks done (exit $bench_rc)"
+    stamp "end-to-end generation: batch 1 vs HF assisted, batch 32 vs the verifier alone, cuda_graph=True"
+    "$PY" benchmarks/gpu_generate.py --out "$OUT" --only correctness,batch1,batch32,cuda_graph \
+        2>&1 | tee "$OUT/gpu_generate.log"
+    gen_rc=${PIPESTATUS[0]}
+    [[ $gen_rc -eq 0 ]] || bench_rc=$gen_rc
+    stamp "generation done (exit $gen_rc)"
 fi
 if [[ $WHAT == test ]]; then
     stamp "test suite on CUDA"

@@ -83,15 +83,16 @@ def break_even_acceptance(num_draft: int, cost_ratio: float, verify_cost: float 
 
 
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
-                     prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE) -> list[int]:
-    """Per task, the K in 1..max_draft that maximises the expected speed-up.
+                     prior_acceptance: float = AUTO_PRIOR_ACCEPTANCE, min_draft: int = 1) -> list[int]:
+    """Per task, the K in min_draft..max_draft that maximises the expected speed-up.
 
     With ``verify_cost=None`` that is S(alpha_t; K, c) of PAPER.md, which assumes a verifier
     forward over K+1 tokens costs as much as one over a single token.  ``verify_cost[K]`` =
     (time of a verifier forward over K+1 tokens) / (time over 1 token), as measured by
     `measure_costs`, replaces that 1 in the denominator: (1 - a^(K+1)) / ((1 - a)(K c + r_K)).
     ``alpha`` is a [T] tensor or sequence of expected acceptances (NaN: no data yet, use
-    ``prior_acceptance``).  Ties go to the smaller K.
+    ``prior_acceptance``).  Ties go to the smaller K.  ``min_draft=0`` admits K = 0, the
+    verifier alone (speed-up 1): chosen when no K is expected to beat it.
     """
     values = np.array([float(a) for a in (alpha.tolist() if isinstance(alpha, torch.Tensor) else alpha)],
                       dtype=np.float64)
@@ -103,6 +104,9 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
     ks = np.arange(1, max_draft + 1)
     r = np.ones(max_draft) if verify_cost is None else np.asarray(verify_cost[1:max_draft + 1], dtype=np.float64)
     gain = expected_tokens(a, ks) / (ks * cost_ratio + r)          # [T, K_max]
+    if min_draft == 0:
+        gain = np.concatenate([np.ones_like(a), gain], axis=1)    # K = 0: the verifier alone
+        return np.argmax(gain, axis=1).tolist()
     return (np.argmax(gain, axis=1) + 1).tolist()  # the first maximum: ties go to the smaller K
 
 
@@ -133,7 +137,8 @@ def _interpolate(times: dict[int, float], width: int) -> float:
 
 
 def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, context: int = 32,
-                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20) -> dict:
+                  repeats: int = 3, widths=None, budget_s: float = 1.0, max_repeats: int = 20,
+                  slow_round_s: float = 2.0) -> dict:
     """Measured costs of one speculative step, relative to one verifier decode step.
 
     Both models prefill the same random prompt of ``context`` tokens for ``batch_size`` rows;
@@ -143,12 +148,19 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
     = time(K+1 tokens) / time(1 token) (``verify_cost[0]`` = 1; widths not timed are
     interpolated linearly, ``measured_widths`` lists the timed ones).
 
-    Timing: rounds that each time every (model, width) once, round-robin, so a burst of
-    load on a shared machine hits one round of every width rather than every repeat of one
-    width; the first round is a warm-up, then at least ``repeats`` rounds, and more while
-    the timed rounds took under ``budget_s`` seconds in all (up to ``max_repeats``): cheap
-    models get more samples, a big one (a round of seconds) the minimum.  Each figure is
-    the *minimum* over the timed rounds (noise only ever adds time).  The device is synchronised around every
+    Timing: first one one-token forward of each model over a one-token context (a warm-up
+    that also estimates a round: the widths' sum times the verifier's one-token time).  Fast models (a round
+    estimated under ``slow_round_s``) are timed in rounds that each time every (model,
+    width) once, round-robin, so a burst of load on a shared machine hits one round of every
+    width rather than every repeat of one width; the first round is a warm-up, then at least
+    ``repeats`` rounds, and more while the timed rounds took under ``budget_s`` seconds in
+    all (up to ``max_repeats``).  Each figure is the *minimum* over the timed rounds (noise
+    only ever adds time).  A slow model (a forward of a large model on a CPU: noise is
+    small beside it, and the full schedule would take minutes) keeps the one-token context
+    (its prefill would cost more than the timings: ``context`` in the result says which was
+    used) and gets one timed forward per width: widths 1, 2 and K_max + 1 always, the ones
+    in between in increasing order while the timed ones stay within ``slow_round_s``, the
+    rest interpolated (``repeats`` is then 1).  The device is synchronised around every
     timed forward.  `cached_costs` keeps the result per pair of models.
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
@@ -162,35 +174,83 @@ def measure_costs(drafter, verifier, batch_size: int = 1, max_draft: int = 0, co
     context = max(1, min(context, limit - max_draft - 2))
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, V, (batch_size, context), generator=gen).to(device)
-    steps = []
+    tokens = torch.randint(0, V, (batch_size, max(widths)), generator=gen).to(device)
     with torch.inference_mode():
-        for name, model in (("drafter", drafter), ("verifier", verifier)):
-            m = CachedModel(model, V)
-            m.reset(batch_size, device)
-            m.forward(prompt, None, keep=1)
-            for n in (widths if name == "verifier" else (1,)):
-                def step(m=m, tokens=prompt[:, -n:], n=n):
-                    m.forward(tokens, None, keep=None if n > 1 else 1)
-                    m.crop_end(n)
-                    m.pos = m.pos - n
-
-                steps.append(((name, n), step))
-        times = {key: math.inf for key, _ in steps}
-        spent, done = 0.0, -1   # round 0 warms up
-        while done < repeats or (spent < budget_s and done < max_repeats):
-            for key, step in steps:
-                t = _time_forward(device, step)
-                if done >= 0:
-                    times[key] = min(times[key], t)
-                    spent += t
-            done += 1
-        repeats = done
+        t0 = time.perf_counter()
+        steps, models = _calibration_steps(drafter, verifier, prompt[:, :1], tokens, V, widths)
+        warm = {key: _time_forward(device, step) for key, step in steps.items() if key[1] == 1}
+        slow = warm[("verifier", 1)] * sum(widths) + warm[("drafter", 1)] > slow_round_s
+        if not slow and context > 1:   # the full context for a fast model
+            for m in models:
+                m.forward(prompt[:, 1:], None, keep=1)
+        setup_s = time.perf_counter() - t0
+        if slow:
+            times, repeats = _timed_once(device, steps, warm, slow_round_s), 1
+        else:
+            times, repeats = _timed_rounds(device, steps, repeats, budget_s, max_repeats)
     t1 = times[("verifier", 1)]
-    vt = {n: times[("verifier", n)] for n in widths}
+    vt = {n: t for (name, n), t in times.items() if name == "verifier"}
     return {"cost_ratio": times[("drafter", 1)] / t1,
             "verify_cost": [1.0] + [_interpolate(vt, k + 1) / t1 for k in range(1, max_draft + 1)],
             "verifier_step_s": t1, "drafter_step_s": times[("drafter", 1)], "batch_size": batch_size,
-            "measured_widths": list(widths), "repeats": repeats}
+            "measured_widths": sorted(vt), "repeats": repeats, "context": 1 if slow else context,
+            "setup_s": setup_s}
+
+
+def _calibration_steps(drafter, verifier, prefix, tokens, V: int, widths) -> tuple[dict, list]:
+    """Both models with ``prefix`` cached, and {(model name, width): a forward over the first
+    ``width`` of ``tokens`` that rolls itself back}."""
+    steps, models = {}, []
+    for name, model in (("drafter", drafter), ("verifier", verifier)):
+        m = CachedModel(model, V)
+        m.reset(prefix.shape[0], prefix.device)
+        m.forward(prefix, None, keep=1)
+        models.append(m)
+        for n in (widths if name == "verifier" else (1,)):
+            def step(m=m, tokens=tokens[:, :n], n=n):
+                m.forward(tokens, None, keep=None if n > 1 else 1)
+                m.crop_end(n)
+                m.pos = m.pos - n
+
+            steps[(name, n)] = step
+    return steps, models
+
+
+def _timed_rounds(device, steps: dict, repeats: int, budget_s: float, max_repeats: int) -> tuple[dict, int]:
+    """Round-robin rounds (a warm-up, then >= ``repeats``, more within ``budget_s``): the
+    minimum time per step, and the number of timed rounds."""
+    times = dict.fromkeys(steps, math.inf)
+    spent, done = 0.0, -1   # round 0 warms up
+    while done < repeats or (spent < budget_s and done < max_repeats):
+        for key, step in steps.items():
+            t = _time_forward(device, step)
+            if done >= 0:
+                times[key] = min(times[key], t)
+                spent += t
+        done += 1
+    return times, done
+
+
+def _timed_once(device, steps: dict, warm: dict, limit_s: float) -> dict:
+    """One timed forward per step: the one-token forwards are the first ones (``warm``; a slow
+    model's first call costs next to nothing extra), the verifier at width 2 and at the
+    widest width (so every other r_K is interpolated, never extrapolated), then the widths in
+    between in increasing order while the time spent (and the next width's estimate) stays
+    within ``limit_s``."""
+    times = dict(warm)
+    t1 = times[("verifier", 1)]
+    wide = sorted(k[1] for k in steps if k[0] == "verifier" and k[1] > 1)
+    for w in ({2, max(wide)} & set(wide)) if wide else ():
+        times[("verifier", w)] = _time_forward(device, steps[("verifier", w)])
+    spent = sum(times.values())
+    for w in wide:
+        if ("verifier", w) in times:
+            continue
+        if spent + t1 * w > limit_s:
+            break
+        times[("verifier", w)] = _time_forward(device, steps[("verifier", w)])
+        spent += times[("verifier", w)]
+    return times
 
 
 def _time_forward(device, fn) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ import specfair_kernels as sk
 from specfair_kernels.api import GREEDY_BELOW
 
 from ._util import is_int
+from .fastpath import compiled_model, slot_attention_mask, takes_4d_mask
 
 SECTIONS = ("prefill", "draft", "verify_forward", "kernel", "bookkeeping", "total")
 
@@ -115,15 +115,22 @@ class CachedModel:
     pointer back and compaction gathers the valid slots to the front in place, so every
     forward sees tensors of one shape, which is what ``torch.compile`` needs.  The model
     is then given the slot mask padded to ``static_len`` with False.  ``compile_backend``
-    (a ``torch.compile`` backend name, or None for eager): call the compiled model
-    (`compiled_model`) instead."""
+    (a ``torch.compile`` backend name, or None for eager) and ``compile_mode``: decode
+    forwards call the compiled model (`specfair.fastpath.compiled_model`) instead; the
+    prefill, whose width changes from call to call, stays eager.  Under
+    ``compile_mode="reduce-overhead"`` (CUDA graphs) each decode forward starts a new graph
+    step and its logits are copied out of the graph's output buffer, which the next replay
+    overwrites."""
 
-    def __init__(self, model, vocab_size: int, static_len: int | None = None, compile_backend: str | None = None):
+    def __init__(self, model, vocab_size: int, static_len: int | None = None, compile_backend: str | None = None,
+                 compile_mode: str | None = None):
         self.model = model
-        self.call = compiled_model(model, compile_backend) if compile_backend else model
+        self.call = compiled_model(model, compile_backend, compile_mode) if compile_backend else model
+        self.graphs = compile_mode == "reduce-overhead"
         self.V = vocab_size
         self.static_len = static_len
         self.keep_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.mask4d = takes_4d_mask(model)
         self.cache = None
         self.mask: torch.Tensor | None = None
         self.pos: torch.Tensor | None = None  # valid tokens in the cache = next position id
@@ -152,15 +159,23 @@ class CachedModel:
         else:
             pos_ids = self.pos[:, None] + (valid.cumsum(1) - 1).clamp(min=0)
             self.pos = self.pos + valid.sum(1)
+        cached = self.mask.shape[1]
         self.mask = torch.cat([self.mask, valid], 1)
-        attn = self.mask.long()
-        if self.static_len is not None:
-            attn = torch.nn.functional.pad(attn, (0, self.static_len - attn.shape[1]))
+        if self.mask4d and cached:   # a decode forward: the mask the model would build, built once here
+            attn = slot_attention_mask(self.mask, W, self.static_len)
+        else:
+            attn = self.mask.long()
+            if self.static_len is not None:
+                attn = torch.nn.functional.pad(attn, (0, self.static_len - attn.shape[1]))
         kwargs = {"logits_to_keep": keep} if (self.keep_kw and keep is not None) else {}
-        out = self.call(input_ids=tokens, attention_mask=attn, position_ids=pos_ids,
-                        past_key_values=self.cache, use_cache=True, **kwargs)
+        if self.graphs and cached:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = (self.call if cached else self.model)(input_ids=tokens, attention_mask=attn, position_ids=pos_ids,
+                                                    past_key_values=self.cache, use_cache=True, **kwargs)
         self.cache = out.past_key_values
         logits = out.logits.to(tokens.device)   # a model spread over devices may return them elsewhere
+        if self.graphs and cached:
+            logits = logits.clone()
         if keep is not None and logits.shape[1] != keep:
             logits = logits[:, -keep:]
         return logits[..., :self.V]
@@ -227,18 +242,6 @@ class CachedModel:
             if self.static_len is not None:
                 layer.cumulative_length.fill_(L_new)
         self.mask = s[None, :] >= pad
-
-
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def compiled_model(model, backend: str = "inductor"):
-    """``torch.compile(model, backend=backend)``, once per model object and backend (kept
-    while the model lives)."""
-    per_model = _COMPILED.setdefault(model, {})
-    if backend not in per_model:
-        per_model[backend] = torch.compile(model, backend=backend)
-    return per_model[backend]
 
 
 # --- logits processing and sampling -------------------------------------------------------------
@@ -445,3 +448,45 @@ def finish_output(out_buf, n_new, row_steps, ids, pad, stats, steps, timings, nu
         seq[:, P:] = torch.where(cols[None, :] < n_dev[:, None], new, pad)
     return GenerationOutput(seq, n_new.cpu(), P, stats, steps, row_steps.cpu(), timings, num_draft)
 
+
+@dataclass
+class DecodeState:
+    """Everything one `SpeculativeGenerator.generate` call carries from step to step.
+
+    ``rows`` (host) / ``rows_dev`` map the active rows to their original index; ``last`` is
+    each active row's last committed token (in neither cache yet); ``d_pend``/``d_valid``
+    the tokens the drafter has not read yet (``d_valid`` None: all valid)."""
+
+    ids: torch.Tensor
+    task_t: torch.Tensor
+    seeds: torch.Tensor
+    gen: torch.Generator | None
+    max_new_tokens: int
+    K_task: list[int]
+    out_buf: torch.Tensor
+    eos_t: torch.Tensor | None
+    drafter: CachedModel | None = None
+    verifier: CachedModel | None = None
+    step: int = 0
+    start: torch.Tensor | None = None  # each row's first prompt column (device)
+
+    def __post_init__(self):
+        B = self.ids.shape[0]
+        self.n_new = torch.zeros(B, dtype=torch.int64)       # host
+        self.row_steps = torch.zeros(B, dtype=torch.int64)   # host
+        self.rows = torch.arange(B)
+        self.rows_dev = torch.arange(B, device=self.ids.device)
+        self.task_host = self.task_t.cpu()
+        self.last = self.ids[:, -1]
+        self.d_pend, self.d_valid = self.last[:, None], None
+
+    def models(self) -> list[CachedModel]:
+        return [m for m in (self.drafter, self.verifier) if m is not None]
+
+    def keep_rows(self, alive: torch.Tensor, alive_dev: torch.Tensor) -> None:
+        """Drop the finished rows from the batch (host and device indices of the survivors)."""
+        self.rows, self.rows_dev = self.rows[alive], self.rows_dev[alive_dev]
+        for m in self.models():
+            m.select_rows(alive_dev)
+        self.last, self.d_pend = self.last[alive_dev], self.d_pend[alive_dev]
+        self.d_valid = None if self.d_valid is None else self.d_valid[alive_dev]

@@ -27,7 +27,6 @@ same seed, inputs and batch give the same tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -39,6 +38,7 @@ from .costs import cached_costs, choose_num_draft
 from .decoding import (
     CachedModel,
     Clock,
+    DecodeState,
     GenerationOutput,
     check_context,
     check_max_new_tokens,
@@ -52,10 +52,12 @@ from .decoding import (
     row_seeds,
     sample_tokens,
 )
+from .fastpath import check_compile_options
 from .models import context_length, model_device, output_vocab_size
 from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
+AUTO_PROBE_EVERY = 8         # auto at K = 0 (no K pays) still drafts one token every this many steps
 DRAFT_MODES = ("sample", "argmax")
 CACHE_KINDS = ("dynamic", "static")
 STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
@@ -75,7 +77,9 @@ class SpeculativeGenerator:
         Drafts per step K.  ``"auto"`` picks each task's K in ``1..max_draft`` every step to
         maximise S(alpha_t; K, c) from the task's running expected acceptance (the ``stats``
         accumulator) and the cost ratio c; rows of one batch get their task's K through
-        `verify`'s per-row ``num_draft``.
+        `verify`'s per-row ``num_draft``.  With measured costs (``cost_ratio=None``) a task
+        for which no K beats the verifier alone gets K = 0 (plain decoding), except for one
+        draft every `AUTO_PROBE_EVERY` steps that keeps its acceptance estimate current.
     temperature : float >= 0
         0 (or < 1e-5) is greedy: the output equals the verifier's greedy decoding.
     top_k : int >= 1, optional;  top_p : float in (0, 1], optional
@@ -126,6 +130,11 @@ class SpeculativeGenerator:
         object and backend; the first call of each width and batch size compiles, which takes
         minutes on a CPU).  True is the "inductor" backend, a str names another
         (``"aot_eager"``: traced, not code-generated).  Default False (eager).
+    cuda_graph : bool
+        With ``cache="static"`` on a CUDA device: compile both models' decode forwards with
+        inductor in ``mode="reduce-overhead"``, which captures each forward width as a CUDA
+        graph and replays it (gpt-fast's recipe; `specfair.fastpath`).  `verify` and the
+        bookkeeping stay eager.  Checked on every device: elsewhere it raises.  Default False.
 
     Examples
     --------
@@ -143,15 +152,11 @@ class SpeculativeGenerator:
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
                  compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
                  ngram: NgramConfig | None = None, verify_method: str = "token", cache: str = "dynamic",
-                 compile: bool = False):
+                 compile: bool = False, cuda_graph: bool = False):
         self._check_modes(drafter, num_draft, draft, ngram, verify_method)
         if cache not in CACHE_KINDS:
             raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
-        if not isinstance(compile, (bool, str)):
-            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
-        if compile and cache != "static":
-            raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
-        self.cache_kind, self.compile = cache, ("inductor" if compile is True else compile or None)
+        self.cache_kind = cache
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
         for name, m in (("drafter", drafter), ("verifier", verifier)):
@@ -161,6 +166,7 @@ class SpeculativeGenerator:
         d_dev, v_dev = model_device(drafter), model_device(verifier)
         if d_dev != v_dev:
             raise ValueError(f"drafter is on {d_dev} but verifier is on {v_dev}; put both models on one device")
+        self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev)
         if num_draft == "auto":
             if not is_int(max_draft) or max_draft < 1:
                 raise ValueError(f"max_draft must be an int >= 1, got {max_draft!r}")
@@ -246,11 +252,14 @@ class SpeculativeGenerator:
             return None
         return self.measured_costs(batch_size)["verify_cost"]
 
-    def _task_num_draft(self, stats: sk.TaskStats, batch_size: int) -> list[int]:
+    def _task_num_draft(self, stats: sk.TaskStats, batch_size: int, step: int = 0) -> list[int]:
         if self.num_draft != "auto":
             return [self.num_draft] * stats.num_tasks
-        return choose_num_draft(stats.expected_acceptance(), self.cost_ratio(batch_size), self.max_draft,
-                                self.verify_cost(batch_size))
+        measured = self._cost_ratio is None   # measured costs may say no K pays: K = 0, verifier alone,
+        ks = choose_num_draft(stats.expected_acceptance(), self.cost_ratio(batch_size), self.max_draft,
+                              self.verify_cost(batch_size), min_draft=0 if measured else 1)
+        # ... with one draft every AUTO_PROBE_EVERY-th step so the task's acceptance keeps being learned
+        return [1 if k == 0 and step % AUTO_PROBE_EVERY == AUTO_PROBE_EVERY - 1 else k for k in ks]
 
     def _process(self, logits):
         return process_logits(logits, self.temperature, self.top_k, self.top_p)
@@ -296,7 +305,7 @@ class SpeculativeGenerator:
         task_t, stats = prepare_tasks(task_ids, num_tasks, stats, B, self.device, self.max_draft)
         gen, seeds = row_seeds(seed, B, dev)
 
-        st = _DecodeState(ids=ids, task_t=task_t, seeds=seeds, gen=gen, max_new_tokens=max_new_tokens,
+        st = DecodeState(ids=ids, task_t=task_t, seeds=seeds, gen=gen, max_new_tokens=max_new_tokens,
                           K_task=self._task_num_draft(stats, B),  # may measure c: before the clock starts
                           out_buf=torch.full((B, max_new_tokens + self.max_draft + 1), self.pad_token_id,
                                              dtype=torch.int64, device=dev),
@@ -309,7 +318,7 @@ class SpeculativeGenerator:
         if self.cache_kind == "static":
             need = P + max_new_tokens + self.max_draft + 2
             static_len = -(-need // STATIC_ROUND) * STATIC_ROUND
-        kw = {"static_len": static_len, "compile_backend": self.compile}
+        kw = {"static_len": static_len, "compile_backend": self.compile, "compile_mode": self.compile_mode}
         st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
         st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)
         st.start = (P - pmask.sum(1)).to(dev)
@@ -340,16 +349,16 @@ class SpeculativeGenerator:
             clock.lap("kernel")
             done = self._commit(st, out, drafts, K)
             if not done and self.num_draft == "auto":
-                st.K_task = self._task_num_draft(stats, B)
+                st.K_task = self._task_num_draft(stats, B, st.step)
             clock.lap("bookkeeping")
             if done:
                 return self._output(st, stats, clock)
 
-    def _output(self, st: "_DecodeState", stats, clock: Clock) -> GenerationOutput:
+    def _output(self, st: DecodeState, stats, clock: Clock) -> GenerationOutput:
         return finish_output(st.out_buf, st.n_new, st.row_steps, st.ids, self.pad_token_id, stats, st.step,
                              clock.stop(), st.K_task)
 
-    def _draft(self, st: "_DecodeState", K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draft(self, st: DecodeState, K: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K drafted tokens per active row ([b, K]) and the processed logits they were sampled
         from ([b, K, V]); the drafter first reads the tokens it has not seen yet."""
         b = len(st.rows)
@@ -369,7 +378,7 @@ class SpeculativeGenerator:
             return None, torch.stack(drafts, 1)
         return torch.stack(draft_logits, 1), torch.stack(drafts, 1)
 
-    def _draft_ngram(self, st: "_DecodeState", nd_host: torch.Tensor):
+    def _draft_ngram(self, st: DecodeState, nd_host: torch.Tensor):
         """Prompt-lookup drafts (one-hot q, so ``draft_logits`` is None), their width K and each
         row's draft count: the lookup's, capped by the task's K and the token budget."""
         hist = torch.cat([st.ids, st.out_buf], 1)[st.rows_dev]
@@ -383,7 +392,7 @@ class SpeculativeGenerator:
         # "token" is verify's default: older kernels without the keyword keep working
         return {"method": self.verify_method}
 
-    def _commit(self, st: "_DecodeState", out: sk.VerifyOutput, drafts: torch.Tensor, K: int) -> bool:
+    def _commit(self, st: DecodeState, out: sk.VerifyOutput, drafts: torch.Tensor, K: int) -> bool:
         """Write a step's tokens, roll both caches back per row and drop finished rows; True
         when every row is done.  One host synchronisation."""
         dev = self.device
@@ -446,46 +455,3 @@ class SpeculativeGenerator:
                 if L and 1 - int(pos_h.max()) / L > self.compact_threshold:
                     m.compact()
         return False
-
-
-@dataclass
-class _DecodeState:
-    """Everything one `SpeculativeGenerator.generate` call carries from step to step.
-
-    ``rows`` (host) / ``rows_dev`` map the active rows to their original index; ``last`` is
-    each active row's last committed token (in neither cache yet); ``d_pend``/``d_valid``
-    the tokens the drafter has not read yet (``d_valid`` None: all valid)."""
-
-    ids: torch.Tensor
-    task_t: torch.Tensor
-    seeds: torch.Tensor
-    gen: torch.Generator | None
-    max_new_tokens: int
-    K_task: list[int]
-    out_buf: torch.Tensor
-    eos_t: torch.Tensor | None
-    drafter: CachedModel | None = None
-    verifier: CachedModel | None = None
-    step: int = 0
-    start: torch.Tensor | None = None  # each row's first prompt column (device)
-
-    def __post_init__(self):
-        B = self.ids.shape[0]
-        self.n_new = torch.zeros(B, dtype=torch.int64)       # host
-        self.row_steps = torch.zeros(B, dtype=torch.int64)   # host
-        self.rows = torch.arange(B)
-        self.rows_dev = torch.arange(B, device=self.ids.device)
-        self.task_host = self.task_t.cpu()
-        self.last = self.ids[:, -1]
-        self.d_pend, self.d_valid = self.last[:, None], None
-
-    def models(self) -> list[CachedModel]:
-        return [m for m in (self.drafter, self.verifier) if m is not None]
-
-    def keep_rows(self, alive: torch.Tensor, alive_dev: torch.Tensor) -> None:
-        """Drop the finished rows from the batch (host and device indices of the survivors)."""
-        self.rows, self.rows_dev = self.rows[alive], self.rows_dev[alive_dev]
-        for m in self.models():
-            m.select_rows(alive_dev)
-        self.last, self.d_pend = self.last[alive_dev], self.d_pend[alive_dev]
-        self.d_valid = None if self.d_valid is None else self.d_valid[alive_dev]

@@ -99,8 +99,9 @@ def test_calibration_widths_and_rounds(pair, monkeypatch, one_thread):
     d, v = pair
     calls = _counting(monkeypatch)
     m = measure_costs(d, v, batch_size=2, max_draft=8, context=8, repeats=2, budget_s=0.0)
-    # round-robin: (repeats + 1) rounds (the first a warm-up) of the drafter and 6 verifier widths
-    assert len(calls) == 3 * (1 + 6) and m["measured_widths"] == [1, 2, 3, 4, 5, 9] and m["repeats"] == 2
+    # a one-token forward of each model, then round-robin: (repeats + 1) rounds (the first a
+    # warm-up) of the drafter and 6 verifier widths
+    assert len(calls) == 2 + 3 * (1 + 6) and m["measured_widths"] == [1, 2, 3, 4, 5, 9] and m["repeats"] == 2
     r = m["verify_cost"]
     assert len(r) == 9 and r[0] == 1.0 and all(x > 0 for x in r)
     # widths 6..8 (K = 5..7) lie on the line through widths 5 and 9
@@ -108,11 +109,20 @@ def test_calibration_widths_and_rounds(pair, monkeypatch, one_thread):
         assert r[k] - r[k - 1] == pytest.approx((r[8] - r[4]) / 4, rel=1e-9, abs=1e-12)
     calls.clear()
     full = measure_costs(d, v, batch_size=1, max_draft=3, context=8, repeats=1, widths=[2], budget_s=0.0)
-    assert full["measured_widths"] == [1, 2, 4] and len(calls) == 2 * 4   # 1 and K_max + 1 always timed
+    assert full["measured_widths"] == [1, 2, 4] and len(calls) == 2 + 2 * 4   # 1 and K_max + 1 always timed
     # a time budget adds rounds (cheap models), up to max_repeats
     calls.clear()
     more = measure_costs(d, v, max_draft=1, context=8, repeats=1, budget_s=60.0, max_repeats=5)
-    assert more["repeats"] == 5 and len(calls) == 6 * 3
+    assert more["repeats"] == 5 and len(calls) == 2 + 6 * 3
+    # a slow model (a round estimated over slow_round_s): its first one-token forwards, then the
+    # verifier at 2 tokens and at K_max + 1, over a one-token context; the widths between interpolated
+    calls.clear()
+    slow = measure_costs(d, v, max_draft=8, context=8, slow_round_s=0.0)
+    assert slow["measured_widths"] == [1, 2, 9] and slow["repeats"] == 1 and len(calls) == 2 + 2
+    assert slow["context"] == 1 and m["context"] == 8
+    r = slow["verify_cost"]
+    for k in range(2, 8):
+        assert r[k] - r[k - 1] == pytest.approx((r[8] - r[1]) / 7, rel=1e-9, abs=1e-12)
     for bad in ({"repeats": 0}, {"widths": [0]}, {"widths": [5]}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             measure_costs(d, v, max_draft=3, context=8, **bad)
@@ -158,9 +168,10 @@ def _fake_costs(c, r):
 def test_auto_k_is_choose_num_draft_on_the_measured_costs(pair, monkeypatch, one_thread):
     d, v = pair
     ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(1))
-    # Costs that force the two ends: free drafts and a flat verifier -> K_max; dear drafts and
-    # a verifier that pays per token -> K = 1.  The generator must follow the measured costs.
-    for c, r, want in ((0.0, lambda k: 1.0, 5), (0.9, lambda k: 1.0 + k, 1)):
+    # Costs that force the ends: free drafts and a flat verifier -> K_max; dear drafts and a
+    # verifier that pays per token -> K = 1 if it pays at the prior acceptance, else K = 0.
+    # The generator must follow the measured costs.
+    for c, r, want in ((0.0, lambda k: 1.0, 5), (0.3, lambda k: 1.0 + 0.2 * k, 1), (0.9, lambda k: 1.0 + k, 0)):
         clear_cost_cache()
         monkeypatch.setattr(costs, "measure_costs", _fake_costs(c, r))
         gen = SpeculativeGenerator(d, v, num_draft="auto", max_draft=5, temperature=0)
@@ -171,9 +182,32 @@ def test_auto_k_is_choose_num_draft_on_the_measured_costs(pair, monkeypatch, one
     gen = SpeculativeGenerator(d, v, num_draft="auto", max_draft=5, temperature=0)
     stats = sk.TaskStats(1, 5)
     gen.generate(ids, max_new_tokens=12, eos_token_id=[], seed=0, stats=stats)   # measures, builds history
-    want = choose_num_draft(stats.expected_acceptance(), gen.costs[1]["cost_ratio"], 5, gen.costs[1]["verify_cost"])
+    want = choose_num_draft(stats.expected_acceptance(), gen.costs[1]["cost_ratio"], 5, gen.costs[1]["verify_cost"],
+                            min_draft=0)
     out = gen.generate(ids, max_new_tokens=1, eos_token_id=[], seed=0, stats=stats)   # one step, K chosen first
     assert out.num_draft == want
+
+
+def test_auto_falls_back_to_the_verifier_alone_where_no_k_pays(pair, monkeypatch, one_thread):
+    """Measured costs under which no K pays (r_K = 1 + K, c = 0.9): auto decodes with the
+    verifier alone, exactly (greedy = Hugging Face's), drafting one token only on every
+    AUTO_PROBE_EVERY-th step; a given cost_ratio (PAPER.md's model) never falls back."""
+    from specfair.generator import AUTO_PROBE_EVERY
+
+    d, v = pair
+    ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
+    assert choose_num_draft([0.5, 0.99], 0.9, 4, [1.0 + k for k in range(5)], min_draft=0) == [0, 0]
+    assert choose_num_draft([0.5], 0.01, 4, [1.0] * 5, min_draft=0) == choose_num_draft([0.5], 0.01, 4, [1.0] * 5)
+    clear_cost_cache()
+    monkeypatch.setattr(costs, "measure_costs", _fake_costs(0.9, lambda k: 1.0 + k))
+    gen = SpeculativeGenerator(d, v, num_draft="auto", max_draft=4, temperature=0)
+    out = gen.generate(ids, max_new_tokens=24, eos_token_id=[], seed=0)
+    want = v.generate(input_ids=ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(out.sequences, want)
+    drafted, steps = int(out.stats.counts[0, sk.stats.COUNT_DRAFTED]), out.steps
+    assert steps >= 24 - 24 // AUTO_PROBE_EVERY and 0 < drafted <= 2 * (steps // AUTO_PROBE_EVERY + 1)
+    fixed_c = SpeculativeGenerator(d, v, num_draft="auto", max_draft=4, temperature=0, cost_ratio=0.9)
+    assert fixed_c.generate(ids, max_new_tokens=4, eos_token_id=[], seed=0).num_draft == [1]
 
 
 def test_choose_num_draft_matches_the_scalar_model():

@@ -1,0 +1,81 @@
+"""What makes a decode forward cheaper without changing what it computes: the attention
+mask handed to the model ready-made, and compiled / CUDA-graph-captured model forwards.
+
+* `slot_attention_mask` builds the [B, 1, W, L] boolean mask that Hugging Face's
+  ``create_causal_mask`` would build for SDPA from a 2-D slot mask; a 4-D mask is passed
+  through unchanged by the models of `MASK_4D_TYPES`, so the mask is built by three tensor
+  operations instead of the library's general mask machinery, once per forward.
+* `compiled_model` wraps a model in ``torch.compile`` once per model object, backend and
+  mode.  ``mode="reduce-overhead"`` (`check_compile_options` with ``cuda_graph=True``) is
+  the gpt-fast recipe on a GPU: with the static KV cache every decode forward of one width
+  has fixed shapes and addresses, and inductor captures it as a CUDA graph that is replayed
+  with one launch.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+MASK_4D_TYPES = ("llama", "qwen2", "qwen3")   # model types whose decoder layers read a 4-D mask as is
+
+__all__ = ["MASK_4D_TYPES", "check_compile_options", "compiled_model", "slot_attention_mask", "takes_4d_mask"]
+
+
+def takes_4d_mask(model) -> bool:
+    """Whether ``model`` may be handed its decode mask ready-made ([B, 1, W, L] bool, True =
+    attend), as Hugging Face's ``create_causal_mask`` builds it for SDPA.  Only
+    full-attention SDPA models of `MASK_4D_TYPES` (no sliding window, no other layer kind);
+    every other model gets the 2-D slot mask and builds its own."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in MASK_4D_TYPES:
+        return False
+    if getattr(cfg, "_attn_implementation", None) != "sdpa" or getattr(cfg, "sliding_window", None) is not None:
+        return False
+    return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ["full_attention"]))
+
+
+def slot_attention_mask(mask: torch.Tensor, width: int, static_len: int | None) -> torch.Tensor:
+    """[B, 1, W, L'] bool: query q (the last ``width`` slots of the slot mask [B, L]) attends
+    to slot s iff ``mask[b, s]`` and s is not after q's own slot; L' is ``static_len`` (the
+    slots past L are False) or L."""
+    B, L = mask.shape
+    total = L if static_len is None else static_len
+    s = torch.arange(total, device=mask.device)
+    causal = s[None, :] <= torch.arange(L - width, L, device=mask.device)[:, None]     # [W, L']
+    if total != L:
+        mask = torch.nn.functional.pad(mask, (0, total - L))
+    return mask[:, None, None, :] & causal[None, None]
+
+
+def check_compile_options(cache: str, compile, cuda_graph, device: torch.device) -> tuple[str | None, str | None]:
+    """Check `SpeculativeGenerator`'s ``compile`` and ``cuda_graph`` arguments on any device;
+    -> (``torch.compile`` backend or None for eager, its mode or None)."""
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+    if compile and cache != "static":
+        raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
+    if not cuda_graph:
+        return ("inductor" if compile is True else compile or None), None
+    if cache != "static":
+        raise ValueError("cuda_graph=True needs cache='static' (a captured graph reads fixed cache addresses)")
+    if compile not in (False, True, "inductor"):
+        raise ValueError(f"cuda_graph=True compiles with the inductor backend; got compile={compile!r} "
+                         "(leave compile unset or True)")
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs the models on a CUDA device, they are on {device}")
+    return "inductor", "reduce-overhead"
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_model(model, backend: str = "inductor", mode: str | None = None):
+    """``torch.compile(model, backend=backend, mode=mode)``, once per model object, backend
+    and mode (kept while the model lives)."""
+    per_model = _COMPILED.setdefault(model, {})
+    if (backend, mode) not in per_model:
+        per_model[(backend, mode)] = torch.compile(model, backend=backend, mode=mode)
+    return per_model[(backend, mode)]
