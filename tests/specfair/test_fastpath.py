@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import perturbed_copy, tiny_llama
+from tiny_models import left_padded_prompts, perturbed_copy, tiny_llama
 
 import specfair.decoding as decoding
 import specfair.fastpath as fastpath
@@ -91,13 +91,8 @@ def test_cuda_graph_greedy_equals_hf_on_cuda(verifier):
     dev = torch.device("cuda")
     ver = tiny_llama(64, 2, hidden=32, layers=2, heads=4, kv_heads=2, max_pos=256, logit_scale=8.0, pad=0).to(dev)
     dra = perturbed_copy(ver, 0.5, 4).to(dev)
-    g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(3, 64, (n,), generator=g).tolist() for n in (2, 7, 4)]
-    P = max(map(len, rows))
-    ids = torch.zeros(len(rows), P, dtype=torch.int64)
-    mask = torch.zeros(len(rows), P, dtype=torch.int64)
-    for b, r in enumerate(rows):
-        ids[b, P - len(r):], mask[b, P - len(r):] = torch.tensor(r), 1
+    ids, mask = left_padded_prompts()
+    P = ids.shape[1]
     ids, mask = ids.to(dev), mask.to(dev)
     want = ver.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None,
                         pad_token_id=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import perturbed_copy, tiny_llama
+from tiny_models import left_padded_prompts, perturbed_copy, tiny_llama
 
 from specfair.decoding import CachedModel
 from specfair.generator import SpeculativeGenerator
@@ -18,18 +18,6 @@ def pair():
     return perturbed_copy(verifier, 0.5, 4), verifier
 
 
-def _prompts():
-    g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(3, 64, (n,), generator=g).tolist() for n in (2, 7, 4)]
-    P = max(map(len, rows))
-    ids = torch.zeros(len(rows), P, dtype=torch.int64)
-    mask = torch.zeros(len(rows), P, dtype=torch.int64)
-    for b, r in enumerate(rows):
-        ids[b, P - len(r):] = torch.tensor(r)
-        mask[b, P - len(r):] = 1
-    return ids, mask
-
-
 def _hf_greedy(verifier, ids, mask, n):
     return verifier.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                              eos_token_id=None, pad_token_id=0)
@@ -38,7 +26,7 @@ def _hf_greedy(verifier, ids, mask, n):
 @pytest.mark.parametrize("compile_backend", [False, "aot_eager"])
 def test_static_cache_greedy_equals_hf(pair, compile_backend, one_thread):
     drafter, verifier = pair
-    ids, mask = _prompts()
+    ids, mask = left_padded_prompts()
     want = _hf_greedy(verifier, ids, mask, 20)
     gen = SpeculativeGenerator(drafter, verifier, num_draft=3, temperature=0, cache="static",
                                compile=compile_backend, compact_threshold=0.0)
@@ -60,7 +48,7 @@ def test_static_cache_greedy_equals_hf(pair, compile_backend, one_thread):
 def test_inductor_compiled_static_cache_greedy_equals_hf(pair, one_thread):
     """torch.compile's default (inductor) backend: minutes of compilation on a CPU."""
     drafter, verifier = pair
-    ids, mask = _prompts()
+    ids, mask = left_padded_prompts()
     gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=0, cache="static", compile=True)
     out = gen.generate(ids, mask, max_new_tokens=12, eos_token_id=[], seed=0)
     assert torch.equal(out.sequences, _hf_greedy(verifier, ids, mask, 12))

@@ -65,3 +65,17 @@ def perturbed_copy(model, rel_noise: float, seed: int):
         for p in drafter.parameters():
             p.add_(torch.randn(p.shape, generator=g) * rel_noise * p.std())
     return drafter
+
+
+def left_padded_prompts(lengths=(2, 7, 4), vocab: int = 64, seed: int = 0):
+    """(input_ids, attention_mask), int64 [len(lengths), max(lengths)]: random prompts of
+    the given lengths over ids 3..vocab-1, left-padded with id 0 (mask 0)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+    P = max(map(len, rows))
+    ids = torch.zeros(len(rows), P, dtype=torch.int64)
+    mask = torch.zeros(len(rows), P, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        ids[b, P - len(r):] = torch.tensor(r)
+        mask[b, P - len(r):] = 1
+    return ids, mask
