@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +53,14 @@ def resolve_device(name, error: type[Exception] = ValueError) -> torch.device:
     elif dev.type != "cpu":
         raise error(f"device {name!r}: only cpu and cuda are supported")
     return dev
+
+
+def status_printer(enabled: bool = True) -> Callable[..., None]:
+    """A ``say(*parts)`` for progress notes: printed to stderr (flushed) when ``enabled``,
+    dropped otherwise."""
+    if not enabled:
+        return lambda *parts: None
+    return lambda *parts: print(*parts, file=sys.stderr, flush=True)
 
 
 def atomic_write(path, write: Callable[[Any], None], binary: bool = False) -> None:

@@ -63,7 +63,7 @@ from . import audit_drafting as drafting
 from . import corpus as corpus_mod
 from . import distributed
 from . import teacher_forced as tf
-from ._util import check_out_dir, resolve_device
+from ._util import check_out_dir, resolve_device, status_printer
 from .audit_report import AuditReport, float_or_nan, write_report
 from .baseline import measure_speedup
 from .costs import break_even_acceptance, cached_costs, measured_over_predicted
@@ -314,7 +314,7 @@ def run(config: AuditConfig | None = None, **overrides) -> AuditReport:
     cfg, device, launched = join_ranks(cfg, device)
     out_dir = check_out_dir(cfg.out, AuditError) if cfg.out is not None else None
     t0 = time.perf_counter()
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if cfg.progress else (lambda *a: None)
+    say = status_printer(cfg.progress)
 
     say("loading corpus ...")
     try:

@@ -41,12 +41,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._util import resolve_device, write_json, write_text
+from ._util import resolve_device, status_printer, write_json, write_text
 from .scdf import train
 from .scdf_config import METHODS, ScdfConfig, ScdfError
 from .scdf_eval import evaluate_drafter, load_models, load_task_corpus, prepare_eval_cache
@@ -173,7 +172,7 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
     spaces = {m: merge_space(m, search, ScdfError) for m in methods}
     base.validate()
     acfg = generation_config(base, opts) if opts.generate else None
-    ood_source = resolve_ood(opts.ood_corpus, _say(base))
+    ood_source = resolve_ood(opts.ood_corpus, status_printer(base.progress))
     out = Path(base.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir) if work_dir else out / f"{prefix}_runs"
@@ -229,10 +228,6 @@ def run_comparison(base: ScdfConfig, methods=METHODS, seeds=(0, 1, 2), *, prefix
     report["paths"] = {k: str(v) for k, v in paths.items()}
     report["markdown_table"] = table(report)
     return report
-
-
-def _say(base: ScdfConfig):
-    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if base.progress else (lambda msg: None)
 
 
 def _run_record(cfg: ScdfConfig, res, before, after, fig: dict, n_boot: int, seconds: float) -> dict:

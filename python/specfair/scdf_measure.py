@@ -29,12 +29,12 @@ per-task alpha falls.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from . import audit
 from . import corpus as corpus_mod
+from ._util import status_printer
 from .scdf_config import ScdfConfig, ScdfError
 from .scdf_eval import evaluate_drafter, prepare_eval_cache
 from .spread import before_after, max_min_ratio
@@ -112,7 +112,7 @@ def generation_change(before: dict, after: dict) -> dict[str, Any]:
 def resolve_ood(name: str | None, say=None) -> str | None:
     """The out-of-domain source to use: ``"auto"`` is ``django`` when its catalogues are on
     this machine, else None (with a note through ``say``); ``"none"``/None: skipped."""
-    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = say or status_printer()
     if name is None or name == "none":
         return None
     if name != "auto":
