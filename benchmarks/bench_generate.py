@@ -10,6 +10,11 @@ Providers (greedy decoding, EOS disabled, so every provider emits the same token
   hf-verifier              verifier.generate(): the verifier alone
   specfair-cudagraph       SpeculativeGenerator(cache="static", cuda_graph=True): decode forwards
                            replayed as CUDA graphs (CUDA only; skipped elsewhere)
+  specfair-compiled        SpeculativeGenerator(cache="static", compile=True): both models through
+                           torch.compile (inductor; compiling takes minutes on a CPU, so the smoke
+                           run skips it -- tests/specfair/test_static_cache.py covers the path)
+  specfair-padded          SpeculativeGenerator(pad_verify=True): the verifier forward at the cheapest
+                           measured width >= K+1 (its calibration outside the timed calls)
 Shapes: batch 1 (Hugging Face assisted generation supports batch 1 only), batch 8 (the
 CPU's throughput case) and batch 32 (a GPU's) on the shipped default pair
 (`specfair.default_pair_path`); ``smoke`` cases run a tiny random pair built in memory.
@@ -40,9 +45,12 @@ CASES = [  # (provider, B, K, pair)
     ("hf-assisted-default", 1, None, "default"),
     ("specfair", 1, 2, "default"), ("hf-assisted", 1, 2, "default"),
     ("specfair", 1, 4, "default"), ("hf-assisted", 1, 4, "default"),
+    ("specfair-padded", 1, 2, "default"), ("specfair-compiled", 1, 2, "default"),
+    ("specfair-compiled", 1, 4, "default"),
     ("specfair-auto", 1, None, "default"),
     ("hf-verifier", 8, None, "default"), ("specfair-verifier-only", 8, None, "default"),
     ("specfair", 8, 2, "default"), ("specfair", 8, 4, "default"), ("specfair-auto", 8, None, "default"),
+    ("specfair-padded", 8, 2, "default"),
     ("hf-verifier", 32, None, "default"), ("specfair-verifier-only", 32, None, "default"),
     ("specfair", 32, 2, "default"), ("specfair", 32, 4, "default"), ("specfair-auto", 32, None, "default"),
     ("specfair-cudagraph", 1, 2, "default"), ("specfair-cudagraph", 1, 4, "default"),
@@ -58,6 +66,8 @@ def _params():
 
 
 _PAIRS: dict = {}
+OPTIONS = {"specfair-cudagraph": {"cache": "static", "cuda_graph": True},   # SpeculativeGenerator keywords
+           "specfair-compiled": {"cache": "static", "compile": True}, "specfair-padded": {"pad_verify": True}}
 
 
 def get_pair(name, device):
@@ -107,17 +117,18 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
     dev = bench_ctx.device
     if provider == "specfair-cudagraph" and dev.type != "cuda":
         pytest.skip("cuda_graph=True needs a CUDA device")
+    if provider == "specfair-compiled" and benchmark.disabled:
+        pytest.skip("compiling takes minutes on a CPU: timed runs only (tests/ cover compile=True)")
     drafter, verifier, prompts = get_pair(pair, dev)
     pad = verifier.config.pad_token_id
     ids, mask = left_pad(prompts[:B], pad, dev)
     N = NEW_TOKENS
     gen = None
     if provider.startswith("specfair") and provider != "specfair-verifier-only":
-        graphs = {"cache": "static", "cuda_graph": True} if provider == "specfair-cudagraph" else {}
         gen = SpeculativeGenerator(drafter, verifier, num_draft="auto" if provider == "specfair-auto" else K,
-                                   temperature=0.0, profile=False, **graphs)
-        if provider == "specfair-auto":
-            gen.cost_ratio(B)  # measured once, outside the timed calls
+                                   temperature=0.0, profile=False, **OPTIONS.get(provider, {}))
+        if gen.num_draft == "auto" or gen.pad_verify:
+            gen.verify_widths(B)  # costs measured once, outside the timed calls
 
     def run():
         if gen is not None:
@@ -155,6 +166,8 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
         info["acceptance"] = float(prof.stats.acceptance_rate()[0])
         info["per_step_ms"] = {k: round(v * 1e3, 4) for k, v in prof.time_per_step().items()}
         info["num_draft"] = prof.num_draft
+        if gen.pad_verify:
+            info["verify_widths"] = gen.verify_widths(B)[0]   # the width each K runs at
     benchmark.extra_info.update(info)
     if benchmark.disabled:
         return

@@ -14,18 +14,21 @@ from .decoding import (
     CachedModel,
     Clock,
     GenerationOutput,
-    check_context,
-    check_max_new_tokens,
-    default_eos,
-    default_pad,
-    eos_list,
     finish_output,
-    prepare_prompts,
     process_logits,
-    row_seeds,
     sample_tokens,
 )
 from .generator import SpeculativeGenerator
+from .inputs import (
+    check_context,
+    check_max_new_tokens,
+    check_sampling,
+    default_eos,
+    default_pad,
+    eos_list,
+    prepare_prompts,
+    row_seeds,
+)
 from .models import context_length, model_device, output_vocab_size
 
 
@@ -69,6 +72,7 @@ def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tok
         raise ValueError(f"input_ids must lie in [0, vocab_size)=[0, {V}) on prompt tokens")
     check_context(int(pmask.sum(1).max()), max_new_tokens, {"verifier": context_length(verifier)})
     limit, forced_new = _forcing(forced, max_new_tokens, B, P, pad_token_id, dev)
+    check_sampling(temperature, top_k, top_p)
     temperature = float(temperature)
     gen, _ = row_seeds(seed, B, dev)
 
@@ -171,7 +175,8 @@ def measure_speedup(generator: SpeculativeGenerator, input_ids, attention_mask=N
         "measured_speedup" (verifier_seconds / spec_seconds), "predicted_speedup"
         (S(alpha_t; K_t, c) of PAPER.md), "predicted_speedup_verify_cost" (the same with the
         measured cost r_K of a (K+1)-token verifier forward in place of 1; NaN when
-        ``cost_ratio`` is given), "acceptance" (expected, sum min(p, q)),
+        ``cost_ratio`` is given), "acceptance" (the drafting's, `SpeculativeGenerator.acceptance`:
+        expected sum min(p, q) for drafts sampled at a temperature > 0, else realised),
         "realised_acceptance", "tokens_per_step", "num_draft" (K_t), "cost_ratio" (c), "verify_cost" (the
         measured r_K list, None when ``cost_ratio`` is given), "break_even_acceptance" (the
         acceptance at which S(alpha; K_t, c, r_K) = 1 with the costs above, r_K = 1 when
@@ -301,7 +306,7 @@ def _task_figures(generator: SpeculativeGenerator, stats: sk.TaskStats, t: int, 
                   cost_ratio, *, rows: int, tokens: int, spec_s: float, ver_s: float) -> dict:
     c = cost_ratio if cost_ratio is not None else generator.cost_ratio(batch)
     r = None if cost_ratio is not None else generator.verify_cost(batch)
-    alpha = float(stats.expected_acceptance()[t])
+    alpha = float(generator.acceptance(stats)[t])   # the drafting's acceptance
     even = break_even_acceptance(k_used, c, r[k_used] if r is not None else 1.0) if k_used >= 1 else math.nan
     return {
         "rows": rows, "tokens": tokens, "spec_seconds": spec_s, "verifier_seconds": ver_s,

@@ -28,8 +28,9 @@ from .models import context_length, model_device, output_vocab_size
 
 AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
 
-__all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "cached_costs", "calibration_widths", "choose_num_draft",
-           "clear_cost_cache", "expected_tokens", "speedup_with_verify_cost", "measure_costs", "measure_cost_ratio"]
+__all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "cached_costs", "calibration_widths", "cheapest_widths",
+           "choose_num_draft", "clear_cost_cache", "expected_tokens", "speedup_with_verify_cost", "measure_costs",
+           "measure_cost_ratio"]
 
 
 def expected_tokens(alpha, num_draft: int):
@@ -108,6 +109,32 @@ def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,
         gain = np.concatenate([np.ones_like(a), gain], axis=1)    # K = 0: the verifier alone
         return np.argmax(gain, axis=1).tolist()
     return (np.argmax(gain, axis=1) + 1).tolist()  # the first maximum: ties go to the smaller K
+
+
+PAD_MIN_GAIN = 0.05   # pad a verifier forward only when the wider one is measured this much cheaper
+
+
+def cheapest_widths(verify_cost, measured_widths, min_gain: float = PAD_MIN_GAIN) -> tuple[list[int], list[float]]:
+    """For every K in 0..K_max, the verifier width to run K drafts at, and its cost.
+
+    ``verify_cost[k]`` = r_k, the measured time of a forward over k+1 tokens over one token's
+    (`measure_costs`); ``measured_widths``: the widths actually timed (the others are
+    interpolated).  K drafts need a forward over K+1 tokens, but a wider forward gives the
+    same logits for them (`specfair.decoding.CachedModel.forward_padded`), and where the
+    matrix kernels switch (MKL in fp32 on a CPU: 3 rows can cost more than 4) a wider one
+    can be cheaper.  Returns (widths, costs): ``widths[K]`` = the timed width w >= K+1 of the
+    least r_{w-1} when that is at least ``min_gain`` below r_K (measurement noise is not a
+    reason to pad), else K+1; ``costs[K]`` = r at that width, the cost the speed-up model
+    should use for K."""
+    r = [float(x) for x in verify_cost]
+    timed = sorted(int(w) for w in measured_widths)
+    widths, costs = [], []
+    for k in range(len(r)):
+        best = min((w for w in timed if k + 1 < w <= len(r)), key=lambda w: r[w - 1], default=k + 1)
+        w = best if r[best - 1] < (1 - min_gain) * r[k] else k + 1
+        widths.append(w)
+        costs.append(r[w - 1])
+    return widths, costs
 
 
 SMALL_WIDTHS = 5   # verifier widths up to this one are all timed (see calibration_widths)

@@ -1,6 +1,7 @@
 """The pieces of a decode loop that the speculative generator and the verifier-only
 baseline share: the output record, the section clock, one model's KV cache with a slot
-mask, logit processing and sampling, prompt preparation, EOS/pad defaults and per-row seeds.
+mask, logit processing and sampling, and the per-call decode state (what a call is given is
+checked in `specfair.inputs`).
 
 KV caches: exact by masking, cheap by cropping and compaction
 -----------------------------------------------------------
@@ -22,7 +23,6 @@ import torch
 import specfair_kernels as sk
 from specfair_kernels.api import GREEDY_BELOW
 
-from ._util import is_int
 from .fastpath import compiled_model, slot_attention_mask, takes_4d_mask
 
 SECTIONS = ("prefill", "draft", "verify_forward", "kernel", "bookkeeping", "total")
@@ -180,6 +180,22 @@ class CachedModel:
             logits = logits[:, -keep:]
         return logits[..., :self.V]
 
+    def forward_padded(self, tokens: torch.Tensor, width: int) -> torch.Tensor:
+        """Logits of all W = ``tokens.shape[1]`` positions (every token valid) from one forward
+        over ``width`` >= W tokens: copies of the last token fill the extra columns, and their
+        slots are hidden and dropped again at once, so the cache ends as after a forward over
+        the W tokens alone.  Attention is causal, so the W positions see none of the filler;
+        only the matrix-multiply shapes change (on a CPU a forward over 4 tokens can cost
+        less than one over 3: `specfair.costs.cheapest_widths`)."""
+        pad = width - tokens.shape[1]
+        if pad <= 0:
+            return self.forward(tokens, None, keep=None)
+        logits = self.forward(torch.cat([tokens, tokens[:, -1:].expand(-1, pad)], 1), None, keep=None)
+        self.mask[:, -pad:] = False   # hidden even where the cache type cannot be cropped
+        self.crop_end(pad)
+        self.pos = self.pos - pad
+        return logits[:, :-pad]
+
     # cache surgery -----------------------------------------------------------------------
     def _layers(self):
         return getattr(self.cache, "layers", None) if self.cache is not None else None
@@ -279,162 +295,7 @@ def sample_tokens(processed: torch.Tensor, temperature: float, generator: torch.
     return (x - e.log()).argmax(-1)
 
 
-# --- prompts, stopping, seeds ---------------------------------------------------------------
-
-def prepare_prompts(input_ids, attention_mask, pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (input_ids [B, P] int64, attention_mask [B, P] bool) on ``device``, left-padded."""
-    if isinstance(input_ids, (list, tuple)):
-        if attention_mask is not None:
-            raise ValueError("attention_mask must be None when input_ids is a list of token lists "
-                             "(the lists are left-padded here)")
-        rows = [list(r) for r in input_ids]
-        if not rows:
-            raise ValueError("input_ids must hold at least one prompt, got an empty list")
-        if any(len(r) == 0 for r in rows):
-            raise ValueError("input_ids holds an empty prompt; every prompt needs at least one token")
-        if not all(is_int(t) for r in rows for t in r):
-            raise TypeError("input_ids must be a [B, P] integer tensor or a list of lists of ints")
-        P = max(len(r) for r in rows)
-        ids = torch.full((len(rows), P), pad_token_id, dtype=torch.int64)
-        mask = torch.zeros(len(rows), P, dtype=torch.bool)
-        for b, r in enumerate(rows):
-            ids[b, P - len(r):] = torch.tensor(r, dtype=torch.int64)
-            mask[b, P - len(r):] = True
-        return ids.to(device), mask.to(device)
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a [B, P] integer tensor or a list of lists of ints, "
-                        f"got {type(input_ids).__name__}")
-    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"input_ids must be an integer tensor, got {str(input_ids.dtype).replace('torch.', '')}")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape [B, P], got {tuple(input_ids.shape)}")
-    if input_ids.shape[0] == 0:
-        raise ValueError("input_ids must hold at least one prompt (B >= 1), got B = 0")
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids holds empty prompts (P = 0); every prompt needs at least one token")
-    ids = input_ids.to(device=device, dtype=torch.int64)
-    if attention_mask is None:
-        mask = torch.ones_like(ids, dtype=torch.bool)
-    else:
-        if not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
-        if attention_mask.dim() == 1:
-            attention_mask = attention_mask[None]
-        if tuple(attention_mask.shape) != tuple(ids.shape):
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
-        if attention_mask.is_floating_point() or attention_mask.is_complex():
-            raise TypeError("attention_mask must be a bool or integer tensor of 0/1")
-        m = attention_mask.to(device)
-        if bool(((m != 0) & (m != 1)).any()):
-            raise ValueError("attention_mask must hold only 0 and 1")
-        mask = m.bool()
-        if bool((~mask.all(1) & (mask[:, 1:].long() - mask[:, :-1].long() < 0).any(1)).any()):
-            raise ValueError("attention_mask must be left-padded: in each row all 0s must come before "
-                             "all 1s (use tokenizer.padding_side = 'left')")
-        if bool((~mask.any(1)).any()):
-            raise ValueError("input_ids holds an empty prompt (a row whose attention_mask is all 0); "
-                             "every prompt needs at least one token")
-    return ids, mask
-
-
-def prepare_tasks(task_ids, num_tasks, stats, B: int, dev, max_draft: int):
-    """-> (task ids [B] int64 on ``dev``, the TaskStats to add into: ``stats`` checked, or a new one)."""
-    if stats is not None:
-        if not isinstance(stats, sk.TaskStats):
-            raise TypeError(f"stats must be a specfair_kernels.TaskStats, got {type(stats).__name__}")
-        if stats.device != dev:
-            raise ValueError(f"stats is on {stats.device} but the models are on {dev}")
-        if stats.max_draft < max_draft:
-            raise ValueError(f"stats has max_draft={stats.max_draft} but this generator drafts up to "
-                             f"{max_draft} tokens; make it with max_draft >= {max_draft}")
-        if num_tasks is not None and num_tasks != stats.num_tasks:
-            raise ValueError(f"num_tasks={num_tasks} but stats has num_tasks={stats.num_tasks}")
-        num_tasks = stats.num_tasks
-    if num_tasks is not None and (not is_int(num_tasks) or num_tasks < 1):
-        raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
-    if task_ids is None:
-        task_t = torch.zeros(B, dtype=torch.int64, device=dev)
-    else:
-        if isinstance(task_ids, (list, tuple)):
-            if not all(is_int(t) for t in task_ids):
-                raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
-            task_ids = torch.tensor(task_ids, dtype=torch.int64)
-        if not isinstance(task_ids, torch.Tensor) or task_ids.is_floating_point() or task_ids.dtype == torch.bool:
-            raise TypeError("task_ids must be a [B] integer tensor or a list of ints")
-        if tuple(task_ids.shape) != (B,):
-            raise ValueError(f"task_ids must have shape [B]=[{B}], got {tuple(task_ids.shape)}")
-        task_t = task_ids.to(device=dev, dtype=torch.int64)
-    lo, hi = int(task_t.min()), int(task_t.max())
-    if num_tasks is None:
-        num_tasks = hi + 1
-    if lo < 0 or hi >= num_tasks:
-        raise ValueError(f"task_ids must lie in [0, num_tasks)=[0, {num_tasks}), got values in [{lo}, {hi}]")
-    if stats is None:
-        stats = sk.TaskStats(num_tasks, max_draft, device=dev)
-    return task_t, stats
-
-
-def eos_list(eos_token_id, default) -> list[int]:
-    eos = default if eos_token_id is None else eos_token_id
-    if eos is None:
-        return []
-    if is_int(eos):
-        return [eos]
-    if isinstance(eos, (list, tuple)) and all(is_int(e) for e in eos):
-        return list(eos)
-    raise TypeError(f"eos_token_id must be None, an int or a list of ints, got {eos_token_id!r}")
-
-
-def check_max_new_tokens(max_new_tokens):
-    if not is_int(max_new_tokens):
-        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-
-
-def check_context(prompt_len: int, max_new_tokens: int, limits: dict[str, int | None]):
-    for who, limit in limits.items():
-        if limit is None:
-            continue
-        if prompt_len > limit:
-            raise ValueError(f"input_ids: the longest prompt has {prompt_len} tokens, more than the {who}'s "
-                             f"context of {limit} positions (max_position_embeddings)")
-        if prompt_len + max_new_tokens > limit:
-            raise ValueError(f"max_new_tokens={max_new_tokens} with the longest prompt of {prompt_len} tokens "
-                             f"exceeds the {who}'s context of {limit} positions; use at most "
-                             f"max_new_tokens={limit - prompt_len}")
-
-
-def default_eos(model):
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
-    return eos if eos is not None else getattr(model.config, "eos_token_id", None)
-
-
-def default_pad(model) -> int:
-    """The pad id written after a row's last token: the model's generation config, then its
-    config, then its first EOS id, then 0."""
-    for src in (getattr(model, "generation_config", None), model.config):
-        pad = getattr(src, "pad_token_id", None) if src is not None else None
-        if is_int(pad):
-            return pad
-    eos = eos_list(None, default_eos(model))
-    return eos[0] if eos else 0
-
-
-def row_seeds(seed, B: int, device) -> tuple[torch.Generator | None, torch.Tensor]:
-    if seed is not None and not is_int(seed):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed % (2**64))
-    seeds = torch.randint(0, 2**62, (B,), dtype=torch.int64, device=device, generator=gen)
-    return gen, seeds
-
+# --- the end of a call ------------------------------------------------------------------
 
 def finish_output(out_buf, n_new, row_steps, ids, pad, stats, steps, timings, num_draft) -> GenerationOutput:
     B, P = ids.shape
@@ -462,7 +323,7 @@ class DecodeState:
     seeds: torch.Tensor
     gen: torch.Generator | None
     max_new_tokens: int
-    K_task: list[int]
+    K_chosen: list[int]      # each task's K (auto: the choice before probes)
     out_buf: torch.Tensor
     eos_t: torch.Tensor | None
     drafter: CachedModel | None = None
@@ -479,6 +340,7 @@ class DecodeState:
         self.task_host = self.task_t.cpu()
         self.last = self.ids[:, -1]
         self.d_pend, self.d_valid = self.last[:, None], None
+        self.K_task = list(self.K_chosen)   # the K each task drafts this step
 
     def models(self) -> list[CachedModel]:
         return [m for m in (self.drafter, self.verifier) if m is not None]

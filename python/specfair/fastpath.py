@@ -1,10 +1,13 @@
-"""What makes a decode forward cheaper without changing what it computes: the attention
-mask handed to the model ready-made, and compiled / CUDA-graph-captured model forwards.
+"""What makes a decode step cheaper without changing what it computes: the attention mask
+handed to the model ready-made, compiled / CUDA-graph-captured model forwards, and no kernel
+call for a greedy step without drafts.
 
 * `slot_attention_mask` builds the [B, 1, W, L] boolean mask that Hugging Face's
   ``create_causal_mask`` would build for SDPA from a 2-D slot mask; a 4-D mask is passed
   through unchanged by the models of `MASK_4D_TYPES`, so the mask is built by three tensor
   operations instead of the library's general mask machinery, once per forward.
+* `greedy_verify_without_drafts`: a greedy step in which no row drafted needs no `verify`
+  call; the verifier's argmax is what it would return.
 * `compiled_model` wraps a model in ``torch.compile`` once per model object, backend and
   mode.  ``mode="reduce-overhead"`` (`check_compile_options` with ``cuda_graph=True``) is
   the gpt-fast recipe on a GPU: with the static KV cache every decode forward of one width
@@ -17,9 +20,12 @@ import weakref
 
 import torch
 
+import specfair_kernels as sk
+
 MASK_4D_TYPES = ("llama", "qwen2", "qwen3")   # model types whose decoder layers read a 4-D mask as is
 
-__all__ = ["MASK_4D_TYPES", "check_compile_options", "compiled_model", "slot_attention_mask", "takes_4d_mask"]
+__all__ = ["MASK_4D_TYPES", "check_compile_options", "compiled_model", "greedy_verify_without_drafts",
+           "slot_attention_mask", "takes_4d_mask"]
 
 
 def takes_4d_mask(model) -> bool:
@@ -79,3 +85,21 @@ def compiled_model(model, backend: str = "inductor", mode: str | None = None):
     if (backend, mode) not in per_model:
         per_model[(backend, mode)] = torch.compile(model, backend=backend, mode=mode)
     return per_model[(backend, mode)]
+
+
+def greedy_verify_without_drafts(target_logits: torch.Tensor, task_ids: torch.Tensor,
+                                 stats: sk.TaskStats | None) -> sk.VerifyOutput:
+    """What `specfair_kernels.verify` returns for a greedy step in which no row drafted
+    (target logits [B, 1, V], K = 0: the verifier alone), computed in three tensor
+    operations instead of a kernel call: the first maximal index of each row's logits, no
+    accepted draft, and a row whose logits hold NaN or +inf or are all -inf (its maximum is
+    not finite) emits nothing (token -1).  ``stats`` gets the same counts as from `verify`
+    (a step, an emitted token, no draft)."""
+    logits = target_logits[:, 0]
+    valid = torch.isfinite(logits.amax(-1))
+    none = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
+    if stats is not None:
+        stats.accumulate(task_ids, none, none, valid,
+                         torch.zeros(len(valid), len(sk.stats.DIVERGENCE_FIELDS), device=valid.device))
+    tokens = torch.where(valid, logits.argmax(-1), -1)[:, None]
+    return sk.VerifyOutput(tokens=tokens, num_accepted=none, num_emitted=valid.int())

@@ -31,38 +31,52 @@ import math
 import torch
 
 import specfair_kernels as sk
-from specfair_kernels.api import GREEDY_BELOW, VERIFY_METHODS
+from specfair_kernels.api import GREEDY_BELOW
 
 from ._util import is_int
-from .costs import cached_costs, choose_num_draft
+from .costs import SMALL_WIDTHS, cached_costs, cheapest_widths, choose_num_draft
 from .decoding import (
     CachedModel,
     Clock,
     DecodeState,
     GenerationOutput,
+    finish_output,
+    process_logits,
+    sample_tokens,
+)
+from .fastpath import check_compile_options, greedy_verify_without_drafts
+from .inputs import (
     check_context,
+    check_drafting,
     check_max_new_tokens,
+    check_sampling,
     default_eos,
     default_pad,
     eos_list,
-    finish_output,
     prepare_prompts,
     prepare_tasks,
-    process_logits,
     row_seeds,
-    sample_tokens,
 )
-from .fastpath import check_compile_options
 from .models import context_length, model_device, output_vocab_size
 from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
-AUTO_PROBE_EVERY = 8         # auto at K = 0 (no K pays) still drafts one token every this many steps
-DRAFT_MODES = ("sample", "argmax")
-CACHE_KINDS = ("dynamic", "static")
+AUTO_PROBE_FIRST = 8         # auto at K = 0 (no K pays) still drafts one token at step 8 of a call,
+AUTO_PROBE_MAX = 64          # then at intervals that double up to this many steps (`is_probe_step`)
 STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
 
-__all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
+__all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT", "is_probe_step"]
+
+
+def is_probe_step(step: int) -> bool:
+    """Whether auto drafts one token at ``step`` (0-based, within one `generate` call) for
+    a task at K = 0: steps 7, 15, 31, 63 (the 8th, 16th, 32nd, 64th), then every 64th.  A
+    probe costs about c + r_1 - 1 of a step, so the intervals double: a task that sits
+    below the break-even acceptance pays for 3 probes in 32 steps and 7 in 256 (fixed
+    intervals of 8 paid 4 and 32), while a task that starts paying is seen within 8 steps
+    of a short call."""
+    s = step + 1
+    return s >= AUTO_PROBE_FIRST and (s & (s - 1) == 0 or s % AUTO_PROBE_MAX == 0)
 
 # --- the generator --------------------------------------------------------------------------
 
@@ -75,11 +89,12 @@ class SpeculativeGenerator:
         ``drafter`` is None exactly when ``ngram`` is given (no second model).
     num_draft : int >= 1 or "auto"
         Drafts per step K.  ``"auto"`` picks each task's K in ``1..max_draft`` every step to
-        maximise S(alpha_t; K, c) from the task's running expected acceptance (the ``stats``
-        accumulator) and the cost ratio c; rows of one batch get their task's K through
+        maximise S(alpha_t; K, c) from the task's running acceptance (`acceptance`, from the
+        ``stats`` accumulator) and the cost ratio c; rows of one batch get their task's K through
         `verify`'s per-row ``num_draft``.  With measured costs (``cost_ratio=None``) a task
         for which no K beats the verifier alone gets K = 0 (plain decoding), except for one
-        draft every `AUTO_PROBE_EVERY` steps that keeps its acceptance estimate current.
+        draft on the steps of `is_probe_step` (steps 8, 16, 32, 64, then every 64) that keeps
+        its acceptance estimate current.
     temperature : float >= 0
         0 (or < 1e-5) is greedy: the output equals the verifier's greedy decoding.
     top_k : int >= 1, optional;  top_p : float in (0, 1], optional
@@ -135,6 +150,14 @@ class SpeculativeGenerator:
         inductor in ``mode="reduce-overhead"``, which captures each forward width as a CUDA
         graph and replays it (gpt-fast's recipe; `specfair.fastpath`).  `verify` and the
         bookkeeping stay eager.  Checked on every device: elsewhere it raises.  Default False.
+    pad_verify : bool, optional
+        Run the verifier's forward over K+1 tokens at the cheapest *measured* width >= K+1
+        instead (`verify_widths`; filler tokens whose slots are dropped at once, so the
+        logits and the cache are those of the K+1 tokens), where that is >= 5% cheaper: on
+        a CPU, MKL's fp32 kernels can take longer over 3 rows than over 4.  Needs the
+        measured costs (`measure_costs`, once per pair and batch size, before the first
+        step).  Default None: on for ``num_draft="auto"`` with measured costs (whose model
+        then uses the padded cost), off otherwise.
 
     Examples
     --------
@@ -152,10 +175,8 @@ class SpeculativeGenerator:
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
                  compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
                  ngram: NgramConfig | None = None, verify_method: str = "token", cache: str = "dynamic",
-                 compile: bool = False, cuda_graph: bool = False):
-        self._check_modes(drafter, num_draft, draft, ngram, verify_method)
-        if cache not in CACHE_KINDS:
-            raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
+                 compile: bool = False, cuda_graph: bool = False, pad_verify: bool | None = None):
+        check_drafting(drafter, num_draft, max_draft, draft, ngram, verify_method, cache, pad_verify)
         self.cache_kind = cache
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
@@ -167,22 +188,7 @@ class SpeculativeGenerator:
         if d_dev != v_dev:
             raise ValueError(f"drafter is on {d_dev} but verifier is on {v_dev}; put both models on one device")
         self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev)
-        if num_draft == "auto":
-            if not is_int(max_draft) or max_draft < 1:
-                raise ValueError(f"max_draft must be an int >= 1, got {max_draft!r}")
-        elif not is_int(num_draft):
-            raise TypeError(f"num_draft must be an int >= 1 or 'auto', got {num_draft!r}")
-        elif num_draft < 1:
-            raise ValueError(f"num_draft must be >= 1 (or 'auto'), got {num_draft}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0 (0 means greedy), got {temperature}")
-        if top_k is not None and (not is_int(top_k) or top_k < 1):
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                                  or not 0 < top_p <= 1):
-            raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+        check_sampling(temperature, top_k, top_p)
         if cost_ratio is not None and (isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float))
                                        or not (cost_ratio >= 0 and math.isfinite(cost_ratio))):
             raise ValueError(f"cost_ratio must be None or a finite number >= 0, got {cost_ratio!r}")
@@ -211,34 +217,32 @@ class SpeculativeGenerator:
         if ngram is not None and cost_ratio is None:
             cost_ratio = 0.0  # no drafter model: the lookup's time shows in the measured speed-up only
         self._cost_ratio = None if cost_ratio is None else float(cost_ratio)
+        self.pad_verify = (num_draft == "auto" and cost_ratio is None) if pad_verify is None else pad_verify
+        self._widths: dict[int, tuple[list[int], list[float]]] = {}
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
-
-    @staticmethod
-    def _check_modes(drafter, num_draft, draft, ngram, verify_method) -> None:
-        if draft not in DRAFT_MODES:
-            raise ValueError(f"draft must be one of {DRAFT_MODES}, got {draft!r}")
-        if verify_method not in VERIFY_METHODS:
-            raise ValueError(f"verify_method must be one of {VERIFY_METHODS}, got {verify_method!r}")
-        if ngram is None:
-            if drafter is None:
-                raise ValueError("drafter is None: pass a drafter model, or ngram=NgramConfig() for prompt lookup")
-            return
-        if not isinstance(ngram, NgramConfig):
-            raise TypeError(f"ngram must be None or a specfair.ngram.NgramConfig, got {type(ngram).__name__}")
-        if drafter is not None:
-            raise ValueError("ngram drafts without a model: pass drafter=None together with ngram")
-        if num_draft == "auto":
-            raise ValueError("num_draft='auto' needs a drafter's cost; give ngram an int num_draft")
 
     # ------------------------------------------------------------------------------------
     def measured_costs(self, batch_size: int = 1) -> dict:
         """`measure_costs` at this batch size: measured on first use by any generator of the
         same two model objects (`specfair.costs.cached_costs`), then kept."""
         if batch_size not in self.costs:
-            self.costs[batch_size] = cached_costs(self.drafter, self.verifier, batch_size, self.max_draft)
+            # fixed K pads into widths up to SMALL_WIDTHS, where the matrix kernels switch
+            k_max = self.max_draft if self.num_draft == "auto" else max(self.max_draft, SMALL_WIDTHS - 1)
+            self.costs[batch_size] = cached_costs(self.drafter, self.verifier, batch_size, k_max)
         return self.costs[batch_size]
+
+    def verify_widths(self, batch_size: int = 1) -> tuple[list[int], list[float]]:
+        """(width, r at that width) per K in 0..K_max: the verifier forward K drafts run at.
+        K+1 and the measured r_K, or with ``pad_verify`` the cheapest measured width >= K+1
+        (`specfair.costs.cheapest_widths`; measured once per batch size)."""
+        if batch_size not in self._widths:
+            costs = self.measured_costs(batch_size)
+            r = costs["verify_cost"]
+            self._widths[batch_size] = (cheapest_widths(r, costs.get("measured_widths", range(1, len(r) + 1)))
+                                        if self.pad_verify else (list(range(1, len(r) + 1)), list(r)))
+        return self._widths[batch_size]
 
     def cost_ratio(self, batch_size: int = 1) -> float:
         """c used by ``num_draft="auto"``: the given one, or measured once per batch size."""
@@ -247,19 +251,35 @@ class SpeculativeGenerator:
         return self.measured_costs(batch_size)["cost_ratio"]
 
     def verify_cost(self, batch_size: int = 1) -> list[float] | None:
-        """r_K = verifier time over K+1 tokens / over 1 token (None when c was given)."""
+        """r_K = verifier time over K+1 tokens / over 1 token, at the width K drafts run at
+        (`verify_widths`); None when c was given."""
         if self._cost_ratio is not None:
             return None
-        return self.measured_costs(batch_size)["verify_cost"]
+        return self.verify_widths(batch_size)[1]
 
-    def _task_num_draft(self, stats: sk.TaskStats, batch_size: int, step: int = 0) -> list[int]:
+    def acceptance(self, stats: sk.TaskStats) -> torch.Tensor:
+        """Per task, the acceptance that sets this generator's speed (NaN: no drafts yet).
+
+        Drafts sampled from the drafter at a temperature > 0 and verified token by token are
+        accepted with probability alpha = sum min(p, q): the expected acceptance
+        (`TaskStats.expected_acceptance`, the lower-variance estimate).  Every other drafting
+        accepts something else: greedy rows accept while the draft is argmax p (the expected
+        acceptance of a greedy row is that of the untempered softmax, not this), argmax and
+        prompt-lookup drafts are accepted with p(draft), block verification accepts more than
+        token by token.  For those the realised rate, accepted / tested drafts
+        (`TaskStats.acceptance_rate`, the geometric model's maximum-likelihood estimate)."""
+        if not self.greedy and self.draft == "sample" and self.ngram is None and self.verify_method == "token":
+            return stats.expected_acceptance()
+        return stats.acceptance_rate()
+
+    def _task_num_draft(self, stats: sk.TaskStats, batch_size: int) -> list[int]:
+        """Each task's K: the given one, or auto's choice from the acceptance so far (before
+        the probes of `is_probe_step`)."""
         if self.num_draft != "auto":
             return [self.num_draft] * stats.num_tasks
-        measured = self._cost_ratio is None   # measured costs may say no K pays: K = 0, verifier alone,
-        ks = choose_num_draft(stats.expected_acceptance(), self.cost_ratio(batch_size), self.max_draft,
-                              self.verify_cost(batch_size), min_draft=0 if measured else 1)
-        # ... with one draft every AUTO_PROBE_EVERY-th step so the task's acceptance keeps being learned
-        return [1 if k == 0 and step % AUTO_PROBE_EVERY == AUTO_PROBE_EVERY - 1 else k for k in ks]
+        measured = self._cost_ratio is None   # measured costs may say no K pays: K = 0, verifier alone
+        return choose_num_draft(self.acceptance(stats), self.cost_ratio(batch_size), self.max_draft,
+                                self.verify_cost(batch_size), min_draft=0 if measured else 1)
 
     def _process(self, logits):
         return process_logits(logits, self.temperature, self.top_k, self.top_p)
@@ -305,8 +325,10 @@ class SpeculativeGenerator:
         task_t, stats = prepare_tasks(task_ids, num_tasks, stats, B, self.device, self.max_draft)
         gen, seeds = row_seeds(seed, B, dev)
 
+        if self.pad_verify:
+            self.verify_widths(B)   # measured once per batch size, before the clock starts
         st = DecodeState(ids=ids, task_t=task_t, seeds=seeds, gen=gen, max_new_tokens=max_new_tokens,
-                          K_task=self._task_num_draft(stats, B),  # may measure c: before the clock starts
+                          K_chosen=self._task_num_draft(stats, B),  # may measure c: before the clock starts
                           out_buf=torch.full((B, max_new_tokens + self.max_draft + 1), self.pad_token_id,
                                              dtype=torch.int64, device=dev),
                           eos_t=torch.tensor(eos, dtype=torch.int64, device=dev) if eos else None)
@@ -340,16 +362,22 @@ class SpeculativeGenerator:
                 K = int(nd_host.max())
                 draft_logits, drafts = self._draft(st, K)
             clock.lap("draft")
-            target = st.verifier.forward(torch.cat([st.last[:, None], drafts], 1), None, keep=None)
+            width = self.verify_widths(B)[0][K] if self.pad_verify else K + 1
+            target = st.verifier.forward_padded(torch.cat([st.last[:, None], drafts], 1), width)
             clock.lap("verify_forward")
-            out = sk.verify(self._process(target), draft_logits, drafts, num_draft=nd_host.to(dev),
-                            temperature=self.temperature, task_ids=task_t[st.rows_dev], stats=stats,
-                            seed=seeds[st.rows_dev], step=st.step, backend=self.backend,
-                            **self._method_kwargs())
+            if K == 0 and self.greedy:   # the verifier alone this step: its argmax, no kernel call
+                out = greedy_verify_without_drafts(target, task_t[st.rows_dev], stats)
+            else:
+                out = sk.verify(self._process(target), draft_logits, drafts, num_draft=nd_host.to(dev),
+                                temperature=self.temperature, task_ids=task_t[st.rows_dev], stats=stats,
+                                seed=seeds[st.rows_dev], step=st.step, backend=self.backend,
+                                **self._method_kwargs())
             clock.lap("kernel")
             done = self._commit(st, out, drafts, K)
             if not done and self.num_draft == "auto":
-                st.K_task = self._task_num_draft(stats, B, st.step)
+                if K > 0:   # drafts were scored: the acceptance moved (a step without drafts changes nothing)
+                    st.K_chosen = self._task_num_draft(stats, B)
+                st.K_task = [1 if k == 0 and is_probe_step(st.step) else k for k in st.K_chosen]
             clock.lap("bookkeeping")
             if done:
                 return self._output(st, stats, clock)

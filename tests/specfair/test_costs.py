@@ -182,17 +182,45 @@ def test_auto_k_is_choose_num_draft_on_the_measured_costs(pair, monkeypatch, one
     gen = SpeculativeGenerator(d, v, num_draft="auto", max_draft=5, temperature=0)
     stats = sk.TaskStats(1, 5)
     gen.generate(ids, max_new_tokens=12, eos_token_id=[], seed=0, stats=stats)   # measures, builds history
-    want = choose_num_draft(stats.expected_acceptance(), gen.costs[1]["cost_ratio"], 5, gen.costs[1]["verify_cost"],
+    # greedy: the realised rate (accepted / tested drafts) is the acceptance that sets the speed
+    want = choose_num_draft(stats.acceptance_rate(), gen.costs[1]["cost_ratio"], 5, gen.costs[1]["verify_cost"],
                             min_draft=0)
     out = gen.generate(ids, max_new_tokens=1, eos_token_id=[], seed=0, stats=stats)   # one step, K chosen first
     assert out.num_draft == want
 
 
+def test_auto_reads_the_acceptance_of_its_drafting(pair):
+    """Sampled drafts at a temperature > 0 verified token by token: the expected acceptance;
+    greedy rows, argmax drafts and block verification: the realised accepted / tested rate
+    (a greedy row's expected acceptance is the untempered softmax's, not what it accepts)."""
+    from specfair.ngram import NgramConfig
+
+    d, v = pair
+    stats = sk.TaskStats(2, 4)
+    S = sk.stats
+    stats.counts[:, S.COUNT_DRAFTED] = torch.tensor([10, 0])
+    stats.counts[:, S.COUNT_TESTED] = torch.tensor([8, 0])
+    stats.counts[:, S.COUNT_ACCEPTED] = torch.tensor([2, 0])
+    stats.sums[0, S.SUM_ALPHA] = 7.0                     # expected 0.7 vs realised 0.25
+    expected, realised = [0.7, math.nan], [0.25, math.nan]
+    cases = [({"temperature": 1.0}, expected), ({"temperature": 0.0}, realised),
+             ({"temperature": 1.0, "draft": "argmax"}, realised),
+             ({"temperature": 1.0, "verify_method": "block"}, realised)]
+    for kw, want in cases:
+        got = SpeculativeGenerator(d, v, num_draft="auto", **kw).acceptance(stats).tolist()
+        assert got[0] == pytest.approx(want[0]) and math.isnan(got[1]), kw
+    ngram = SpeculativeGenerator(None, v, num_draft=2, temperature=1.0, ngram=NgramConfig())
+    assert ngram.acceptance(stats)[0].item() == pytest.approx(0.25)
+    # where the two differ across the break-even acceptance (K = 1: c + r_1 - 1 = 0.5), the choice follows
+    assert choose_num_draft([0.7], 0.3, 1, [1.0, 1.2], min_draft=0) == [1]
+    assert choose_num_draft([0.25], 0.3, 1, [1.0, 1.2], min_draft=0) == [0]
+
+
 def test_auto_falls_back_to_the_verifier_alone_where_no_k_pays(pair, monkeypatch, one_thread):
     """Measured costs under which no K pays (r_K = 1 + K, c = 0.9): auto decodes with the
     verifier alone, exactly (greedy = Hugging Face's), drafting one token only on every
-    AUTO_PROBE_EVERY-th step; a given cost_ratio (PAPER.md's model) never falls back."""
-    from specfair.generator import AUTO_PROBE_EVERY
+    steps of is_probe_step; a given cost_ratio (PAPER.md's model) never falls back."""
+    from specfair.generator import is_probe_step
 
     d, v = pair
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
@@ -205,7 +233,10 @@ def test_auto_falls_back_to_the_verifier_alone_where_no_k_pays(pair, monkeypatch
     want = v.generate(input_ids=ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(out.sequences, want)
     drafted, steps = int(out.stats.counts[0, sk.stats.COUNT_DRAFTED]), out.steps
-    assert steps >= 24 - 24 // AUTO_PROBE_EVERY and 0 < drafted <= 2 * (steps // AUTO_PROBE_EVERY + 1)
+    probes = sum(is_probe_step(s) for s in range(steps))   # steps 7 and 15 of 24: one draft per row each
+    assert [s for s in range(64) if is_probe_step(s)] == [7, 15, 31, 63]
+    assert steps >= 24 - probes and 0 < drafted <= 2 * probes
+    assert int(out.stats.counts[0, sk.stats.COUNT_STEPS]) == int(out.row_steps.sum())   # K = 0 steps count too
     fixed_c = SpeculativeGenerator(d, v, num_draft="auto", max_draft=4, temperature=0, cost_ratio=0.9)
     assert fixed_c.generate(ids, max_new_tokens=4, eos_token_id=[], seed=0).num_draft == [1]
 
@@ -222,3 +253,16 @@ def test_choose_num_draft_matches_the_scalar_model():
             gains = [speedup_with_verify_cost(a, j, c, r[j]) for j in range(1, K + 1)]
             assert k == 1 + int(np.argmax(gains))
     assert choose_num_draft([], 0.1, 4) == []
+
+
+def test_cheapest_widths_pads_only_into_measured_cheaper_widths():
+    from specfair.costs import cheapest_widths
+
+    r = [1.0, 1.3, 1.5, 1.2, 1.4, 1.6, 1.8]          # widths 1..7: 4 tokens cost less than 2 or 3
+    widths, cost = cheapest_widths(r, [1, 2, 3, 4, 5, 7])
+    assert widths == [1, 4, 4, 4, 5, 6, 7] and cost == [1.0, 1.2, 1.2, 1.2, 1.4, 1.6, 1.8]
+    # width 4 interpolated (not measured) is never padded into: K = 2 pads to the measured 5
+    assert cheapest_widths(r, [1, 2, 3, 5, 7])[0] == [1, 2, 5, 4, 5, 6, 7]
+    # within the 5% margin it is noise, no padding (1.5 -> 1.44 is 4% cheaper); past it, padding
+    assert cheapest_widths([1.0, 1.3, 1.5, 1.44], [1, 2, 3, 4])[0] == [1, 2, 3, 4]
+    assert cheapest_widths([1.0, 1.3, 1.5, 1.44], [1, 2, 3, 4], min_gain=0.03)[0] == [1, 2, 4, 4]

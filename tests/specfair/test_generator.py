@@ -191,6 +191,11 @@ def test_verifier_only_greedy_and_teacher_forced_reproduce_outputs(default_pair)
     forced = generate_verifier_only(verifier, ids, mask, 16, eos_token_id=2, temperature=1.0, seed=3, forced=spec)
     assert torch.equal(forced.sequences, spec.sequences)
     assert forced.row_steps.tolist() == spec.num_new_tokens.tolist()  # one forward per token
+    for kw, msg in (({"temperature": -1.0}, "temperature must be finite and >= 0"),
+                    ({"temperature": 1.0, "top_k": 0}, "top_k must be None or an int >= 1"),
+                    ({"temperature": 1.0, "top_p": 1.5}, r"top_p must be None or a float in \(0, 1\]")):
+        with pytest.raises(ValueError, match=msg):   # the generator's own checks, before any forward
+            generate_verifier_only(verifier, ids, mask, 4, **kw)
 
 
 # --- sampling: seeded, and distributed as the verifier -------------------------------------
@@ -321,9 +326,10 @@ def test_choose_num_draft_maximises_the_model_speedup():
 def test_auto_num_draft_per_task_in_one_batch_is_lossless(default_pair):
     drafter, verifier, tok = default_pair
     stats = sk.TaskStats(num_tasks=2, max_draft=6)
-    # History: task 0 drafts are nearly always accepted, task 1's nearly never.
-    stats.counts[:, sk.stats.COUNT_DRAFTED] = 10_000
-    stats.sums[0, sk.stats.SUM_ALPHA], stats.sums[1, sk.stats.SUM_ALPHA] = 9_600.0, 500.0
+    # History: task 0 drafts are nearly always accepted, task 1's nearly never (greedy: the
+    # realised accepted / tested rate is what auto reads).
+    stats.counts[:, sk.stats.COUNT_DRAFTED] = stats.counts[:, sk.stats.COUNT_TESTED] = 10_000
+    stats.counts[:, sk.stats.COUNT_ACCEPTED] = torch.tensor([9_600, 500])
     ids, mask = prompts(tok, ["The installer", "Программа установки", "Le système", "El programa"])
     gen = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=6, cost_ratio=0.05, temperature=0)
     before = stats.counts.clone()
