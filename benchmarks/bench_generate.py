@@ -109,16 +109,13 @@ def left_pad(prompts, pad, device):
     return ids.to(device), mask.to(device)
 
 
-@pytest.mark.parametrize("provider,B,K,pair", list(_params()))
-def test_generate(benchmark, bench_ctx, provider, B, K, pair):
+def make_run(provider, B, K, pair, bench_ctx):
+    """(run, generator or None): ``run()`` generates NEW_TOKENS greedy tokens for the first B
+    prompts of ``pair`` with ``provider`` at K and returns the number of new tokens."""
     from specfair.baseline import generate_verifier_only
     from specfair.generator import SpeculativeGenerator
 
     dev = bench_ctx.device
-    if provider == "specfair-cudagraph" and dev.type != "cuda":
-        pytest.skip("cuda_graph=True needs a CUDA device")
-    if provider == "specfair-compiled" and benchmark.disabled:
-        pytest.skip("compiling takes minutes on a CPU: timed runs only (tests/ cover compile=True)")
     drafter, verifier, prompts = get_pair(pair, dev)
     pad = verifier.config.pad_token_id
     ids, mask = left_pad(prompts[:B], pad, dev)
@@ -153,6 +150,21 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
         bench_ctx.sync()
         return out.shape[0] * (out.shape[1] - ids.shape[1])
 
+    return run, gen
+
+
+@pytest.mark.parametrize("provider,B,K,pair", list(_params()))
+def test_generate(benchmark, bench_ctx, provider, B, K, pair):
+
+    dev = bench_ctx.device
+    if provider == "specfair-cudagraph" and dev.type != "cuda":
+        pytest.skip("cuda_graph=True needs a CUDA device")
+    if provider == "specfair-compiled" and benchmark.disabled:
+        pytest.skip("compiling takes minutes on a CPU: timed runs only (tests/ cover compile=True)")
+    drafter, verifier, prompts = get_pair(pair, dev)
+    ids, mask = left_pad(prompts[:B], verifier.config.pad_token_id, dev)
+    N = NEW_TOKENS
+    run, gen = make_run(provider, B, K, pair, bench_ctx)
     tokens = bench_ctx.call_or_skip(benchmark, run)
     assert tokens == B * N, (tokens, B * N)
     info = {"provider": provider, "B": B, "K": K if K else provider, "new_tokens": N, "tokens": tokens,
@@ -246,3 +258,71 @@ def test_auto_vs_best_fixed_k(benchmark, bench_ctx, pair, B):
         "auto_num_draft_last": auto.generate(ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=[],
                                              seed=0).num_draft,
         "threads": torch.get_num_threads(), **bench_ctx.base_info()})
+
+
+# --- every provider in interleaved rounds: paired ratios ----------------------------------------
+
+PAIRED = [("hf-verifier", None), ("specfair-verifier-only", None), ("hf-assisted", 2), ("specfair", 2),
+          ("hf-assisted", 4), ("specfair", 4), ("specfair-compiled", 2), ("specfair-compiled", 4),
+          ("specfair-auto", None)]
+PAIRED_RATIOS = {  # (name of the record, numerator provider, denominator provider)
+    **{f"specfair K={k} / hf-assisted K={k}": (f"specfair K={k}", f"hf-assisted K={k}") for k in (2, 4)},
+    **{f"specfair-compiled K={k} / hf-assisted K={k}": (f"specfair-compiled K={k}", f"hf-assisted K={k}")
+       for k in (2, 4)},
+    "specfair-auto / hf-verifier": ("specfair-auto", "hf-verifier"),
+    "specfair-auto / specfair-verifier-only": ("specfair-auto", "specfair-verifier-only"),
+    "specfair K=2 / hf-verifier": ("specfair K=2", "hf-verifier"),
+}
+
+
+@pytest.mark.parametrize("pair,B", [pytest.param("tiny", 1, marks=pytest.mark.smoke, id="tiny-B1"),
+                                    pytest.param("default", 1, id="default-B1"),
+                                    pytest.param("default", 8, id="default-B8")])
+def test_generate_paired(benchmark, bench_ctx, pair, B):
+    """Every provider of PAIRED once per round, the order rotating every round, so a slow
+    spell of a shared machine hits one round of every provider rather than every round of
+    one: extra_info holds each provider's median tokens/s and, per ratio of PAIRED_RATIOS,
+    the median over rounds of the ratio *within* each round and its interquartile range
+    (on this project's CPU whole runs drift by 20-30% between providers timed one after the
+    other, which test_generate's per-provider medians cannot cancel).  HF assisted
+    generation refuses batch > 1: at B = 8 its providers are left out.  The compiled
+    providers compile in the warm-up round (minutes on a CPU): timed runs only."""
+    import statistics
+    import time
+
+    names = [(p, k) for p, k in PAIRED if not (B > 1 and p.startswith("hf-assisted"))
+             and not (benchmark.disabled and p == "specfair-compiled")]
+    runs = {f"{p} K={k}" if k else p: make_run(p, B, k, pair, bench_ctx)[0] for p, k in names}
+    times = {name: [] for name in runs}
+    state = {"round": 0}
+
+    def one_round():
+        order = list(runs)
+        shift = state["round"] % len(order)
+        state["round"] += 1
+        for name in order[shift:] + order[:shift]:
+            bench_ctx.sync()
+            t = time.perf_counter()
+            assert runs[name]() == B * NEW_TOKENS, name
+            bench_ctx.sync()
+            times[name].append(time.perf_counter() - t)
+        return B * NEW_TOKENS
+
+    one_round()   # warm-up: compiles, first calls
+    for v in times.values():
+        v.clear()
+    if benchmark.disabled:
+        one_round()
+    else:
+        benchmark.pedantic(one_round, rounds=max(7, bench_ctx.min_rounds), warmup_rounds=0)
+    ratios = {}
+    for label, (num, den) in PAIRED_RATIOS.items():
+        if num in times and den in times:
+            r = sorted(d / n for n, d in zip(times[num], times[den]))   # tokens/s ratio = time ratio inverted
+            q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+            ratios[label] = {"median": statistics.median(r), "iqr": [q[0], q[2]]}
+    benchmark.extra_info.update({
+        "paired": True, "pair": pair, "B": B, "new_tokens": NEW_TOKENS, "rounds": len(next(iter(times.values()))),
+        "tokens_per_s": {n: B * NEW_TOKENS / statistics.median(v) for n, v in times.items()},
+        "spread": {n: (max(v) - min(v)) / statistics.median(v) for n, v in times.items()},
+        "ratios": ratios, **bench_ctx.base_info()})

@@ -5,7 +5,9 @@
 
 One table per (device, op), and one per device for end-to-end generation
 (bench_generate.py's test_generate records on the shipped pair: tokens/s, ours over HF
-assisted generation at the same K and over the faster verifier alone at the same batch).
+assisted generation at the same K and over both verifier-alone loops at the same batch),
+and one per batch size for its test_generate_paired records (interleaved rounds: each
+provider's tokens/s and the ratios paired within rounds, median and IQR).
 A kernel row is one (mode or kind, shape, dtype); its cells are the median µs of each
 provider, the bytes the op must move, the bandwidth floor, and, for "ours" (the first of
 triton (graph), triton, cpp that was measured):
@@ -232,17 +234,48 @@ def build_generate(records) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+def load_paired(paths):
+    """[(extra_info, machine_info)] of bench_generate.py's test_generate_paired records on the shipped pair."""
+    records = OrderedDict()
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for bench in data.get("benchmarks", []):
+            info = bench.get("extra_info") or {}
+            if info.get("paired") and info.get("pair") == "default":
+                records[(info.get("device"), info.get("threads"), info["B"])] = (info, data.get("machine_info", {}))
+    return list(records.values())
+
+
+def build_paired(records) -> str:
+    """Per batch size: each provider's tokens/s (median over interleaved rounds), then each
+    paired ratio: the median over rounds of the ratio within a round, with its IQR."""
+    out = []
+    for info, machine in records:
+        out += [f"#### Generation in interleaved rounds, shipped pair, batch {info['B']}, greedy, "
+                f"{info['new_tokens']} new tokens per row, {info['rounds']} rounds, on "
+                f"{device_title(info, machine)}; 1-min load average {info.get('loadavg_1min', 0):.1f}", "",
+                "| provider | tokens/s | spread (max − min) / median |", "|---|---|---|"]
+        out += [f"| {name} | {tps:,.1f} | {info['spread'][name]:.0%} |" for name, tps in info["tokens_per_s"].items()]
+        out += ["", "| ratio of tokens/s, paired within each round | median | IQR |", "|---|---|---|"]
+        out += [f"| {label} | {fmt_ratio(r['median'])} | {r['iqr'][0]:.2f}–{r['iqr'][1]:.2f} |"
+                for label, r in info["ratios"].items()]
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     parser.add_argument("-o", "--output", help="write the Markdown here instead of stdout")
     args = parser.parse_args(argv)
-    records, gen_records = load(args.results), load_generate(args.results)
-    if not records and not gen_records:
+    records, gen_records, paired = load(args.results), load_generate(args.results), load_paired(args.results)
+    if not records and not gen_records and not paired:
         print("error: no specfair benchmark records in " + ", ".join(args.results), file=sys.stderr)
         return 1
-    text = (build(records) if records else "") + (("\n" if records else "") + build_generate(gen_records)
-                                                   if gen_records else "")
+    parts = [build(records) if records else "", build_generate(gen_records) if gen_records else "",
+             build_paired(paired) if paired else ""]
+    text = "\n".join(p for p in parts if p)
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
