@@ -41,6 +41,26 @@ def build(name: str, scale: int, vocab: int):
     return Qwen2ForCausalLM(cfg).eval(), shape
 
 
+def pair_arguments(description: str) -> argparse.ArgumentParser:
+    """A parser with the options that build the pair (--scale, --vocab) and --threads, --json."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--scale", type=int, default=1, help="divide the layer counts by this (1: the real depth)")
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    return ap
+
+
+def build_pair(args):
+    """(verifier, its shape, drafter, its shape) as ``args`` (of `pair_arguments`) say, on
+    ``args.threads`` threads."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    verifier, vshape = build("verifier", args.scale, args.vocab)
+    drafter, dshape = build("drafter", args.scale, args.vocab)
+    return verifier, vshape, drafter, dshape
+
+
 def calibrate(drafter, verifier, **kw) -> tuple[float, dict]:
     from specfair import costs
 
@@ -50,20 +70,13 @@ def calibrate(drafter, verifier, **kw) -> tuple[float, dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=int, default=1, help="divide the layer counts by this (1: the real depth)")
-    ap.add_argument("--vocab", type=int, default=151936)
-    ap.add_argument("--threads", type=int, default=None)
+    ap = pair_arguments(__doc__.split("\n")[0])
     ap.add_argument("--compare", action="store_true", help="also time the full round-robin schedule")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from specfair.generator import SpeculativeGenerator
 
     t0 = time.perf_counter()
-    verifier, vshape = build("verifier", args.scale, args.vocab)
-    drafter, dshape = build("drafter", args.scale, args.vocab)
+    verifier, vshape, drafter, dshape = build_pair(args)
     build_s = time.perf_counter() - t0
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in (("verifier", verifier), ("drafter", drafter))}
     print(f"built in {build_s:.0f} s: verifier {params['verifier'] / 1e9:.2f}B, drafter {params['drafter'] / 1e9:.2f}B "

@@ -185,19 +185,25 @@ GENERATE_ORDER = ("hf-verifier", "specfair-verifier-only", "hf-assisted-default"
                   "specfair-padded", "specfair-compiled", "specfair-cudagraph", "specfair-auto")
 
 
-def load_generate(paths):
-    """[(extra_info, machine_info)] of bench_generate.py's test_generate records on the shipped pair."""
+def shipped_pair_records(paths, keep, key):
+    """[(extra_info, machine_info)] of the records on the shipped pair for which ``keep(info)``
+    holds, one per ``key(info)`` (later files win)."""
     records = OrderedDict()
     for path in paths:
         with open(path) as f:
             data = json.load(f)
         for bench in data.get("benchmarks", []):
             info = bench.get("extra_info") or {}
-            if info.get("pair") != "default" or "tokens_per_s" not in info or isinstance(info["tokens_per_s"], dict):
-                continue
-            key = (info.get("device"), info.get("threads"), info["provider"], info.get("B"), str(info.get("K")))
-            records[key] = (info, data.get("machine_info", {}))
+            if info.get("pair") == "default" and keep(info):
+                records[key(info)] = (info, data.get("machine_info", {}))
     return list(records.values())
+
+
+def load_generate(paths):
+    """bench_generate.py's test_generate records (a number of tokens/s per record)."""
+    return shipped_pair_records(
+        paths, lambda i: isinstance(i.get("tokens_per_s"), (int, float)),
+        lambda i: (i.get("device"), i.get("threads"), i["provider"], i.get("B"), str(i.get("K"))))
 
 
 def build_generate(records) -> str:
@@ -235,16 +241,8 @@ def build_generate(records) -> str:
 
 
 def load_paired(paths):
-    """[(extra_info, machine_info)] of bench_generate.py's test_generate_paired records on the shipped pair."""
-    records = OrderedDict()
-    for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        for bench in data.get("benchmarks", []):
-            info = bench.get("extra_info") or {}
-            if info.get("paired") and info.get("pair") == "default":
-                records[(info.get("device"), info.get("threads"), info["B"])] = (info, data.get("machine_info", {}))
-    return list(records.values())
+    """bench_generate.py's test_generate_paired records, one per device and batch size."""
+    return shipped_pair_records(paths, lambda i: i.get("paired"), lambda i: (i.get("device"), i.get("threads"), i["B"]))
 
 
 def build_paired(records) -> str:

@@ -24,34 +24,26 @@ times, and the acceptance the random-weight drafter reached.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import time
 
 import torch
-from calibration_time import build
+from calibration_time import build_pair, pair_arguments
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=int, default=1, help="divide the layer counts by this (1: the real depth)")
-    ap.add_argument("--vocab", type=int, default=151936)
-    ap.add_argument("--threads", type=int, default=None)
+    ap = pair_arguments(__doc__.split("\n")[0])
     ap.add_argument("--num-draft", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from specfair.costs import break_even_acceptance
     from specfair.generator import SpeculativeGenerator
 
     t0 = time.perf_counter()
-    verifier, vshape = build("verifier", args.scale, args.vocab)
-    drafter, dshape = build("drafter", args.scale, args.vocab)
+    verifier, vshape, drafter, dshape = build_pair(args)
     print(f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     prompt = torch.randint(10, args.vocab, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0))
     ours = {K: SpeculativeGenerator(drafter, verifier, num_draft=K, temperature=0.0, profile=False)
