@@ -189,6 +189,40 @@ def test_generate(benchmark, bench_ctx, provider, B, K, pair):
     benchmark.extra_info["tokens_per_s"] = tokens / median
 
 
+def interleaved_rounds(benchmark, bench_ctx, runs: dict, rounds: int, result) -> dict[str, list[float]]:
+    """Seconds per round of each callable of ``runs``: every one once per round, the order
+    rotating by one each round (a slow spell of a shared machine then hits one round of
+    every provider, not every round of one), after one untimed warm-up round (compiles,
+    first calls); ``rounds`` timed rounds through ``benchmark.pedantic``, one untimed-by-
+    pytest round when benchmarks are disabled (the smoke run).  ``result`` is what a round
+    returns to pytest-benchmark."""
+    import time
+
+    times = {name: [] for name in runs}
+    state = {"round": 0}
+
+    def one_round():
+        order = list(runs)
+        shift = state["round"] % len(order)
+        state["round"] += 1
+        for name in order[shift:] + order[:shift]:
+            bench_ctx.sync()
+            t = time.perf_counter()
+            runs[name]()
+            bench_ctx.sync()
+            times[name].append(time.perf_counter() - t)
+        return result
+
+    one_round()
+    for v in times.values():
+        v.clear()
+    if benchmark.disabled:
+        one_round()
+    else:
+        benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0)
+    return times
+
+
 # --- num_draft="auto" against the best fixed K ------------------------------------------------
 
 AUTO_FIXED_K = (1, 2, 3, 4, 6, 8)   # fixed K compared with auto (its K_max is 8)
@@ -218,32 +252,14 @@ def test_auto_vs_best_fixed_k(benchmark, bench_ctx, pair, B):
     calibration_s = time.perf_counter() - t0
     gens = {"auto": auto, **{f"K{k}": SpeculativeGenerator(drafter, verifier, num_draft=k, temperature=0.0,
                                                              profile=False) for k in AUTO_FIXED_K}}
-    times = {name: [] for name in gens}
-    ref = {"round": 0}
+    ref = {}
 
-    def one_round():
-        order = list(gens)
-        shift = ref["round"] % len(order)
-        order = order[shift:] + order[:shift]
-        ref["round"] += 1
-        for name in order:
-            bench_ctx.sync()
-            t = time.perf_counter()
-            out = gens[name].generate(ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=[], seed=0)
-            bench_ctx.sync()
-            times[name].append(time.perf_counter() - t)
-            seq = out.sequences.cpu()
-            assert torch.equal(ref.setdefault("seq", seq), seq), name   # greedy: same tokens from every K
-        return B * NEW_TOKENS
+    def call(gen, name):
+        seq = gen.generate(ids, mask, max_new_tokens=NEW_TOKENS, eos_token_id=[], seed=0).sequences.cpu()
+        assert torch.equal(ref.setdefault("seq", seq), seq), name   # greedy: same tokens from every K
 
-    rounds = 1 if benchmark.disabled else max(5, bench_ctx.min_rounds)
-    one_round()  # warm-up round, not counted
-    for v in times.values():
-        v.clear()
-    if benchmark.disabled:
-        one_round()
-    else:
-        benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=0)
+    runs = {name: (lambda g=g, name=name: call(g, name)) for name, g in gens.items()}
+    times = interleaved_rounds(benchmark, bench_ctx, runs, max(5, bench_ctx.min_rounds), B * NEW_TOKENS)
     med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
     tps = {name: B * NEW_TOKENS / s for name, s in med.items()}
     best = max((n for n in tps if n != "auto"), key=tps.get)
@@ -288,33 +304,15 @@ def test_generate_paired(benchmark, bench_ctx, pair, B):
     generation refuses batch > 1: at B = 8 its providers are left out.  The compiled
     providers compile in the warm-up round (minutes on a CPU): timed runs only."""
     import statistics
-    import time
 
     names = [(p, k) for p, k in PAIRED if not (B > 1 and p.startswith("hf-assisted"))
              and not (benchmark.disabled and p == "specfair-compiled")]
     runs = {f"{p} K={k}" if k else p: make_run(p, B, k, pair, bench_ctx)[0] for p, k in names}
-    times = {name: [] for name in runs}
-    state = {"round": 0}
+    def checked(run, name):
+        assert run() == B * NEW_TOKENS, name
 
-    def one_round():
-        order = list(runs)
-        shift = state["round"] % len(order)
-        state["round"] += 1
-        for name in order[shift:] + order[:shift]:
-            bench_ctx.sync()
-            t = time.perf_counter()
-            assert runs[name]() == B * NEW_TOKENS, name
-            bench_ctx.sync()
-            times[name].append(time.perf_counter() - t)
-        return B * NEW_TOKENS
-
-    one_round()   # warm-up: compiles, first calls
-    for v in times.values():
-        v.clear()
-    if benchmark.disabled:
-        one_round()
-    else:
-        benchmark.pedantic(one_round, rounds=max(7, bench_ctx.min_rounds), warmup_rounds=0)
+    calls = {name: (lambda run=run, name=name: checked(run, name)) for name, run in runs.items()}
+    times = interleaved_rounds(benchmark, bench_ctx, calls, max(7, bench_ctx.min_rounds), B * NEW_TOKENS)
     ratios = {}
     for label, (num, den) in PAIRED_RATIOS.items():
         if num in times and den in times:

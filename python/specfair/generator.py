@@ -228,8 +228,9 @@ class SpeculativeGenerator:
         """`measure_costs` at this batch size: measured on first use by any generator of the
         same two model objects (`specfair.costs.cached_costs`), then kept."""
         if batch_size not in self.costs:
-            # fixed K pads into widths up to SMALL_WIDTHS, where the matrix kernels switch
-            k_max = self.max_draft if self.num_draft == "auto" else max(self.max_draft, SMALL_WIDTHS - 1)
+            # a padding fixed K needs the widths up to SMALL_WIDTHS timed, where the matrix kernels switch
+            wider = self.pad_verify and self.num_draft != "auto"
+            k_max = max(self.max_draft, SMALL_WIDTHS - 1) if wider else self.max_draft
             self.costs[batch_size] = cached_costs(self.drafter, self.verifier, batch_size, k_max)
         return self.costs[batch_size]
 
