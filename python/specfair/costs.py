@@ -29,8 +29,8 @@ from .models import context_length, model_device, output_vocab_size
 AUTO_PRIOR_ACCEPTANCE = 0.6  # acceptance assumed for a task before any of its drafts were scored
 
 __all__ = ["AUTO_PRIOR_ACCEPTANCE", "break_even_acceptance", "cached_costs", "calibration_widths", "cheapest_widths",
-           "choose_num_draft", "clear_cost_cache", "expected_tokens", "speedup_with_verify_cost", "measure_costs",
-           "measure_cost_ratio"]
+           "choose_num_draft", "clear_cost_cache", "expected_tokens", "min_break_even", "speedup_with_verify_cost",
+           "measure_costs", "measure_cost_ratio"]
 
 
 def expected_tokens(alpha, num_draft: int):
@@ -81,6 +81,13 @@ def break_even_acceptance(num_draft: int, cost_ratio: float, verify_cost: float 
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def min_break_even(cost_ratio: float, verify_cost, max_draft: int) -> float:
+    """The smallest break-even acceptance over K = 1..``max_draft`` (`break_even_acceptance`
+    with r_K = ``verify_cost[K]``): a task whose acceptance lies below it is fastest with
+    the verifier alone.  inf when no K pays even at acceptance 1."""
+    return min(break_even_acceptance(k, cost_ratio, float(verify_cost[k])) for k in range(1, max_draft + 1))
 
 
 def choose_num_draft(alpha, cost_ratio: float, max_draft: int, verify_cost=None,

@@ -95,11 +95,14 @@ def greedy_verify_without_drafts(target_logits: torch.Tensor, task_ids: torch.Te
     accepted draft, and a row whose logits hold NaN or +inf or are all -inf (its maximum is
     not finite) emits nothing (token -1).  ``stats`` gets the same counts as from `verify`
     (a step, an emitted token, no draft)."""
-    logits = target_logits[:, 0]
-    valid = torch.isfinite(logits.amax(-1))
+    top, first = target_logits[:, 0].max(-1)   # the maximum (NaN if any) and its first index
+    valid = torch.isfinite(top)
     none = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
-    if stats is not None:
-        stats.accumulate(task_ids, none, none, valid,
-                         torch.zeros(len(valid), len(sk.stats.DIVERGENCE_FIELDS), device=valid.device))
-    tokens = torch.where(valid, logits.argmax(-1), -1)[:, None]
+    if stats is not None:   # TaskStats.accumulate of rows without drafts: no sums to add
+        S = sk.stats   # emitted, steps, invalid rows: adjacent columns, one index_add_ (the test compares verify)
+        v = valid.long()
+        t = task_ids.long()
+        stats.counts[:, S.COUNT_EMITTED:S.COUNT_INVALID + 1].index_add_(0, t, torch.stack([v, v, 1 - v], 1))
+        stats.hist[:, 0].index_add_(0, t, v)
+    tokens = torch.where(valid, first, -1)[:, None]
     return sk.VerifyOutput(tokens=tokens, num_accepted=none, num_emitted=valid.int())

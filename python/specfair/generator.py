@@ -15,7 +15,8 @@ KV caches (`specfair.decoding.CachedModel`: a Hugging Face cache plus a slot mas
   a hole), finished rows are dropped from the batch, and when more than
   ``compact_threshold`` of the cache's columns are holes in the longest row, every row's
   valid slots are gathered right-aligned (``CachedModel.compact``), which is the per-row crop.
-* The drafter caches the drafts it read; after a step it keeps ``min(a, K-1)`` of them.  When
+* The drafter reads the prompt with its first draft (a call that never drafts never runs
+  it), then caches the drafts it read; after a step it keeps ``min(a, K-1)`` of them.  When
   a row accepted all K drafts, the K-th draft was never fed to the drafter, so the next step
   feeds it together with the new token (a 2-token first draft forward, padded by a masked
   slot for the other rows).
@@ -34,7 +35,8 @@ import specfair_kernels as sk
 from specfair_kernels.api import GREEDY_BELOW
 
 from ._util import is_int
-from .costs import SMALL_WIDTHS, cached_costs, cheapest_widths, choose_num_draft
+from .auto_draft import AcceptanceHistory, evidence_count, probe_policy, probes_now
+from .costs import SMALL_WIDTHS, cached_costs, cheapest_widths, choose_num_draft, min_break_even
 from .decoding import (
     CachedModel,
     Clock,
@@ -61,22 +63,9 @@ from .models import context_length, model_device, output_vocab_size
 from .ngram import NgramConfig, ngram_drafts
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
-AUTO_PROBE_FIRST = 8         # auto at K = 0 (no K pays) still drafts one token at step 8 of a call,
-AUTO_PROBE_MAX = 64          # then at intervals that double up to this many steps (`is_probe_step`)
 STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
 
-__all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT", "is_probe_step"]
-
-
-def is_probe_step(step: int) -> bool:
-    """Whether auto drafts one token at ``step`` (0-based, within one `generate` call) for
-    a task at K = 0: steps 7, 15, 31, 63 (the 8th, 16th, 32nd, 64th), then every 64th.  A
-    probe costs about c + r_1 - 1 of a step, so the intervals double: a task that sits
-    below the break-even acceptance pays for 3 probes in 32 steps and 7 in 256 (fixed
-    intervals of 8 paid 4 and 32), while a task that starts paying is seen within 8 steps
-    of a short call."""
-    s = step + 1
-    return s >= AUTO_PROBE_FIRST and (s & (s - 1) == 0 or s % AUTO_PROBE_MAX == 0)
+__all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
 
 # --- the generator --------------------------------------------------------------------------
 
@@ -94,7 +83,10 @@ class SpeculativeGenerator:
         `verify`'s per-row ``num_draft``.  With measured costs (``cost_ratio=None``) a task
         for which no K beats the verifier alone gets K = 0 (plain decoding), except for one
         draft on the steps of `is_probe_step` (steps 8, 16, 32, 64, then every 64) that keeps
-        its acceptance estimate current.
+        its acceptance estimate current, unless its acceptance is confidently below every
+        K's break-even (then once every 64 steps of the generator's life;
+        `specfair.auto_draft`).  Calls without ``stats`` remember each other's counts
+        (``history``; `forget` clears it), so auto starts from what earlier calls measured.
     temperature : float >= 0
         0 (or < 1e-5) is greedy: the output equals the verifier's greedy decoding.
     top_k : int >= 1, optional;  top_p : float in (0, 1], optional
@@ -219,6 +211,9 @@ class SpeculativeGenerator:
         self._cost_ratio = None if cost_ratio is None else float(cost_ratio)
         self.pad_verify = (num_draft == "auto" and cost_ratio is None) if pad_verify is None else pad_verify
         self._widths: dict[int, tuple[list[int], list[float]]] = {}
+        self._break_even: dict[int, float] = {}   # per batch size: `min_break_even` of the measured costs
+        self.history = AcceptanceHistory()   # counts of earlier calls made without `stats` (auto reads them)
+        self._life_step = 0                  # steps of every call so far (auto's refresh probes)
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
@@ -269,18 +264,31 @@ class SpeculativeGenerator:
         prompt-lookup drafts are accepted with p(draft), block verification accepts more than
         token by token.  For those the realised rate, accepted / tested drafts
         (`TaskStats.acceptance_rate`, the geometric model's maximum-likelihood estimate)."""
-        if not self.greedy and self.draft == "sample" and self.ngram is None and self.verify_method == "token":
-            return stats.expected_acceptance()
-        return stats.acceptance_rate()
+        return stats.expected_acceptance() if self._expected() else stats.acceptance_rate()
 
-    def _task_num_draft(self, stats: sk.TaskStats, batch_size: int) -> list[int]:
-        """Each task's K: the given one, or auto's choice from the acceptance so far (before
-        the probes of `is_probe_step`)."""
+    def _expected(self) -> bool:
+        return not self.greedy and self.draft == "sample" and self.ngram is None and self.verify_method == "token"
+
+    def forget(self) -> None:
+        """Clear the acceptance this generator remembers from earlier calls (``history``)."""
+        self.history.clear()
+
+    def _plan(self, stats: sk.TaskStats, batch_size: int, remember: bool) -> tuple[list[int], list[str]]:
+        """Each task's K (the given one, or auto's choice from the acceptance so far, with the
+        remembered calls when ``remember``) and when a task at K = 0 probes
+        (`specfair.auto_draft.probe_policy`)."""
+        T = stats.num_tasks
         if self.num_draft != "auto":
-            return [self.num_draft] * stats.num_tasks
-        measured = self._cost_ratio is None   # measured costs may say no K pays: K = 0, verifier alone
-        return choose_num_draft(self.acceptance(stats), self.cost_ratio(batch_size), self.max_draft,
-                                self.verify_cost(batch_size), min_draft=0 if measured else 1)
+            return [self.num_draft] * T, ["never"] * T
+        seen = self.history.combined(stats) if remember else stats
+        alpha = self.acceptance(seen)
+        c, r = self.cost_ratio(batch_size), self.verify_cost(batch_size)
+        if r is None:   # a given c (PAPER.md's model): some K >= 1 always
+            return choose_num_draft(alpha, c, self.max_draft), ["never"] * T
+        ks = choose_num_draft(alpha, c, self.max_draft, r, min_draft=0)   # measured costs: K = 0 may win
+        if batch_size not in self._break_even:   # the costs are fixed per batch size
+            self._break_even[batch_size] = min_break_even(c, r, self.max_draft)
+        return ks, probe_policy(alpha, evidence_count(seen, self._expected()), self._break_even[batch_size])
 
     def _process(self, logits):
         return process_logits(logits, self.temperature, self.top_k, self.top_p)
@@ -323,13 +331,15 @@ class SpeculativeGenerator:
         if bool((((ids < 0) | (ids >= self.vocab_size)) & pmask).any()):
             raise ValueError(f"input_ids must lie in [0, vocab_size)=[0, {self.vocab_size}) on prompt tokens")
         check_context(int(pmask.sum(1).max()), max_new_tokens, self.context_limits)
+        remember = stats is None and self.num_draft == "auto"   # a new accumulator: auto reads its memory
         task_t, stats = prepare_tasks(task_ids, num_tasks, stats, B, self.device, self.max_draft)
         gen, seeds = row_seeds(seed, B, dev)
 
         if self.pad_verify:
             self.verify_widths(B)   # measured once per batch size, before the clock starts
+        K_chosen, probes = self._plan(stats, B, remember)   # may measure c: before the clock starts
         st = DecodeState(ids=ids, task_t=task_t, seeds=seeds, gen=gen, max_new_tokens=max_new_tokens,
-                          K_chosen=self._task_num_draft(stats, B),  # may measure c: before the clock starts
+                          K_chosen=K_chosen, probes=probes, remember=remember, stats=stats,
                           out_buf=torch.full((B, max_new_tokens + self.max_draft + 1), self.pad_token_id,
                                              dtype=torch.int64, device=dev),
                           eos_t=torch.tensor(eos, dtype=torch.int64, device=dev) if eos else None)
@@ -348,14 +358,19 @@ class SpeculativeGenerator:
         ids_in = ids.masked_fill(~pmask, 0)  # padding never reaches an embedding lookup
         for m in st.models():
             m.reset(B, dev)
-            if P > 1:  # the last prompt token is fed with the first step
-                m.forward(ids_in[:, :-1], pmask[:, :-1], keep=1)
+        if P > 1:  # the last prompt token is fed with the first step
+            st.verifier.forward(ids_in[:, :-1], pmask[:, :-1], keep=1)
+        # The drafter reads the prompt with its first draft: never, in a call where no row drafts.
+        st.d_pend, st.d_valid = ids_in, pmask
         clock.lap("prefill")
 
         while True:
             # Per-row draft length: the task's K, and never past the token budget.
-            remaining = max_new_tokens - st.n_new[st.rows]
-            nd_host = torch.minimum(torch.tensor(st.K_task)[st.task_host[st.rows]], remaining - 1).clamp(min=0)
+            if any(st.K_task):
+                remaining = max_new_tokens - st.n_new[st.rows]
+                nd_host = torch.minimum(torch.tensor(st.K_task)[st.task_host[st.rows]], remaining - 1).clamp(min=0)
+            else:   # no task drafts this step (auto at K = 0)
+                nd_host = torch.zeros(len(st.rows), dtype=torch.int64)
             if self.ngram is not None:
                 draft_logits, drafts, nd_host = self._draft_ngram(st, nd_host)
                 K = drafts.shape[1]
@@ -364,26 +379,32 @@ class SpeculativeGenerator:
                 draft_logits, drafts = self._draft(st, K)
             clock.lap("draft")
             width = self.verify_widths(B)[0][K] if self.pad_verify else K + 1
-            target = st.verifier.forward_padded(torch.cat([st.last[:, None], drafts], 1), width)
+            target = st.verifier.forward_padded(torch.cat([st.last[:, None], drafts], 1) if K else st.last[:, None],
+                                                width)
             clock.lap("verify_forward")
             if K == 0 and self.greedy:   # the verifier alone this step: its argmax, no kernel call
-                out = greedy_verify_without_drafts(target, task_t[st.rows_dev], stats)
+                out = greedy_verify_without_drafts(target, None, None)   # counted at the end (add_uncounted)
             else:
                 out = sk.verify(self._process(target), draft_logits, drafts, num_draft=nd_host.to(dev),
                                 temperature=self.temperature, task_ids=task_t[st.rows_dev], stats=stats,
                                 seed=seeds[st.rows_dev], step=st.step, backend=self.backend,
                                 **self._method_kwargs())
             clock.lap("kernel")
-            done = self._commit(st, out, drafts, K)
+            done = st.commit(out, drafts, K, self.compact_threshold, counted=not (K == 0 and self.greedy))
+            self._life_step += 1
             if not done and self.num_draft == "auto":
                 if K > 0:   # drafts were scored: the acceptance moved (a step without drafts changes nothing)
-                    st.K_chosen = self._task_num_draft(stats, B)
-                st.K_task = [1 if k == 0 and is_probe_step(st.step) else k for k in st.K_chosen]
+                    st.K_chosen, st.probes = self._plan(stats, B, st.remember)
+                due = probes_now(st.probes, st.step, self._life_step)
+                st.K_task = [1 if k == 0 and now else k for k, now in zip(st.K_chosen, due)]
             clock.lap("bookkeeping")
             if done:
                 return self._output(st, stats, clock)
 
     def _output(self, st: DecodeState, stats, clock: Clock) -> GenerationOutput:
+        st.add_uncounted()
+        if st.remember:
+            self.history.add(stats)
         return finish_output(st.out_buf, st.n_new, st.row_steps, st.ids, self.pad_token_id, stats, st.step,
                              clock.stop(), st.K_task)
 
@@ -420,67 +441,3 @@ class SpeculativeGenerator:
     def _method_kwargs(self) -> dict:
         # "token" is verify's default: older kernels without the keyword keep working
         return {"method": self.verify_method}
-
-    def _commit(self, st: DecodeState, out: sk.VerifyOutput, drafts: torch.Tensor, K: int) -> bool:
-        """Write a step's tokens, roll both caches back per row and drop finished rows; True
-        when every row is done.  One host synchronisation."""
-        dev = self.device
-        acc, emit, toks = out.num_accepted.long(), out.num_emitted.long(), out.tokens
-        keep, hit_eos = emit, torch.zeros_like(emit)
-        if st.eos_t is not None:
-            j = torch.arange(K + 1, device=dev)
-            is_eos = torch.isin(toks, st.eos_t) & (j[None, :] < emit[:, None])
-            hit = is_eos.any(1)
-            keep = torch.where(hit, is_eos.long().argmax(1) + 1, emit)
-            hit_eos = hit.long()
-        # Per-row rollback, on the device: the verifier appended K+1 slots and keeps a+1 of
-        # them; the drafter cached drafts 1..K-1 and keeps min(a, K-1) of them.
-        ver, dra = st.verifier, st.drafter
-        if K > 0:
-            j = torch.arange(K + 1, device=dev)
-            ver.mask[:, -(K + 1):] = j[None, :] <= acc[:, None]
-            ver.pos = ver.pos - (K - acc)
-        if K > 1 and dra is not None:
-            j = torch.arange(1, K, device=dev)
-            dra.mask[:, -(K - 1):] = j[None, :] <= acc[:, None]
-            dra.pos = dra.pos - (K - 1 - torch.clamp(acc, max=K - 1))
-        acc_h, keep_h, emit_h, hit_h, vpos_h, dpos_h = torch.stack(
-            [acc, keep, emit, hit_eos, ver.pos, (ver if dra is None else dra).pos]).cpu()  # the one sync
-        if bool((emit_h == 0).any()):
-            bad = st.rows[emit_h == 0].tolist()
-            raise RuntimeError(f"verify found NaN/inf or all -inf logits for rows {bad} at step {st.step}; "
-                               "the models produced invalid logits (try float32)")
-        cols = st.n_new[st.rows].to(dev)[:, None] + torch.arange(K + 1, device=dev)
-        st.out_buf[st.rows_dev[:, None], cols] = toks
-        st.n_new[st.rows] += keep_h
-        st.row_steps[st.rows] += 1
-        st.step += 1
-        finished = (st.n_new[st.rows] >= st.max_new_tokens) | (hit_h > 0)
-
-        a_max = int(acc_h.max())
-        ver.crop_end(K - a_max)  # slots no row kept
-        if K > 1 and dra is not None:
-            dra.crop_end(K - 1 - min(a_max, K - 1))
-        st.last = toks.gather(1, (emit - 1)[:, None])[:, 0]
-        if K == 0:
-            old_valid = st.d_valid if st.d_valid is not None else torch.ones_like(st.d_pend, dtype=torch.bool)
-            st.d_pend = torch.cat([st.d_pend, st.last[:, None]], 1)
-            st.d_valid = torch.cat([old_valid, torch.ones_like(st.last, dtype=torch.bool)[:, None]], 1)
-        elif a_max == K:  # some row accepted every draft: the drafter has not read d_K yet
-            st.d_pend = torch.stack([drafts[:, K - 1], st.last], 1)
-            st.d_valid = torch.stack([acc == K, torch.ones_like(acc, dtype=torch.bool)], 1)
-        else:
-            st.d_pend, st.d_valid = st.last[:, None], None
-
-        if bool(finished.any()):
-            alive = (~finished).nonzero()[:, 0]
-            if alive.numel() == 0:
-                return True
-            vpos_h, dpos_h = vpos_h[alive], dpos_h[alive]
-            st.keep_rows(alive, alive.to(dev))
-        if self.compact_threshold is not None:
-            for m, pos_h in [(m, h) for m, h in ((dra, dpos_h), (ver, vpos_h)) if m is not None]:
-                L = m.mask.shape[1]
-                if L and 1 - int(pos_h.max()) / L > self.compact_threshold:
-                    m.compact()
-        return False

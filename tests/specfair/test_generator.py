@@ -385,7 +385,7 @@ def test_timings_and_measure_speedup_report(default_pair):
     auto = SpeculativeGenerator(drafter, verifier, num_draft="auto", max_draft=3, temperature=0)
     out = auto.generate(ids, mask, max_new_tokens=8, eos_token_id=[], seed=0)  # measures its costs
     assert set(auto.costs) == {4} and auto.verify_cost(4) == auto.costs[4]["verify_cost"]
-    assert 1 <= out.num_draft[0] <= 3
+    assert 0 <= out.num_draft[0] <= 3   # 0 where these measured costs say no K pays at its acceptance
 
 
 # --- bad input ---------------------------------------------------------------------------------
