@@ -2,7 +2,11 @@
 
 Providers (greedy decoding, EOS disabled, so every provider emits the same tokens)
   specfair                 SpeculativeGenerator(num_draft=K, profile=False).generate
-  specfair-auto            SpeculativeGenerator(num_draft="auto"): K per task from S(alpha; K, c)
+  specfair-auto            SpeculativeGenerator(num_draft="auto"): K per task from S(alpha; K, c); one
+                           generator for every call, so from its 2nd call on it starts from the
+                           acceptance its earlier calls measured (`SpeculativeGenerator.history`)
+  specfair-auto-fresh      the same, its memory cleared before every call (`forget()`): every call
+                           starts from the prior acceptance, as a new generator's first call does
   specfair-verifier-only   generate_verifier_only: our decode loop, verifier alone
   hf-assisted              verifier.generate(assistant_model=drafter) with K drafts every step
                            (constant schedule, no confidence cut-off): the same drafting as ours
@@ -122,13 +126,15 @@ def make_run(provider, B, K, pair, bench_ctx):
     N = NEW_TOKENS
     gen = None
     if provider.startswith("specfair") and provider != "specfair-verifier-only":
-        gen = SpeculativeGenerator(drafter, verifier, num_draft="auto" if provider == "specfair-auto" else K,
+        gen = SpeculativeGenerator(drafter, verifier, num_draft="auto" if provider.startswith("specfair-auto") else K,
                                    temperature=0.0, profile=False, **OPTIONS.get(provider, {}))
         if gen.num_draft == "auto" or gen.pad_verify:
             gen.verify_widths(B)  # costs measured once, outside the timed calls
 
     def run():
         if gen is not None:
+            if provider == "specfair-auto-fresh":
+                gen.forget()
             out = gen.generate(ids, mask, max_new_tokens=N, eos_token_id=[], seed=0)
             return int(out.num_new_tokens.sum())
         if provider == "specfair-verifier-only":
@@ -280,13 +286,14 @@ def test_auto_vs_best_fixed_k(benchmark, bench_ctx, pair, B):
 
 PAIRED = [("hf-verifier", None), ("specfair-verifier-only", None), ("hf-assisted", 2), ("specfair", 2),
           ("hf-assisted", 4), ("specfair", 4), ("specfair-compiled", 2), ("specfair-compiled", 4),
-          ("specfair-auto", None)]
+          ("specfair-auto", None), ("specfair-auto-fresh", None)]
 PAIRED_RATIOS = {  # (name of the record, numerator provider, denominator provider)
     **{f"specfair K={k} / hf-assisted K={k}": (f"specfair K={k}", f"hf-assisted K={k}") for k in (2, 4)},
     **{f"specfair-compiled K={k} / hf-assisted K={k}": (f"specfair-compiled K={k}", f"hf-assisted K={k}")
        for k in (2, 4)},
     "specfair-auto / hf-verifier": ("specfair-auto", "hf-verifier"),
     "specfair-auto / specfair-verifier-only": ("specfair-auto", "specfair-verifier-only"),
+    "specfair-auto-fresh / hf-verifier": ("specfair-auto-fresh", "hf-verifier"),
     "specfair K=2 / hf-verifier": ("specfair K=2", "hf-verifier"),
 }
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Generation at batch 1 on a pair of realistic shape: ours against Hugging Face, one run each.
+"""Generation at batch 1 on a pair of realistic shape: ours against Hugging Face, in rounds.
 
 The Qwen2 pair of `calibration_time.py` (0.5B -> 1.5B shapes, random weights, fp32; no
 download; ``--scale`` divides the layer counts) decodes one prompt of ``--prompt-tokens``
 random ids greedily for ``--new-tokens`` tokens, EOS disabled, so every provider must emit
-the same tokens (checked).  Providers, in one process, timed once each after one warm-up
-call of every provider on a 2-token run (the calibration of auto is outside the timing,
-reported beside it):
+the same tokens (checked).  Providers, in one process, after one warm-up call of every
+provider on a 2-token run, are timed once per round for ``--rounds`` rounds whose order
+rotates by one provider each round, so a slow spell of the machine hits one round of every
+provider; each row has the median seconds, and each ratio is the median over rounds of the
+ratio within a round (the calibration of auto is outside the timing, reported beside it):
 
   hf-verifier      verifier.generate(): the verifier alone
   hf-assisted K    verifier.generate(assistant_model=drafter), K drafts every step (constant
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 import time
 
@@ -38,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-draft", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, the order rotating (default 3)")
     args = ap.parse_args(argv)
     from specfair.costs import break_even_acceptance
     from specfair.generator import SpeculativeGenerator
@@ -78,26 +82,39 @@ def main(argv=None) -> int:
                  **{f"specfair K={K}": spec(g) for K, g in ours.items()}, "specfair-auto": spec(auto)}
     for run in providers.values():   # warm-up: first-call costs out of the timing
         run(2)
-    rows, reference = [], None
-    for name, run in providers.items():
-        t0 = time.perf_counter()
-        tokens, out = run(args.new_tokens)
-        seconds = time.perf_counter() - t0
-        reference = reference or tokens
-        if tokens != reference:
-            raise SystemExit(f"{name} emitted {tokens}, the verifier alone {reference}")
-        row = {"provider": name, "seconds": seconds, "tokens_per_s": len(tokens) / seconds}
+    names, reference = list(providers), None
+    times, last = {name: [] for name in names}, {}
+    for rnd in range(args.rounds):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            t0 = time.perf_counter()
+            tokens, out = providers[name](args.new_tokens)
+            times[name].append(time.perf_counter() - t0)
+            reference = reference or tokens
+            if tokens != reference:
+                raise SystemExit(f"{name} emitted {tokens}, the verifier alone {reference}")
+            last[name] = (tokens, out)
+            print(f"round {rnd}: {name:18s} {times[name][-1]:7.1f} s", flush=True)
+    rows = []
+    for name in names:
+        tokens, out = last[name]
+        seconds = statistics.median(times[name])
+        row = {"provider": name, "seconds": seconds, "seconds_per_round": times[name],
+               "tokens_per_s": len(tokens) / seconds}
         if out is not None:
             row.update(steps=out.steps, num_draft=out.num_draft,
                        realised_acceptance=float(out.stats.acceptance_rate()[0]))
         rows.append(row)
-        print(f"{name:18s} {seconds:7.1f} s  {row['tokens_per_s']:.3f} tok/s", flush=True)
-    base = {r["provider"]: r["tokens_per_s"] for r in rows}
+
+    def paired(num, den):   # median over rounds of the tokens/s ratio within a round
+        return statistics.median(d / n for n, d in zip(times[num], times[den]))
+
     for r in rows:
-        r["over_hf_verifier"] = r["tokens_per_s"] / base["hf-verifier"]
+        r["over_hf_verifier"] = paired(r["provider"], "hf-verifier")
         k = r["provider"].split("K=")[-1] if "K=" in r["provider"] else None
         if k and r["provider"].startswith("specfair"):
-            r["over_hf_assisted_same_k"] = r["tokens_per_s"] / base[f"hf-assisted K={k}"]
+            r["over_hf_assisted_same_k"] = paired(r["provider"], f"hf-assisted K={k}")
+        print(f"{r['provider']:18s} median {r['seconds']:7.1f} s  {r['tokens_per_s']:.3f} tok/s  "
+              f"{r['over_hf_verifier']:.2f}x HF verifier alone", flush=True)
     r_k = costs["verify_cost"]
     out = {"script": "benchmarks/realistic_generate.py", "args": vars(args), "verifier_shape": vshape,
            "drafter_shape": dshape, "dtype": "float32", "device": "cpu", "threads": torch.get_num_threads(),

@@ -85,8 +85,8 @@ def generate_verifier_only(verifier, input_ids, attention_mask=None, max_new_tok
         return finish_output(out_buf, n_new, row_steps, ids, pad_token_id, None, 0, clock.stop(), [])
     model = CachedModel(verifier, V)
     model.reset(B, dev)
-    if P > 1:
-        model.forward(ids.masked_fill(~pmask, 0)[:, :-1], pmask[:, :-1], keep=1)
+    if P > 1:   # read with the first step's forward, as Hugging Face's prefill
+        model.read_later(ids.masked_fill(~pmask, 0)[:, :-1], pmask[:, :-1])
     clock.lap("prefill")
     eos_t = torch.tensor(eos, dtype=torch.int64, device=dev) if eos else None
     rows = torch.arange(B)

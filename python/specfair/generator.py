@@ -37,10 +37,10 @@ from specfair_kernels.api import GREEDY_BELOW
 from ._util import is_int
 from .auto_draft import AcceptanceHistory, evidence_count, probe_policy, probes_now
 from .costs import SMALL_WIDTHS, cached_costs, cheapest_widths, choose_num_draft, min_break_even
+from .decode_state import DecodeState
 from .decoding import (
     CachedModel,
     Clock,
-    DecodeState,
     GenerationOutput,
     finish_output,
     process_logits,
@@ -315,7 +315,9 @@ class SpeculativeGenerator:
             T; default ``stats.num_tasks``, else ``max(task_ids) + 1``.
         stats : TaskStats, optional
             Accumulator to add into (its history also steers ``num_draft="auto"``); must
-            have ``max_draft >=`` K (K_max for auto).  A new one is made when None.
+            have ``max_draft >=`` K (K_max for auto).  A new one is made when None, and auto
+            then also reads the counts of this generator's earlier such calls (``history``).
+            Steps without drafts at temperature 0 are added at the end of the call.
         seed : int, optional
             Same seed, inputs and batch -> same tokens.  None uses torch's global RNG.
 
@@ -358,8 +360,8 @@ class SpeculativeGenerator:
         ids_in = ids.masked_fill(~pmask, 0)  # padding never reaches an embedding lookup
         for m in st.models():
             m.reset(B, dev)
-        if P > 1:  # the last prompt token is fed with the first step
-            st.verifier.forward(ids_in[:, :-1], pmask[:, :-1], keep=1)
+        if P > 1:  # the verifier reads the prompt with the first step's forward (no forward of its own)
+            st.verifier.read_later(ids_in[:, :-1], pmask[:, :-1])
         # The drafter reads the prompt with its first draft: never, in a call where no row drafts.
         st.d_pend, st.d_valid = ids_in, pmask
         clock.lap("prefill")

@@ -149,7 +149,7 @@ def test_invalid_logits_raise_and_every_step_is_counted(auto, monkeypatch, one_t
 
     def poison(module, args, out):
         calls.append(1)
-        if len(calls) == 5:   # the prefill, then steps 0, 1, 2; step 3 is the 5th forward
+        if len(calls) == 4:   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
             out.logits[1] = float("nan")
         return out
 
