@@ -8,9 +8,12 @@ any K pays: the one-sided upper confidence bound of its acceptance (`acceptance_
 Wilson's score bound at ``PROBE_Z`` = 1.645, 95%) lies below the smallest break-even
 acceptance over K = 1..K_max (`specfair.costs.min_break_even`; inf when even acceptance 1
 cannot pay, and then no probe can help).  Such a task is probed only once every
-``AUTO_PROBE_MAX`` steps of the generator's life (across calls), so that a change in what
-it generates is still seen.  A probe costs about c + r_1 - 1 of a verifier step, plus the
-drafter's catch-up over the tokens it has not read.
+``AUTO_PROBE_MAX`` steps (`is_refresh_step`), counted across the calls the generator
+remembers (`AcceptanceHistory.steps`), so that a change in what it generates is still seen.
+A call given its own ``stats`` counts from its first step: a call replayed from the same
+``stats`` (as `specfair.baseline.measure_speedup` does) makes the same choices.
+A probe costs about c + r_1 - 1 of a verifier step, plus the drafter's catch-up over the
+tokens it has not read.
 
 Memory (`AcceptanceHistory`).  A call made without a ``stats`` accumulator starts a new one,
 so by itself it would start from the prior acceptance every time.  The generator keeps the
@@ -43,10 +46,10 @@ def is_probe_step(step: int) -> bool:
     return s >= AUTO_PROBE_FIRST and (s & (s - 1) == 0 or s % AUTO_PROBE_MAX == 0)
 
 
-def is_refresh_step(life_step: int) -> bool:
-    """Whether a task whose evidence rules speculation out is probed at the generator's
-    ``life_step`` (0-based, counted across calls): once every AUTO_PROBE_MAX steps."""
-    return life_step % AUTO_PROBE_MAX == AUTO_PROBE_MAX - 1
+def is_refresh_step(step: int) -> bool:
+    """Whether a task whose evidence rules speculation out is probed at ``step`` (0-based,
+    counted from the first call the generator remembers): once every AUTO_PROBE_MAX."""
+    return step % AUTO_PROBE_MAX == AUTO_PROBE_MAX - 1
 
 
 def acceptance_upper_bound(rate, n, z: float = PROBE_Z) -> list[float]:
@@ -80,10 +83,10 @@ def probe_policy(rate, n, break_even: float, z: float = PROBE_Z) -> list[str]:
     return ["refresh" if u < break_even else "schedule" for u in acceptance_upper_bound(rate, n, z)]
 
 
-def probes_now(policy: list[str], step: int, life_step: int) -> list[bool]:
+def probes_now(policy: list[str], step: int, before: int) -> list[bool]:
     """Per task, whether a task at K = 0 with this `probe_policy` drafts one token at
-    ``step`` of the call, the generator's ``life_step``."""
-    due = {"schedule": is_probe_step(step), "refresh": is_refresh_step(life_step), "never": False}
+    ``step`` of the call, after ``before`` remembered steps of earlier calls."""
+    due = {"schedule": is_probe_step(step), "refresh": is_refresh_step(before + step), "never": False}
     return [due[p] for p in policy]
 
 
@@ -93,9 +96,12 @@ class AcceptanceHistory:
 
     def __init__(self):
         self.stats: sk.TaskStats | None = None
+        self.steps = 0   # decode steps of the calls held (the refresh probes count from here)
 
-    def add(self, stats: sk.TaskStats) -> None:
-        """Add one finished call's accumulator (tasks beyond the ones seen so far extend it)."""
+    def add(self, stats: sk.TaskStats, steps: int) -> None:
+        """Add one finished call's accumulator and its number of decode steps (tasks beyond
+        the ones seen so far extend the accumulator)."""
+        self.steps += steps
         if self.stats is None or stats.num_tasks > self.stats.num_tasks or stats.device != self.stats.device:
             grown = sk.TaskStats(stats.num_tasks if self.stats is None else max(stats.num_tasks, self.stats.num_tasks),
                                  stats.max_draft, stats.device)
@@ -115,6 +121,7 @@ class AcceptanceHistory:
 
     def clear(self) -> None:
         self.stats = None
+        self.steps = 0
 
 
 def _add_rows(dst: sk.TaskStats, src: sk.TaskStats, hist: bool = True) -> None:

@@ -12,6 +12,7 @@ import torch
 import specfair_kernels as sk
 
 from .decoding import CachedModel
+from .fastpath import count_steps_without_drafts
 
 
 @dataclass
@@ -165,14 +166,7 @@ class DecodeState:
             invalid[self.rows] += (failed == 0).long()
         if self.stats is None or not (bool(pending.any()) or bool(invalid.any())):
             return
-        S = sk.stats
-        rows = torch.zeros(len(pending), len(S.COUNT_NAMES), dtype=torch.int64)
-        rows[:, S.COUNT_EMITTED] = pending
-        rows[:, S.COUNT_STEPS] = pending
-        rows[:, S.COUNT_INVALID] = invalid
-        dev = self.stats.device
-        self.stats.counts.index_add_(0, self.task_t, rows.to(dev))
-        self.stats.hist[:, 0].index_add_(0, self.task_t, pending.to(dev))
+        count_steps_without_drafts(self.stats, self.task_t, pending, invalid)
         self.counted = self.row_steps.clone()
 
     def _drop_finished(self, finished: torch.Tensor, compact_threshold: float | None, pos_h) -> bool:

@@ -24,8 +24,8 @@ import specfair_kernels as sk
 
 MASK_4D_TYPES = ("llama", "qwen2", "qwen3")   # model types whose decoder layers read a 4-D mask as is
 
-__all__ = ["MASK_4D_TYPES", "check_compile_options", "compiled_model", "greedy_verify_without_drafts",
-           "slot_attention_mask", "takes_4d_mask"]
+__all__ = ["MASK_4D_TYPES", "check_compile_options", "compiled_model", "count_steps_without_drafts",
+           "greedy_verify_without_drafts", "slot_attention_mask", "takes_4d_mask"]
 
 
 def takes_4d_mask(model) -> bool:
@@ -98,11 +98,21 @@ def greedy_verify_without_drafts(target_logits: torch.Tensor, task_ids: torch.Te
     top, first = target_logits[:, 0].max(-1)   # the maximum (NaN if any) and its first index
     valid = torch.isfinite(top)
     none = torch.zeros(valid.shape, dtype=torch.int32, device=valid.device)
-    if stats is not None:   # TaskStats.accumulate of rows without drafts: no sums to add
-        S = sk.stats   # emitted, steps, invalid rows: adjacent columns, one index_add_ (the test compares verify)
+    if stats is not None:
         v = valid.long()
-        t = task_ids.long()
-        stats.counts[:, S.COUNT_EMITTED:S.COUNT_INVALID + 1].index_add_(0, t, torch.stack([v, v, 1 - v], 1))
-        stats.hist[:, 0].index_add_(0, t, v)
+        count_steps_without_drafts(stats, task_ids, v, 1 - v)
     tokens = torch.where(valid, first, -1)[:, None]
     return sk.VerifyOutput(tokens=tokens, num_accepted=none, num_emitted=valid.int())
+
+
+def count_steps_without_drafts(stats: sk.TaskStats, task_ids: torch.Tensor, steps: torch.Tensor,
+                               invalid: torch.Tensor) -> None:
+    """Add to ``stats`` what `specfair_kernels.verify` counts for steps in which a row drafted
+    nothing, per row (task ``task_ids``, int [B]): ``steps`` valid steps (each one emitted
+    token and the accept-length histogram's 0 bin) and ``invalid`` invalid rows.  No
+    divergence sums: nothing was drafted."""
+    S = sk.stats   # emitted, steps and invalid rows are adjacent columns: one index_add_
+    t, steps = task_ids.long().to(stats.device), steps.long().to(stats.device)
+    rows = torch.stack([steps, steps, invalid.long().to(stats.device)], 1)
+    stats.counts[:, S.COUNT_EMITTED:S.COUNT_INVALID + 1].index_add_(0, t, rows)
+    stats.hist[:, 0].index_add_(0, t, steps)

@@ -84,7 +84,7 @@ class SpeculativeGenerator:
         for which no K beats the verifier alone gets K = 0 (plain decoding), except for one
         draft on the steps of `is_probe_step` (steps 8, 16, 32, 64, then every 64) that keeps
         its acceptance estimate current, unless its acceptance is confidently below every
-        K's break-even (then once every 64 steps of the generator's life;
+        K's break-even (then once every 64 steps, counted across remembered calls;
         `specfair.auto_draft`).  Calls without ``stats`` remember each other's counts
         (``history``; `forget` clears it), so auto starts from what earlier calls measured.
     temperature : float >= 0
@@ -213,7 +213,6 @@ class SpeculativeGenerator:
         self._widths: dict[int, tuple[list[int], list[float]]] = {}
         self._break_even: dict[int, float] = {}   # per batch size: `min_break_even` of the measured costs
         self.history = AcceptanceHistory()   # counts of earlier calls made without `stats` (auto reads them)
-        self._life_step = 0                  # steps of every call so far (auto's refresh probes)
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
@@ -393,11 +392,10 @@ class SpeculativeGenerator:
                                 **self._method_kwargs())
             clock.lap("kernel")
             done = st.commit(out, drafts, K, self.compact_threshold, counted=not (K == 0 and self.greedy))
-            self._life_step += 1
             if not done and self.num_draft == "auto":
                 if K > 0:   # drafts were scored: the acceptance moved (a step without drafts changes nothing)
                     st.K_chosen, st.probes = self._plan(stats, B, st.remember)
-                due = probes_now(st.probes, st.step, self._life_step)
+                due = probes_now(st.probes, st.step, self.history.steps if st.remember else 0)
                 st.K_task = [1 if k == 0 and now else k for k, now in zip(st.K_chosen, due)]
             clock.lap("bookkeeping")
             if done:
@@ -406,7 +404,7 @@ class SpeculativeGenerator:
     def _output(self, st: DecodeState, stats, clock: Clock) -> GenerationOutput:
         st.add_uncounted()
         if st.remember:
-            self.history.add(stats)
+            self.history.add(stats, st.step)
         return finish_output(st.out_buf, st.n_new, st.row_steps, st.ids, self.pad_token_id, stats, st.step,
                              clock.stop(), st.K_task)
 

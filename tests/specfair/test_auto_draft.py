@@ -59,7 +59,7 @@ def test_probe_policy_and_schedule():
     assert probe_policy([0.0, 0.0, float("nan")], [2, 3, 0], 0.5) == ["schedule", "refresh", "schedule"]
     assert [s for s in range(200) if is_probe_step(s)] == [7, 15, 31, 63, 127, 191]
     assert [s for s in range(200) if is_refresh_step(s)] == [63, 127, 191]
-    assert probes_now(["schedule", "refresh", "never"], 7, 63) == [True, True, False]
+    assert probes_now(["schedule", "refresh", "never"], 7, 56) == [True, True, False]
     assert probes_now(["schedule", "refresh", "never"], 8, 10) == [False, False, False]
 
 
@@ -69,11 +69,11 @@ def test_history_adds_calls_and_grows_tasks():
     one.counts[0] = torch.tensor([4, 1, 5, 4, 0, 4])
     one.hist[0, 1] = 1
     assert h.combined(one) is one   # empty memory: the call's own counts
-    h.add(one)
+    h.add(one, 4)
     two = sk.TaskStats(2, 2)
     two.counts[1, sk.stats.COUNT_TESTED] = 3
-    h.add(two)
-    assert h.stats.num_tasks == 2 and h.stats.counts[0].tolist() == [4, 1, 5, 4, 0, 4]
+    h.add(two, 3)
+    assert h.steps == 7 and h.stats.num_tasks == 2 and h.stats.counts[0].tolist() == [4, 1, 5, 4, 0, 4]
     assert int(h.stats.counts[1, sk.stats.COUNT_TESTED]) == 3 and int(h.stats.hist[0, 1]) == 1
     call = sk.TaskStats(1, 2)
     call.counts[0, sk.stats.COUNT_ACCEPTED] = 2
@@ -81,7 +81,7 @@ def test_history_adds_calls_and_grows_tasks():
     assert seen is not call and int(seen.counts[0, sk.stats.COUNT_ACCEPTED]) == 3
     assert int(call.counts[0, sk.stats.COUNT_ACCEPTED]) == 2   # the call's accumulator is untouched
     h.clear()
-    assert h.stats is None
+    assert h.stats is None and h.steps == 0
 
 
 def _constant_drafter(drafter, token):
@@ -98,9 +98,10 @@ def test_probes_stop_once_the_evidence_rules_speculation_out(monkeypatch, one_th
     """A drafter that is never right, costs with break-even 0.5 (c = 0.3, r_K = 1 + 0.2 K):
     a first call drafts at step 0 (the prior acceptance), then probes at steps 7 and 15; 3
     rejected drafts put the upper bound at 0.475 < 0.5, so step 31 is not probed.  A second
-    call remembers that and drafts only at the generator's 64th step (step 23 of it).  A
-    call given its own ``stats`` does not read the memory; `forget` clears it.  Every call's
-    output is the verifier's greedy decoding."""
+    call remembers that (and its 40 steps) and drafts only at its step 23, the 64th step
+    remembered.  A call given its own ``stats`` does not read the memory and counts from its
+    own first step, so replays from one accumulator agree; `forget` clears the memory.
+    Every call's output is the verifier's greedy decoding."""
     d = tiny_llama(64, 1, hidden=16, layers=1, max_pos=128)
     v = tiny_llama(64, 2, hidden=32, layers=2, max_pos=128)
     ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(1))
@@ -124,10 +125,17 @@ def test_probes_stop_once_the_evidence_rules_speculation_out(monkeypatch, one_th
             assert torch.equal(out.sequences, want)
             assert int(out.stats.counts[0, sk.stats.COUNT_ACCEPTED]) == 0
             drafted.append(int(out.stats.counts[0, sk.stats.COUNT_DRAFTED]))
+        # Replays from one accumulator make the same choices (measure_speedup's repeats): the
+        # refresh probe comes at step 63 of each, however many calls came before.
+        start = gen.history.stats.clone()   # 3 rejected drafts: refresh mode from the first step
+        replays = [gen.generate(ids, max_new_tokens=70, eos_token_id=[], seed=0, stats=start.clone()).stats
+                   for _ in range(3)]
     finally:
         hook.remove()
-    # call 3 (life steps 80-119): steps 0, 7, 15; the next refresh is life step 127.
-    # call 4 (120-159), memory cleared: steps 0, 7 (also life step 127), 15.
+    assert all(torch.equal(r.counts, replays[0].counts) for r in replays)
+    assert int(replays[0].counts[0, sk.stats.COUNT_DRAFTED] - start.counts[0, sk.stats.COUNT_DRAFTED]) == 1
+    # calls 3 (its own stats) and 4 (memory cleared): steps 0, 7, 15, like call 1; their
+    # refresh would come at step 63.
     assert drafted == [3, 1, 3, 3]
     assert int(gen.history.stats.counts[0, sk.stats.COUNT_DRAFTED]) == 3   # call 4 only (call 3 had stats)
 
