@@ -123,18 +123,12 @@ class DecodeState:
         else:
             emit_h, hit_h = emit.cpu(), None
         self._check_emitted(emit_h, counted)
-        if len(self.rows) == len(self.n_new):   # every row still active: no gather
-            self.out_buf[self.rows_dev, self.n_new.to(self.ids.device)] = tok
-            self.n_new += 1
-            self.row_steps += 1
-            if counted:
-                self.counted += 1
-        else:
-            self.out_buf[self.rows_dev, self.n_new[self.rows].to(self.ids.device)] = tok
-            self.n_new[self.rows] += 1
-            self.row_steps[self.rows] += 1
-            if counted:
-                self.counted[self.rows] += 1
+        rows = slice(None) if len(self.rows) == len(self.n_new) else self.rows   # all active: a view, no gather
+        self.out_buf[self.rows_dev, self.n_new[rows].to(self.ids.device)] = tok
+        self.n_new[rows] += 1
+        self.row_steps[rows] += 1
+        if counted:
+            self.counted[rows] += 1
         self.step += 1
         self.last = tok
         valid = self.d_valid if self.d_valid is not None else torch.ones_like(self.d_pend, dtype=torch.bool)
