@@ -14,6 +14,10 @@ Providers (greedy decoding, EOS disabled, so every provider emits the same token
   hf-verifier              verifier.generate(): the verifier alone
   specfair-cudagraph       SpeculativeGenerator(cache="static", cuda_graph=True): decode forwards
                            replayed as CUDA graphs (CUDA only; skipped elsewhere)
+  specfair-fixed-step      SpeculativeGenerator(cache="static", fixed_step=True): every step one
+                           fixed-shape sequence that reads nothing back (`specfair.step_graph`), eager
+  specfair-step-graph      the same with cuda_graph=True: the whole draft+verify step captured as one
+                           CUDA graph and replayed (CUDA only; skipped elsewhere)
   specfair-compiled        SpeculativeGenerator(cache="static", compile=True): both models through
                            torch.compile (inductor; compiling takes minutes on a CPU, so the smoke
                            run skips it -- tests/specfair/test_static_cache.py covers the path)
@@ -44,6 +48,7 @@ PROMPTS = ["The installation system can be started from a USB stick", "Die Insta
 
 CASES = [  # (provider, B, K, pair)
     ("specfair", 1, 3, "tiny"), ("hf-assisted", 1, 3, "tiny"), ("specfair", 4, 3, "tiny"),
+    ("specfair-fixed-step", 4, 3, "tiny"),
     ("specfair-auto", 4, None, "tiny"), ("specfair-verifier-only", 4, None, "tiny"),
     ("hf-verifier", 1, None, "default"), ("specfair-verifier-only", 1, None, "default"),
     ("hf-assisted-default", 1, None, "default"),
@@ -59,6 +64,9 @@ CASES = [  # (provider, B, K, pair)
     ("specfair", 32, 2, "default"), ("specfair", 32, 4, "default"), ("specfair-auto", 32, None, "default"),
     ("specfair-cudagraph", 1, 2, "default"), ("specfair-cudagraph", 1, 4, "default"),
     ("specfair-cudagraph", 32, 2, "default"), ("specfair-cudagraph", 32, 4, "default"),
+    ("specfair-fixed-step", 1, 2, "default"), ("specfair-fixed-step", 8, 2, "default"),
+    ("specfair-step-graph", 1, 2, "default"), ("specfair-step-graph", 1, 4, "default"),
+    ("specfair-step-graph", 32, 2, "default"), ("specfair-step-graph", 32, 4, "default"),
 ]
 
 
@@ -71,6 +79,8 @@ def _params():
 
 _PAIRS: dict = {}
 OPTIONS = {"specfair-cudagraph": {"cache": "static", "cuda_graph": True},   # SpeculativeGenerator keywords
+           "specfair-fixed-step": {"cache": "static", "fixed_step": True},
+           "specfair-step-graph": {"cache": "static", "fixed_step": True, "cuda_graph": True},
            "specfair-compiled": {"cache": "static", "compile": True}, "specfair-padded": {"pad_verify": True}}
 
 
@@ -163,7 +173,7 @@ def make_run(provider, B, K, pair, bench_ctx):
 def test_generate(benchmark, bench_ctx, provider, B, K, pair):
 
     dev = bench_ctx.device
-    if provider == "specfair-cudagraph" and dev.type != "cuda":
+    if provider in ("specfair-cudagraph", "specfair-step-graph") and dev.type != "cuda":
         pytest.skip("cuda_graph=True needs a CUDA device")
     if provider == "specfair-compiled" and benchmark.disabled:
         pytest.skip("compiling takes minutes on a CPU: timed runs only (tests/ cover compile=True)")

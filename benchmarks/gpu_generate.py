@@ -20,9 +20,11 @@ failure or a timeout still leaves everything measured before it):
   batch32        tokens/s at batch 32: ours (K = 2, 4; greedy and T=1), verifier alone (ours, HF);
                  HF assisted generation at batch 32 is attempted and its error recorded; the summary
                  gives the best greedy ours over the faster verifier alone (the target is >= 1)
-  cuda_graph     cuda_graph=True (decode forwards replayed as CUDA graphs) vs eager static and eager
-                 dynamic caches, B = 1 and 32, K = 2 and 4: tokens/s, first-call (compile) seconds,
-                 and whether the tokens are the eager path's (CUDA only; on a CPU the error is recorded)
+  cuda_graph     cuda_graph=True (decode forwards replayed as CUDA graphs), fixed_step=True (eager) and
+                 both (the whole draft+verify step replayed as one CUDA graph) vs eager static and
+                 eager dynamic caches, B = 1 and 32, K = 2 and 4: tokens/s, first-call (compile or
+                 capture) seconds, and whether the tokens are the eager path's (CUDA only; on a CPU
+                 the error is recorded)
   auto_vs_fixed  two tasks with different acceptance (well- vs under-represented languages of the
                  drafter): tokens/s per task for fixed K in {1, 2, 4} and for num_draft="auto",
                  at batch 1 and batch 4
@@ -260,7 +262,8 @@ def section_batch32(b, args):
 
 
 def section_cuda_graph(b, args):
-    """cuda_graph=True (static caches, decode forwards replayed as CUDA graphs) against the eager
+    """cuda_graph=True (static caches, decode forwards replayed as CUDA graphs), fixed_step=True
+    (eager) and both together (the whole step replayed as one CUDA graph) against the eager
     static and the eager dynamic path, greedy, at batch 1 and 32: tokens/s and the same tokens."""
     import torch
 
@@ -273,7 +276,9 @@ def section_cuda_graph(b, args):
             gens = {name: SpeculativeGenerator(b.drafter, b.verifier, num_draft=K, temperature=0.0, profile=False,
                                                **kw)
                     for name, kw in (("eager_dynamic", {}), ("eager_static", {"cache": "static"}),
-                                     ("cuda_graph", {"cache": "static", "cuda_graph": True}))}
+                                     ("cuda_graph", {"cache": "static", "cuda_graph": True}),
+                                     ("fixed_step", {"cache": "static", "fixed_step": True}),
+                                     ("step_graph", {"cache": "static", "fixed_step": True, "cuda_graph": True}))}
             row, ref = {}, None
             for name, gen in gens.items():
                 def run(gen=gen, ids=ids, mask=mask):
@@ -289,8 +294,8 @@ def section_cuda_graph(b, args):
                              "first_call_s": first_s,
                              "same_tokens_as_eager_dynamic": bool(torch.equal(out.sequences, ref)
                                                                   and torch.equal(first.sequences, ref))}
-            row["cuda_graph_vs_eager_dynamic"] = (row["cuda_graph"]["tokens_per_s"]
-                                                  / row["eager_dynamic"]["tokens_per_s"])
+            for name in ("cuda_graph", "step_graph"):
+                row[f"{name}_vs_eager_dynamic"] = row[name]["tokens_per_s"] / row["eager_dynamic"]["tokens_per_s"]
             res[f"B{B}_K{K}"] = row
     return res
 

@@ -11,7 +11,8 @@
 #   gpu_bench.md    the Markdown table made from them (benchmarks/make_table.py)
 #   roofline.md/.json  predicted time beside the measured one, per shape (benchmarks/roofline.py)
 #   tune_verify.json, tune_divergence*.json  per-kernel times and launch-configuration sweeps
-#   gpu_generate.json  end-to-end generation (benchmarks/gpu_generate.py: batch 1, batch 32, cuda_graph)
+#   gpu_generate.json  end-to-end generation (benchmarks/gpu_generate.py: batch 1, batch 32, cuda_graph,
+#                      the whole step captured: fixed_step with cuda_graph)
 #   *.log           each step's output
 # Exits non-zero if the install, the benchmarks or the tests failed.
 set -uo pipefail
@@ -56,7 +57,7 @@ if [[ $WHAT == all ]]; then
     stamp "CUDA kernel tests"
     "$PY" -m pytest tests/kernels/test_triton_cuda.py tests/kernels/test_divergence_cuda.py \
         tests/kernels/test_verify_triton.py tests/kernels/test_verify_race.py tests/kernels/test_verify_block.py \
-        tests/specfair/test_fastpath.py \
+        tests/specfair/test_fastpath.py tests/specfair/test_step_graph.py \
         -x -q -p no:cacheprovider \
         2>&1 | tee "$OUT/tests_kernels_gpu.log"
     test_rc=${PIPESTATUS[0]}

@@ -95,7 +95,7 @@ def _per_row(name, value, B, device, dtype, kind):
 
 def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperature=1.0, task_ids=None,
            stats: TaskStats | None = None, seed=None, step=0, return_divergence: bool = False,
-           backend: str = "auto", method: str = "token") -> VerifyOutput:
+           backend: str = "auto", method: str = "token", check_values: bool = True) -> VerifyOutput:
     """Verify a batch of drafts with exact (lossless) speculative sampling.
 
     Draft x_j is accepted with probability min(1, p(x_j) / q(x_j)); at the first
@@ -143,6 +143,13 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
         expectation.  Greedy rows are the argmax chain in both.  The random words are
         token mode's, so the two differ only through the rule; divergences are the same.
         See `reference.verify_ref` for the exact rule.  Every backend implements both.
+    check_values : bool
+        Check the values of ``num_draft``, ``draft_tokens``, ``temperature``, ``step`` and
+        ``task_ids`` (default).  The check reads them back (a host synchronisation on a GPU),
+        so a caller that guarantees them (a decode step that never reads the device,
+        `specfair.step_graph`) may pass False; types and shapes are always checked, and
+        during CUDA-graph capture the values never are.  The kernels clamp indices, so a bad
+        value gives wrong tokens, never a write to foreign memory.
 
     Returns
     -------
@@ -223,7 +230,9 @@ def verify(target_logits, draft_logits, draft_tokens, num_draft=None, temperatur
     else:
         task_t = None
 
-    if _checking_values(device):
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be a bool, got {type(check_values).__name__}")
+    if check_values and _checking_values(device):
         # All value checks reduce on the device and come back in one transfer (one sync).
         pos = torch.arange(K, device=device)
         used = pos[None, :] < num_draft_t[:, None]

@@ -25,7 +25,7 @@ from specfair_kernels.api import GREEDY_BELOW
 
 from .fastpath import compiled_model, slot_attention_mask, takes_4d_mask
 
-SECTIONS = ("prefill", "draft", "verify_forward", "kernel", "bookkeeping", "total")
+SECTIONS = ("prefill", "draft", "verify_forward", "kernel", "bookkeeping", "step", "total")
 
 # --- results -------------------------------------------------------------------------------
 
@@ -52,8 +52,9 @@ class GenerationOutput:
         Seconds spent in ``prefill`` (setting up the caches: the prompt is read by the first
         step's forwards, so its cost is in ``verify_forward`` and ``draft``), ``draft``
         (drafter forwards and sampling), ``verify_forward`` (verifier forward), ``kernel`` (logit processing and
-        `specfair_kernels.verify`), ``bookkeeping`` (caches, masks, outputs, the host sync)
-        and ``total``; the device is synchronised at every boundary.  The verifier-only loop
+        `specfair_kernels.verify`), ``bookkeeping`` (caches, masks, outputs, the host sync),
+        ``step`` (whole steps of ``fixed_step=True``, which are not split) and ``total``; the
+        device is synchronised at every boundary.  The verifier-only loop
         reports its forwards under ``verify_forward`` and its sampling under ``kernel``.
     num_draft : list[int]
         Draft length per task at the last step (``num_draft="auto"`` adapts it).
@@ -251,28 +252,38 @@ class CachedModel:
         layers = self._layers()
         if layers is None:
             return
-        count = self.mask.sum(1)
-        L_new = int(count.max())
-        B, L = self.mask.shape
-        # Stable sort puts each row's valid slots first, in order.
-        order = torch.sort((~self.mask).to(torch.int8), dim=1, stable=True).indices
-        s = torch.arange(L_new, device=self.mask.device)
-        pad = (L_new - count)[:, None]
-        src = order.gather(1, (s[None, :] - pad).clamp(min=0))  # [B, L_new]
-        for layer in (self._static_layers() if self.static_len is not None else layers):
-            for name in ("keys", "values"):
-                t = getattr(layer, name, None)
-                if self.static_len is not None:   # in place: the buffers keep their address
-                    H, D = t.shape[1], t.shape[3]
-                    t[:, :, :L_new] = t[:, :, :L].gather(2, src[:, None, :, None].expand(B, H, L_new, D))
-                    continue
-                if t is None or t.dim() != 4 or t.shape[-2] != L:
-                    continue
+        static = self.static_len is not None
+        self.mask = compact_slots(self._static_layers() if static else layers, self.mask, in_place=static)
+
+
+def compact_slots(layers, mask: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """Gather each row's valid slots (``mask`` [B, L], bool) right-aligned into the first
+    L' columns of every layer's keys and values, L' the longest row's count; -> the new slot
+    mask [B, L'].  ``in_place``: static layers, written into their own buffers (they keep
+    their address) with the write pointer (``cumulative_length``) set to L'; else each
+    layer's tensors are replaced by the gathered ones."""
+    count = mask.sum(1)
+    L_new = int(count.max())
+    B, L = mask.shape
+    # Stable sort puts each row's valid slots first, in order.
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+    s = torch.arange(L_new, device=mask.device)
+    pad = (L_new - count)[:, None]
+    src = order.gather(1, (s[None, :] - pad).clamp(min=0))  # [B, L_new]
+    for layer in layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if in_place:
                 H, D = t.shape[1], t.shape[3]
-                setattr(layer, name, t.gather(2, src[:, None, :, None].expand(B, H, L_new, D)))
-            if self.static_len is not None:
-                layer.cumulative_length.fill_(L_new)
-        self.mask = s[None, :] >= pad
+                t[:, :, :L_new] = t[:, :, :L].gather(2, src[:, None, :, None].expand(B, H, L_new, D))
+                continue
+            if t is None or t.dim() != 4 or t.shape[-2] != L:
+                continue
+            H, D = t.shape[1], t.shape[3]
+            setattr(layer, name, t.gather(2, src[:, None, :, None].expand(B, H, L_new, D)))
+        if in_place:
+            layer.cumulative_length.fill_(L_new)
+    return s[None, :] >= pad
 
 
 # --- logits processing and sampling -------------------------------------------------------------

@@ -54,13 +54,23 @@ def slot_attention_mask(mask: torch.Tensor, width: int, static_len: int | None) 
     return mask[:, None, None, :] & causal[None, None]
 
 
-def check_compile_options(cache: str, compile, cuda_graph, device: torch.device) -> tuple[str | None, str | None]:
+def check_compile_options(cache: str, compile, cuda_graph, device: torch.device,
+                          fixed_step: bool = False) -> tuple[str | None, str | None]:
     """Check `SpeculativeGenerator`'s ``compile`` and ``cuda_graph`` arguments on any device;
-    -> (``torch.compile`` backend or None for eager, its mode or None)."""
+    -> (``torch.compile`` backend or None for eager, its mode or None) for the model
+    forwards.  With ``fixed_step`` the forwards stay eager (``cuda_graph`` captures the whole
+    step instead, `specfair.step_graph`)."""
     if not isinstance(compile, (bool, str)):
         raise TypeError(f"compile must be a bool or a torch.compile backend name, got {type(compile).__name__}")
     if not isinstance(cuda_graph, bool):
         raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+    if fixed_step:
+        if compile:
+            raise ValueError(f"compile={compile!r} is not built for fixed_step=True: its step runs eagerly, or is "
+                             "captured whole with cuda_graph=True")
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the models on a CUDA device, they are on {device}")
+        return None, None
     if compile and cache != "static":
         raise ValueError("compile=True needs cache='static' (a dynamic cache changes shape every step)")
     if not cuda_graph:

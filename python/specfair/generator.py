@@ -61,6 +61,7 @@ from .inputs import (
 )
 from .models import context_length, model_device, output_vocab_size
 from .ngram import NgramConfig, ngram_drafts
+from .step_graph import FixedStep, check_fixed_step
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
 STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
@@ -141,7 +142,18 @@ class SpeculativeGenerator:
         With ``cache="static"`` on a CUDA device: compile both models' decode forwards with
         inductor in ``mode="reduce-overhead"``, which captures each forward width as a CUDA
         graph and replays it (gpt-fast's recipe; `specfair.fastpath`).  `verify` and the
-        bookkeeping stay eager.  Checked on every device: elsewhere it raises.  Default False.
+        bookkeeping stay eager.  With ``fixed_step=True`` instead: capture the whole
+        draft+verify step as one CUDA graph and replay it every step.  Checked on every
+        device: elsewhere it raises.  Default False.
+    fixed_step : bool
+        Run every step as one sequence of fixed shapes that never reads the device
+        (`specfair.step_graph`): all rows at width K to the end of the call (finished rows
+        draft nothing), static caches rolled back and cropped on the device, one small read
+        per step to stop.  Needs ``cache="static"``, an int ``num_draft``, a drafter model and
+        Llama/Qwen2/Qwen3 SDPA models.  Eager on its own (on a CPU only slower than the
+        default loop); with ``cuda_graph=True`` on a GPU, captured whole.  The same
+        guarantees (exact sampling, greedy = the verifier's greedy); sampled tokens differ
+        from the default loop's for one seed, since finished rows keep drawing.  Default False.
     pad_verify : bool, optional
         Run the verifier's forward over K+1 tokens at the cheapest *measured* width >= K+1
         instead (`verify_widths`; filler tokens whose slots are dropped at once, so the
@@ -167,8 +179,13 @@ class SpeculativeGenerator:
                  cost_ratio: float | None = None, vocab_size: int | None = None, pad_token_id: int | None = None,
                  compact_threshold: float | None = 0.5, profile: bool = True, draft: str = "sample",
                  ngram: NgramConfig | None = None, verify_method: str = "token", cache: str = "dynamic",
-                 compile: bool = False, cuda_graph: bool = False, pad_verify: bool | None = None):
+                 compile: bool = False, cuda_graph: bool = False, pad_verify: bool | None = None,
+                 fixed_step: bool = False):
         check_drafting(drafter, num_draft, max_draft, draft, ngram, verify_method, cache, pad_verify)
+        if not isinstance(fixed_step, bool):
+            raise TypeError(f"fixed_step must be a bool, got {type(fixed_step).__name__}")
+        if fixed_step:
+            check_fixed_step(drafter, verifier, num_draft, cache, ngram, pad_verify)
         self.cache_kind = cache
         if ngram is not None:
             drafter = verifier  # no second model: the checks and vocabulary below read the verifier only
@@ -179,7 +196,8 @@ class SpeculativeGenerator:
         d_dev, v_dev = model_device(drafter), model_device(verifier)
         if d_dev != v_dev:
             raise ValueError(f"drafter is on {d_dev} but verifier is on {v_dev}; put both models on one device")
-        self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev)
+        self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev, fixed_step)
+
         check_sampling(temperature, top_k, top_p)
         if cost_ratio is not None and (isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float))
                                        or not (cost_ratio >= 0 and math.isfinite(cost_ratio))):
@@ -216,6 +234,9 @@ class SpeculativeGenerator:
         self.default_eos = default_eos(verifier)
         self.pad_token_id = pad_token_id if pad_token_id is not None else default_pad(verifier)
         self.context_limits = {"drafter": context_length(drafter), "verifier": context_length(verifier)}
+        self.fixed_step = (FixedStep(drafter, verifier, vocab_size, num_draft, process=self._process,
+                                     temperature=self.temperature, draft=draft, backend=backend,
+                                     method=verify_method, capture=cuda_graph) if fixed_step else None)
 
     # ------------------------------------------------------------------------------------
     def measured_costs(self, batch_size: int = 1) -> dict:
@@ -348,10 +369,11 @@ class SpeculativeGenerator:
         clock.start()
         if max_new_tokens == 0:
             return self._output(st, stats, clock)
-        static_len = None
-        if self.cache_kind == "static":
-            need = P + max_new_tokens + self.max_draft + 2
-            static_len = -(-need // STATIC_ROUND) * STATIC_ROUND
+        if self.fixed_step is not None:
+            return self.fixed_step.run(ids, pmask, max_new_tokens, st.eos_t, task_t, stats, gen, seeds,
+                                       self.pad_token_id, clock)
+        static_len = (-(-(P + max_new_tokens + self.max_draft + 2) // STATIC_ROUND) * STATIC_ROUND
+                      if self.cache_kind == "static" else None)
         kw = {"static_len": static_len, "compile_backend": self.compile, "compile_mode": self.compile_mode}
         st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
         st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)

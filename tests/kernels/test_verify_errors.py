@@ -93,6 +93,7 @@ BAD_CASES = [
     ("step_float", TypeError, "step", lambda c: dict(step=0.5)),
     ("task_ids_float", TypeError, "task_ids", lambda c: dict(task_ids=c.on(torch.zeros(B)), stats=c.stats)),
     ("return_divergence_int", TypeError, "return_divergence", lambda c: dict(return_divergence=1)),
+    ("check_values_int", TypeError, "check_values", lambda c: dict(check_values=1)),
     ("stats_wrong_type", TypeError, "stats", lambda c: dict(stats={"counts": 0})),
     # devices ("meta" is always another device)
     ("draft_tokens_meta", ValueError, "draft_tokens.*meta", lambda c: dict(draft_tokens=c.tok.to("meta"))),
@@ -170,6 +171,22 @@ def test_padded_positions_may_hold_anything(any_backend, verify_case):
     tok2[2] = torch.tensor([4, 5])
     out2 = sk.verify(**{**kw, "draft_tokens": tok2}, num_draft=num_draft, seed=5, backend=any_backend.name)
     assert torch.equal(out.tokens, out2.tokens)
+
+
+def test_check_values_false_skips_only_the_value_checks(any_backend, verify_case):
+    """check_values=False (a caller that must not read the device back) gives the same
+    tokens and counts on valid input; types and shapes are still checked."""
+    dev = any_backend.device
+    kw = {**_inputs(verify_case, dev), "seed": 3, "step": torch.tensor(2, device=dev), "backend": any_backend.name}
+    outs, all_stats = [], []
+    for check in (True, False):
+        stats = sk.TaskStats(2, K, device=dev)
+        outs.append(sk.verify(**kw, stats=stats, task_ids=torch.tensor([0, 1, 1], device=dev), check_values=check))
+        all_stats.append(stats)
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    assert torch.equal(all_stats[0].counts, all_stats[1].counts)
+    with pytest.raises(TypeError, match="draft_tokens"):
+        sk.verify(**{**kw, "draft_tokens": kw["draft_tokens"].float()}, check_values=False)
 
 
 def test_failed_validation_leaves_stats_untouched(any_backend, verify_case):
