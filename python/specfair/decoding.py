@@ -159,10 +159,8 @@ class CachedModel:
         ``keep`` positions (all W if None), sliced to the shared vocabulary.  Tokens left by
         `read_later` go first, in the same model call."""
         if self.pending is not None:
-            (pre, pre_valid), self.pending = self.pending, None
-            keep = tokens.shape[1] if keep is None else keep
-            valid = torch.cat([pre_valid, torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid], 1)
-            tokens = torch.cat([pre, tokens], 1)
+            tokens, valid, keep = read_pending(self.pending, tokens, valid, keep)
+            self.pending = None
         W = tokens.shape[1]
         if self.static_len is not None and self.mask.shape[1] + W > self.static_len:
             self.compact()   # holes take the room: gather the valid slots first
@@ -254,6 +252,17 @@ class CachedModel:
             return
         static = self.static_len is not None
         self.mask = compact_slots(self._static_layers() if static else layers, self.mask, in_place=static)
+
+
+def read_pending(pending: tuple[torch.Tensor, torch.Tensor], tokens: torch.Tensor, valid: torch.Tensor | None,
+                 keep: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A forward's (tokens, valid, keep) with the tokens left by ``read_later`` (``pending``:
+    tokens [B, W'] and their bool mask) in front: the logits kept are still only those of
+    ``tokens`` (all of them when ``keep`` is None)."""
+    pre, pre_valid = pending
+    keep = tokens.shape[1] if keep is None else keep
+    valid = torch.cat([pre_valid, torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid], 1)
+    return torch.cat([pre, tokens], 1), valid, keep
 
 
 def compact_slots(layers, mask: torch.Tensor, in_place: bool) -> torch.Tensor:

@@ -411,7 +411,7 @@ class SpeculativeGenerator:
                 out = sk.verify(self._process(target), draft_logits, drafts, num_draft=nd_host.to(dev),
                                 temperature=self.temperature, task_ids=task_t[st.rows_dev], stats=stats,
                                 seed=seeds[st.rows_dev], step=st.step, backend=self.backend,
-                                **self._method_kwargs())
+                                **self._verify_kwargs())
             clock.lap("kernel")
             done = st.commit(out, drafts, K, self.compact_threshold, counted=not (K == 0 and self.greedy))
             if not done and self.num_draft == "auto":
@@ -460,6 +460,8 @@ class SpeculativeGenerator:
         K = int(nd_host.max())
         return None, drafts[:, :K], nd_host
 
-    def _method_kwargs(self) -> dict:
-        # "token" is verify's default: older kernels without the keyword keep working
-        return {"method": self.verify_method}
+    def _verify_kwargs(self) -> dict:
+        """The acceptance rule, and no value checks: the draft counts, drafts, temperature,
+        step and task ids are built here or checked by `generate` (one host sync less per
+        step)."""
+        return {"method": self.verify_method, "check_values": False}

@@ -24,10 +24,11 @@ The host reads one small tensor per step (every row done, a row with invalid log
 two write pointers): to stop, to raise as the default loop does, and to compact a cache
 that would overflow (outside the graph; the buffers keep their addresses).
 
-Capture follows PyTorch's recipe for whole-network graphs: the first step runs eagerly on
-a side stream (the warm-up), the second is captured and replayed, every later one is a
-replay.  The call's ``torch.Generator`` is registered with the graph, so a replay draws
-from the generator's stream as an eager step does.  Tokens are exact either way
+Capture follows PyTorch's recipe for whole-network graphs: the first step, whose forwards
+also read the prompt (as Hugging Face's prefill does), runs eagerly on a side stream (the
+warm-up); the second is captured and replayed, every later one is a replay.  The call's
+``torch.Generator`` is registered with the graph, so a replay draws from the generator's
+stream as an eager step does.  Tokens are exact either way
 (rejection sampling, and greedy rows equal the verifier's greedy decoding); sampled tokens
 differ from the default loop's with the same seed, because finished rows keep drawing.
 """
@@ -39,7 +40,7 @@ import torch
 
 import specfair_kernels as sk
 
-from .decoding import Clock, GenerationOutput, compact_slots, finish_output, sample_tokens
+from .decoding import Clock, GenerationOutput, compact_slots, finish_output, read_pending, sample_tokens
 from .fastpath import count_steps_without_drafts, takes_4d_mask
 
 SLOT_ROUND = 64   # static caches are sized up to a multiple of this
@@ -90,6 +91,12 @@ class SlotCache:
         self.slots = torch.arange(static_len, device=device)
         self.keep_kw = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def read_later(self, tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        """Have the next `forward` read ``tokens`` [B, W'] (``valid`` bool) before its own, in
+        the same model call (the prompt, with the first step, which is never captured)."""
+        self.pending = (tokens, valid)
 
     def _layers(self):
         return [la for la in self.cache.layers if getattr(la, "is_initialized", False)]
@@ -102,6 +109,9 @@ class SlotCache:
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, keep: int | None) -> torch.Tensor:
         """Append ``tokens`` [B, W] (``valid`` bool [B, W]) at the write pointer; the logits
         of the last ``keep`` positions (all if None), sliced to the shared vocabulary."""
+        if self.pending is not None:
+            tokens, valid, keep = read_pending(self.pending, tokens, valid, keep)
+            self.pending = None
         W = tokens.shape[1]
         cols = self.pointer() + self.slots[:W]
         self.mask.index_copy_(1, cols, valid)
@@ -170,12 +180,12 @@ class FixedStep:
         self.d_prev = torch.zeros(B, **i64)   # the last step's K-th draft, unread by the drafter
         self.d_prev_ok = torch.zeros(B, dtype=torch.bool, device=dev)
         self.ones = torch.ones(B, K + 1, dtype=torch.bool, device=dev)
-        if P > 1:   # both models read the prompt but its last token, which the first step feeds
+        if P > 1:   # both models read the prompt but its last token with the first step (eager, never captured)
             prompt, valid = ids[:, :-1].masked_fill(~pmask[:, :-1], 0), pmask[:, :-1]
             for m in (self.d, self.v):
-                m.forward(prompt, valid, keep=1)
+                m.read_later(prompt, valid)
         clock.lap("prefill")
-        graph, steps, pointers = None, 0, (P - 1, P - 1)
+        graph, steps, pointers = None, 0, (P - 1, P - 1)   # the first step writes the prompt as well
         try:
             while True:
                 self._make_room(pointers)

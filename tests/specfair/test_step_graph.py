@@ -197,7 +197,7 @@ def test_invalid_logits_raise_naming_the_row_and_counts_match_the_default_loop(p
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
     counts = []
     for fixed_step in (True, False):
-        poison = nan_at_call(4 + fixed_step)   # the fixed step's prefill is a forward of its own
+        poison = nan_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
 
         gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=0, cache="static",
                                    fixed_step=fixed_step)
