@@ -296,7 +296,7 @@ def test_auto_vs_best_fixed_k(benchmark, bench_ctx, pair, B):
 
 PAIRED = [("hf-verifier", None), ("specfair-verifier-only", None), ("hf-assisted", 2), ("specfair", 2),
           ("hf-assisted", 4), ("specfair", 4), ("specfair-compiled", 2), ("specfair-compiled", 4),
-          ("specfair-auto", None), ("specfair-auto-fresh", None)]
+          ("specfair-auto", None), ("specfair-auto-fresh", None), ("specfair-fixed-step", 2)]
 PAIRED_RATIOS = {  # (name of the record, numerator provider, denominator provider)
     **{f"specfair K={k} / hf-assisted K={k}": (f"specfair K={k}", f"hf-assisted K={k}") for k in (2, 4)},
     **{f"specfair-compiled K={k} / hf-assisted K={k}": (f"specfair-compiled K={k}", f"hf-assisted K={k}")
@@ -305,6 +305,7 @@ PAIRED_RATIOS = {  # (name of the record, numerator provider, denominator provid
     "specfair-auto / specfair-verifier-only": ("specfair-auto", "specfair-verifier-only"),
     "specfair-auto-fresh / hf-verifier": ("specfair-auto-fresh", "hf-verifier"),
     "specfair K=2 / hf-verifier": ("specfair K=2", "hf-verifier"),
+    "specfair-fixed-step K=2 / specfair K=2": ("specfair-fixed-step K=2", "specfair K=2"),
 }
 
 

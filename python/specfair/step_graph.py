@@ -26,11 +26,12 @@ that would overflow (outside the graph; the buffers keep their addresses).
 
 Capture follows PyTorch's recipe for whole-network graphs: the first step, whose forwards
 also read the prompt (as Hugging Face's prefill does), runs eagerly on a side stream (the
-warm-up); the second is captured and replayed, every later one is a replay.  The call's
-``torch.Generator`` is registered with the graph, so a replay draws from the generator's
-stream as an eager step does.  Tokens are exact either way
-(rejection sampling, and greedy rows equal the verifier's greedy decoding); sampled tokens
-differ from the default loop's with the same seed, because finished rows keep drawing.
+warm-up); the second is captured (once per call: the buffers are the call's) and
+replayed, every later one is a replay.  The call's ``torch.Generator`` is registered with
+the graph, so a replay draws from the generator's stream as an eager step does.  Tokens
+are exact either way (rejection sampling, and greedy rows equal the verifier's greedy
+decoding); sampled tokens differ from the default loop's with the same seed, because
+finished rows keep drawing.
 """
 from __future__ import annotations
 
@@ -212,8 +213,9 @@ class FixedStep:
                                        "the models produced invalid logits (try float32)")
                 if all_done:
                     break
-        finally:
+        finally:   # the graph and both caches are per call: free them now
             del graph
+            self.d = self.v = None
         self._uncount()
         return finish_output(self.out_buf, self.n_new.cpu(), self.row_steps.cpu(), ids, pad_token_id, stats,
                              steps, clock.stop(), [K] * stats.num_tasks)
