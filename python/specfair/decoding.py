@@ -330,6 +330,24 @@ def sample_tokens(processed: torch.Tensor, temperature: float, generator: torch.
     return (x - e.log()).argmax(-1)
 
 
+def draft_chain(logits: torch.Tensor, K: int, feed, process, temperature: float, draft: str,
+                generator: torch.Generator | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """K drafts per row from a drafter whose next-token logits are ``logits`` [b, V]:
+    each is sampled from the processed logits (``process``; `sample_tokens`) or, with
+    ``draft="argmax"``, their argmax, and ``feed(token [b, 1])`` returns the drafter's
+    logits after it (not called after the last).  -> (the processed logits [b, K, V] the
+    drafts came from, or None for argmax drafts, whose q is one-hot; drafts [b, K])."""
+    draft_logits, drafts = [], []
+    for j in range(K):
+        proc = process(logits)
+        tok = proc.argmax(-1) if draft == "argmax" else sample_tokens(proc, temperature, generator)
+        draft_logits.append(proc)
+        drafts.append(tok)
+        if j < K - 1:
+            logits = feed(tok[:, None])
+    return (None if draft == "argmax" else torch.stack(draft_logits, 1)), torch.stack(drafts, 1)
+
+
 # --- the end of a call ------------------------------------------------------------------
 
 def finish_output(out_buf, n_new, row_steps, ids, pad, stats, steps, timings, num_draft) -> GenerationOutput:

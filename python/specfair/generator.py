@@ -42,9 +42,9 @@ from .decoding import (
     CachedModel,
     Clock,
     GenerationOutput,
+    draft_chain,
     finish_output,
     process_logits,
-    sample_tokens,
 )
 from .fastpath import check_compile_options, greedy_verify_without_drafts
 from .inputs import (
@@ -438,17 +438,8 @@ class SpeculativeGenerator:
             return (torch.empty(b, 0, self.vocab_size, device=self.device),
                     torch.empty(b, 0, dtype=torch.int64, device=self.device))
         logits = st.drafter.forward(st.d_pend, st.d_valid, keep=1)[:, -1]
-        draft_logits, drafts = [], []
-        for j in range(K):
-            proc = self._process(logits)
-            tok = proc.argmax(-1) if self.draft == "argmax" else sample_tokens(proc, self.temperature, st.gen)
-            draft_logits.append(proc)
-            drafts.append(tok)
-            if j < K - 1:
-                logits = st.drafter.forward(tok[:, None], None, keep=1)[:, -1]
-        if self.draft == "argmax":  # one-hot q: verify reads q(x_j) = 1
-            return None, torch.stack(drafts, 1)
-        return torch.stack(draft_logits, 1), torch.stack(drafts, 1)
+        return draft_chain(logits, K, lambda tok: st.drafter.forward(tok, None, keep=1)[:, -1], self._process,
+                           self.temperature, self.draft, st.gen)
 
     def _draft_ngram(self, st: DecodeState, nd_host: torch.Tensor):
         """Prompt-lookup drafts (one-hot q, so ``draft_logits`` is None), their width K and each

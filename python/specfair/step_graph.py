@@ -41,7 +41,7 @@ import torch
 
 import specfair_kernels as sk
 
-from .decoding import Clock, GenerationOutput, compact_slots, finish_output, read_pending, sample_tokens
+from .decoding import Clock, GenerationOutput, compact_slots, draft_chain, finish_output, read_pending
 from .fastpath import count_steps_without_drafts, takes_4d_mask
 
 SLOT_ROUND = 64   # static caches are sized up to a multiple of this
@@ -249,16 +249,8 @@ class FixedStep:
         # Draft: the drafter first reads the unread K-th draft (masked unless all K were accepted) and the last token.
         logits = self.d.forward(torch.stack([self.d_prev, self.last], 1),
                                 torch.stack([self.d_prev_ok, self.ones[:, 0]], 1), keep=1)[:, -1]
-        draft_logits, drafts = [], []
-        for i in range(K):
-            proc = self.process(logits)
-            tok = proc.argmax(-1) if self.draft == "argmax" else sample_tokens(proc, self.temperature, self.gen)
-            draft_logits.append(proc)
-            drafts.append(tok)
-            if i < K - 1:
-                logits = self.d.forward(tok[:, None], self.ones[:, :1], keep=1)[:, -1]
-        drafts = torch.stack(drafts, 1)
-        draft_logits = None if self.draft == "argmax" else torch.stack(draft_logits, 1)
+        draft_logits, drafts = draft_chain(logits, K, lambda tok: self.d.forward(tok, self.ones[:, :1], keep=1)[:, -1],
+                                           self.process, self.temperature, self.draft, self.gen)
         target = self.v.forward(torch.cat([self.last[:, None], drafts], 1), self.ones, keep=None)
         active = ~self.done
         nd = torch.where(active, torch.clamp(self.N - self.n_new - 1, 0, K), 0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_llama
+from tiny_models import nan_logits_at_call, tiny_llama
 
 import specfair_kernels as sk
 from specfair import costs
@@ -153,13 +153,7 @@ def test_invalid_logits_raise_and_every_step_is_counted(auto, monkeypatch, one_t
     monkeypatch.setattr(costs, "measure_costs", lambda drafter, verifier, batch_size=1, max_draft=0, **kw: {
         "cost_ratio": 0.9, "verify_cost": [1.0 + j for j in range(max_draft + 1)],
         "measured_widths": list(range(1, max_draft + 2))})   # no K pays: auto never drafts
-    calls = []
-
-    def poison(module, args, out):
-        calls.append(1)
-        if len(calls) == 4:   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
-            out.logits[1] = float("nan")
-        return out
+    poison = nan_logits_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
 
     gen = SpeculativeGenerator(d, v, num_draft="auto" if auto else 2, max_draft=4, temperature=0)
     stats = sk.TaskStats(2, 4)

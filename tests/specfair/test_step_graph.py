@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lossless_checks import V_SMALL, chi_square_pvalue, exact_three_token_distribution, sample_three
-from tiny_models import left_padded_prompts, perturbed_copy, tiny_llama
+from tiny_models import left_padded_prompts, nan_logits_at_call, perturbed_copy, tiny_llama
 from torch.overrides import TorchFunctionMode
 
 import specfair_kernels as sk
@@ -180,24 +180,12 @@ def test_a_step_reads_nothing_back_from_the_device(pair, monkeypatch, temperatur
     assert seen == ["item"]
 
 
-def nan_at_call(at: int):
-    """A forward hook that makes row 1's logits NaN in the ``at``-th forward."""
-    calls = []
-
-    def hook(module, args, out):
-        calls.append(1)
-        if len(calls) == at:
-            out.logits[1] = float("nan")
-        return out
-    return hook
-
-
 def test_invalid_logits_raise_naming_the_row_and_counts_match_the_default_loop(pair):
     drafter, verifier = pair
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
     counts = []
     for fixed_step in (True, False):
-        poison = nan_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
+        poison = nan_logits_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
 
         gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=0, cache="static",
                                    fixed_step=fixed_step)

@@ -79,3 +79,16 @@ def left_padded_prompts(lengths=(2, 7, 4), vocab: int = 64, seed: int = 0):
         ids[b, P - len(r):] = torch.tensor(r)
         mask[b, P - len(r):] = 1
     return ids, mask
+
+
+def nan_logits_at_call(at: int, row: int = 1):
+    """A forward hook (``model.register_forward_hook``) that makes ``row``'s logits NaN in
+    the ``at``-th forward of the model, counted from 1."""
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) == at:
+            out.logits[row] = float("nan")
+        return out
+    return hook
