@@ -180,6 +180,52 @@ def test_a_step_reads_nothing_back_from_the_device(pair, monkeypatch, temperatur
     assert seen == ["item"]
 
 
+def _state_addresses(fixed: step_graph.FixedStep) -> dict[str, int]:
+    """The storage address of every tensor a step reads or writes: the loop's state, both
+    slot masks and positions, and every cache layer's keys, values and write pointer."""
+    out = {name: t.data_ptr() for name, t in vars(fixed).items() if isinstance(t, torch.Tensor)}
+    for m_name, m in (("drafter", fixed.d), ("verifier", fixed.v)):
+        out.update({f"{m_name}.{a}": getattr(m, a).data_ptr() for a in ("mask", "pos", "slots")})
+        for i, layer in enumerate(m.cache.layers):
+            for a in ("keys", "values", "cumulative_length"):
+                out[f"{m_name}.layer{i}.{a}"] = getattr(layer, a).data_ptr()
+    return out
+
+
+def test_a_step_keeps_every_buffer_in_place(pair, monkeypatch):
+    """The other condition for capture: a replay reads and writes the addresses the capture
+    saw, so from the second step on no step may rebind a state tensor (``self.last = ...``)
+    or reallocate a cache buffer; it must write into them.  Negative control: a step that
+    rebinds one tensor is caught."""
+    drafter, verifier = pair
+    ids, mask = left_padded_prompts()
+    real_step = step_graph.FixedStep._step
+    moved, steps = [], []
+
+    def watched(self):
+        before = _state_addresses(self) if int(self.step_no) else None   # a call's first step allocates the caches
+        real_step(self)
+        steps.append(1)
+        if before is not None:
+            after = _state_addresses(self)
+            moved.extend(k for k in before if after.get(k) != before[k])
+
+    monkeypatch.setattr(step_graph.FixedStep, "_step", watched)
+    out = fixed(drafter, verifier, num_draft=3, temperature=1.0).generate(ids, mask, max_new_tokens=16,
+                                                                         eos_token_id=[5], seed=0)
+    assert out.steps > 4 and moved == []
+    real_commit = step_graph.FixedStep._commit
+
+    def rebinding(self, out, drafts, active):
+        real_commit(self, out, drafts, active)
+        self.last = self.last.clone()
+
+    monkeypatch.setattr(step_graph.FixedStep, "_commit", rebinding)
+    fixed(drafter, verifier, num_draft=3, temperature=1.0).generate(ids, mask, max_new_tokens=6, eos_token_id=[],
+                                                                     seed=0)
+    assert set(moved) == {"last"}
+
+
 def test_invalid_logits_raise_naming_the_row_and_counts_match_the_default_loop(pair):
     drafter, verifier = pair
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
