@@ -26,6 +26,12 @@ from specfair_kernels.api import GREEDY_BELOW
 from .fastpath import compiled_model, slot_attention_mask, takes_4d_mask
 
 SECTIONS = ("prefill", "draft", "verify_forward", "kernel", "bookkeeping", "step", "total")
+STATIC_ROUND = 64   # static caches are sized up to a multiple of this (fewer shapes to compile)
+
+
+def static_cache_len(slots: int) -> int:
+    """``slots`` rounded up to a multiple of `STATIC_ROUND`: the length of a static cache."""
+    return -(-slots // STATIC_ROUND) * STATIC_ROUND
 
 # --- results -------------------------------------------------------------------------------
 

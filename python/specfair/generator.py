@@ -45,6 +45,7 @@ from .decoding import (
     draft_chain,
     finish_output,
     process_logits,
+    static_cache_len,
 )
 from .fastpath import check_compile_options, greedy_verify_without_drafts
 from .inputs import (
@@ -64,7 +65,6 @@ from .ngram import NgramConfig, ngram_drafts
 from .step_graph import FixedStep, check_fixed_step
 
 DEFAULT_MAX_DRAFT = 8        # K_max for num_draft="auto"
-STATIC_ROUND = 64            # static caches are sized up to a multiple of this (fewer recompiles)
 
 __all__ = ["SpeculativeGenerator", "DEFAULT_MAX_DRAFT"]
 
@@ -197,7 +197,6 @@ class SpeculativeGenerator:
         if d_dev != v_dev:
             raise ValueError(f"drafter is on {d_dev} but verifier is on {v_dev}; put both models on one device")
         self.compile, self.compile_mode = check_compile_options(cache, compile, cuda_graph, v_dev, fixed_step)
-
         check_sampling(temperature, top_k, top_p)
         if cost_ratio is not None and (isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float))
                                        or not (cost_ratio >= 0 and math.isfinite(cost_ratio))):
@@ -372,8 +371,7 @@ class SpeculativeGenerator:
         if self.fixed_step is not None:
             return self.fixed_step.run(ids, pmask, max_new_tokens, st.eos_t, task_t, stats, gen, seeds,
                                        self.pad_token_id, clock)
-        static_len = (-(-(P + max_new_tokens + self.max_draft + 2) // STATIC_ROUND) * STATIC_ROUND
-                      if self.cache_kind == "static" else None)
+        static_len = static_cache_len(P + max_new_tokens + self.max_draft + 2) if self.cache_kind == "static" else None
         kw = {"static_len": static_len, "compile_backend": self.compile, "compile_mode": self.compile_mode}
         st.drafter = None if self.drafter is None else CachedModel(self.drafter, self.vocab_size, **kw)
         st.verifier = CachedModel(self.verifier, self.vocab_size, **kw)

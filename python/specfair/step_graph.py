@@ -41,10 +41,16 @@ import torch
 
 import specfair_kernels as sk
 
-from .decoding import Clock, GenerationOutput, compact_slots, draft_chain, finish_output, read_pending
+from .decoding import (
+    Clock,
+    GenerationOutput,
+    compact_slots,
+    draft_chain,
+    finish_output,
+    read_pending,
+    static_cache_len,
+)
 from .fastpath import count_steps_without_drafts, takes_4d_mask
-
-SLOT_ROUND = 64   # static caches are sized up to a multiple of this
 
 __all__ = ["FixedStep", "SlotCache", "check_fixed_step", "fixed_cache_len"]
 
@@ -52,10 +58,10 @@ __all__ = ["FixedStep", "SlotCache", "check_fixed_step", "fixed_cache_len"]
 def fixed_cache_len(prompt_width: int, max_new_tokens: int, num_draft: int) -> int:
     """Slots per row of a fixed step's caches: the prompt, then at most two columns per new
     token (a step keeps at least one token per row and the drafter's masked first slot),
-    and one step's K+1 slots of room; rounded up to a multiple of `SLOT_ROUND`.  A batch
+    and one step's K+1 slots of room; rounded by `specfair.decoding.static_cache_len`.  A batch
     whose rows leave holes compacts when a step would not fit."""
     need = prompt_width + 2 * (max_new_tokens + num_draft + 1)
-    return -(-need // SLOT_ROUND) * SLOT_ROUND
+    return static_cache_len(need)
 
 
 def check_fixed_step(drafter, verifier, num_draft, cache: str, ngram, pad_verify) -> None:
