@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import nan_logits_at_call, tiny_llama
+from tiny_models import nan_logits_at_forward, tiny_llama
 
 import specfair_kernels as sk
 from specfair import costs
@@ -153,16 +153,11 @@ def test_invalid_logits_raise_and_every_step_is_counted(auto, monkeypatch, one_t
     monkeypatch.setattr(costs, "measure_costs", lambda drafter, verifier, batch_size=1, max_draft=0, **kw: {
         "cost_ratio": 0.9, "verify_cost": [1.0 + j for j in range(max_draft + 1)],
         "measured_widths": list(range(1, max_draft + 2))})   # no K pays: auto never drafts
-    poison = nan_logits_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
-
     gen = SpeculativeGenerator(d, v, num_draft="auto" if auto else 2, max_draft=4, temperature=0)
     stats = sk.TaskStats(2, 4)
-    hook = v.register_forward_hook(poison)
-    try:
-        with pytest.raises(RuntimeError, match=r"rows \[1\] at step 3"):
-            gen.generate(ids, max_new_tokens=16, eos_token_id=[], seed=0, task_ids=[0, 1], stats=stats)
-    finally:
-        hook.remove()
+    # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
+    with nan_logits_at_forward(v, 4), pytest.raises(RuntimeError, match=r"rows \[1\] at step 3"):
+        gen.generate(ids, max_new_tokens=16, eos_token_id=[], seed=0, task_ids=[0, 1], stats=stats)
     S = sk.stats
     steps = stats.counts[:, S.COUNT_STEPS].tolist()
     assert steps == [4, 3] and stats.counts[:, S.COUNT_INVALID].tolist() == [0, 1]

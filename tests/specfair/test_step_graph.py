@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lossless_checks import V_SMALL, chi_square_pvalue, exact_three_token_distribution, sample_three
-from tiny_models import left_padded_prompts, nan_logits_at_call, perturbed_copy, tiny_llama
+from tiny_models import left_padded_prompts, nan_logits_at_forward, perturbed_copy, tiny_llama
 from torch.overrides import TorchFunctionMode
 
 import specfair_kernels as sk
@@ -231,17 +231,12 @@ def test_invalid_logits_raise_naming_the_row_and_counts_match_the_default_loop(p
     ids = torch.randint(3, 64, (2, 6), generator=torch.Generator().manual_seed(1))
     counts = []
     for fixed_step in (True, False):
-        poison = nan_logits_at_call(4)   # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
-
         gen = SpeculativeGenerator(drafter, verifier, num_draft=2, temperature=0, cache="static",
                                    fixed_step=fixed_step)
         stats = sk.TaskStats(2, 2)
-        hook = verifier.register_forward_hook(poison)
-        try:
-            with pytest.raises(RuntimeError, match=r"rows \[1\] at step 3"):
-                gen.generate(ids, max_new_tokens=16, eos_token_id=[], seed=0, task_ids=[0, 1], stats=stats)
-        finally:
-            hook.remove()
+        # steps 0 (which reads the prompt too), 1, 2; step 3 is the 4th forward
+        with nan_logits_at_forward(verifier, 4), pytest.raises(RuntimeError, match=r"rows \[1\] at step 3"):
+            gen.generate(ids, max_new_tokens=16, eos_token_id=[], seed=0, task_ids=[0, 1], stats=stats)
         counts.append(stats.counts.clone())
     assert torch.equal(counts[0], counts[1])
     assert counts[0][:, sk.stats.COUNT_INVALID].tolist() == [0, 1]

@@ -4,6 +4,7 @@ arguments, so a test that saves a model and loads it back through `from_pretrain
 the same weights on every run."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -81,9 +82,10 @@ def left_padded_prompts(lengths=(2, 7, 4), vocab: int = 64, seed: int = 0):
     return ids, mask
 
 
-def nan_logits_at_call(at: int, row: int = 1):
-    """A forward hook (``model.register_forward_hook``) that makes ``row``'s logits NaN in
-    the ``at``-th forward of the model, counted from 1."""
+@contextlib.contextmanager
+def nan_logits_at_forward(model, at: int, row: int = 1):
+    """Within the block, ``row``'s logits turn NaN in the ``at``-th forward of ``model``
+    (counted from 1; a forward hook, removed on exit)."""
     calls = []
 
     def hook(module, args, out):
@@ -91,4 +93,9 @@ def nan_logits_at_call(at: int, row: int = 1):
         if len(calls) == at:
             out.logits[row] = float("nan")
         return out
-    return hook
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
