@@ -11,7 +11,7 @@ import torch
 
 import specfair_kernels as sk
 
-from .decoding import CachedModel
+from .decoding import CachedModel, kept_until_eos
 from .fastpath import count_steps_without_drafts
 
 
@@ -73,13 +73,8 @@ class DecodeState:
             return self._commit_plain(out, compact_threshold, counted)
         dev = self.ids.device
         acc, emit, toks = out.num_accepted.long(), out.num_emitted.long(), out.tokens
-        keep, hit_eos = emit, torch.zeros_like(emit)
-        if self.eos_t is not None:
-            j = torch.arange(K + 1, device=dev)
-            is_eos = torch.isin(toks, self.eos_t) & (j[None, :] < emit[:, None])
-            hit = is_eos.any(1)
-            keep = torch.where(hit, is_eos.long().argmax(1) + 1, emit)
-            hit_eos = hit.long()
+        keep, hit = kept_until_eos(toks, emit, self.eos_t)
+        hit_eos = hit.long()
         # Per-row rollback, on the device: the verifier appended K+1 slots and keeps a+1 of
         # them; the drafter cached drafts 1..K-1 and keeps min(a, K-1) of them.
         ver, dra = self.verifier, self.drafter

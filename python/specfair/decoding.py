@@ -354,6 +354,19 @@ def draft_chain(logits: torch.Tensor, K: int, feed, process, temperature: float,
     return (None if draft == "argmax" else torch.stack(draft_logits, 1)), torch.stack(drafts, 1)
 
 
+def kept_until_eos(tokens: torch.Tensor, emitted: torch.Tensor,
+                   eos: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a verified step (``tokens`` [B, K+1], ``emitted`` [B] of them valid): how
+    many tokens to keep (through the first EOS of ``eos``, else all emitted) and whether an
+    EOS ended the row (bool [B]).  A broadcast comparison, no host read (``isin`` may sort)."""
+    if eos is None:
+        return emitted, torch.zeros_like(emitted, dtype=torch.bool)
+    j = torch.arange(tokens.shape[1], device=tokens.device)
+    is_eos = (tokens[..., None] == eos).any(-1) & (j[None, :] < emitted[:, None])
+    hit = is_eos.any(1)
+    return torch.where(hit, is_eos.long().argmax(1) + 1, emitted), hit
+
+
 # --- the end of a call ------------------------------------------------------------------
 
 def finish_output(out_buf, n_new, row_steps, ids, pad, stats, steps, timings, num_draft) -> GenerationOutput:

@@ -47,6 +47,7 @@ from .decoding import (
     compact_slots,
     draft_chain,
     finish_output,
+    kept_until_eos,
     read_pending,
     static_cache_len,
 )
@@ -268,12 +269,7 @@ class FixedStep:
     def _commit(self, out: sk.VerifyOutput, drafts: torch.Tensor, active: torch.Tensor) -> None:
         K, j = self.K, self.j
         acc, emit, toks = out.num_accepted.long(), out.num_emitted.long(), out.tokens
-        keep, hit = emit, torch.zeros_like(active)
-        if self.eos_t is not None:
-            # a broadcast comparison: isin may sort (and read back) when the EOS list is long
-            is_eos = (toks[..., None] == self.eos_t).any(-1) & (j[None, :] < emit[:, None])
-            hit = is_eos.any(1)
-            keep = torch.where(hit, is_eos.long().argmax(1) + 1, emit)
+        keep, hit = kept_until_eos(toks, emit, self.eos_t)
         keep = torch.where(active, keep, 0)
         discard = self.out_buf.shape[1] - 1
         cols = torch.where(j[None, :] < keep[:, None], self.n_new[:, None] + j, discard)
